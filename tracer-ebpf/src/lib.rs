@@ -1,0 +1,174 @@
+//! Wire types shared by the kernel programs (`src/main.rs`, built for the bpf target) and the
+//! userspace collector (`tracer-user`). Each struct is defined once, here, with `#[repr(C)]` and
+//! explicit padding so both sides agree on every byte.
+#![no_std]
+
+/// Event kinds, the `kind` byte of [`FlowEvent`].
+pub mod kind {
+    /// `sock:inet_sock_set_state`: the TCP state changed.
+    pub const STATE_CHANGE: u8 = 1;
+    /// `tcp:tcp_retransmit_skb`: a segment was retransmitted (a SYN in `SYN_SENT`).
+    pub const RETRANSMIT: u8 = 2;
+    /// `tcp:tcp_retransmit_synack`: a listener retransmitted a SYN-ACK.
+    pub const SYNACK_RETRANSMIT: u8 = 3;
+    /// `tcp:tcp_send_reset`: this host's stack sent a RST.
+    pub const RESET_SENT: u8 = 4;
+    /// `tcp:tcp_receive_reset`: a RST arrived for a socket.
+    pub const RESET_RECEIVED: u8 = 5;
+    /// `sock:inet_sk_error_report`: an error was reported to the socket's owner.
+    pub const SOCKET_ERROR: u8 = 6;
+}
+
+/// Bits of [`FlowEvent::flags`] and [`SockOwner::flags`].
+pub mod flag {
+    /// The owning process is known (captured at `connect()`/`listen()` time).
+    pub const OWNER_KNOWN: u16 = 1 << 0;
+    /// The socket was accepted from a listener: this host is the server side.
+    pub const ACCEPTED: u16 = 1 << 1;
+    /// A RST sent for a packet that matched no socket: tuple and netns come from the packet.
+    pub const NO_SOCKET: u16 = 1 << 2;
+}
+
+/// Indexes of the per-CPU loss and overflow counters (`COUNTERS` map).
+pub mod counter {
+    /// A ring-buffer reservation failed: the event was lost.
+    pub const RINGBUF_FULL: u32 = 0;
+    /// The socket-owner table was full: a flow lost its process attribution.
+    pub const OWNER_TABLE_FULL: u32 = 1;
+    /// The listener-owner table was full: accepted sockets on that port lose attribution.
+    pub const LISTENER_TABLE_FULL: u32 = 2;
+    /// A kernel read through a BTF offset failed: the event was dropped.
+    pub const READ_FAILED: u32 = 3;
+    /// Number of counters.
+    pub const COUNT: u32 = 4;
+}
+
+/// Address families as the kernel spells them.
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// TCP states (include/net/tcp_states.h; userspace ABI, stable).
+pub mod tcp_state {
+    pub const ESTABLISHED: u8 = 1;
+    pub const SYN_SENT: u8 = 2;
+    pub const SYN_RECV: u8 = 3;
+    pub const CLOSE: u8 = 7;
+    pub const LISTEN: u8 = 10;
+    pub const NEW_SYN_RECV: u8 = 12;
+}
+
+/// One kernel event about one watched flow, as written to the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEvent {
+    /// `CLOCK_BOOTTIME` nanoseconds.
+    pub ts_ns: u64,
+    /// Socket cookie: the flow key that joins every event of one socket. 0 when there is no
+    /// socket (a RST for a packet that matched none).
+    pub cookie: u64,
+    /// cgroup v2 id of the owning process (0 when unknown).
+    pub cgroup_id: u64,
+    /// Network namespace inode.
+    pub netns: u32,
+    /// Owning process (thread group id) and thread; 0 when unknown.
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    /// Per kind: errno for `SOCKET_ERROR` and `RETRANSMIT`, `enum sk_rst_reason` for
+    /// `RESET_SENT`, otherwise 0.
+    pub detail: i32,
+    /// One of [`kind`].
+    pub kind: u8,
+    /// [`AF_INET`] or [`AF_INET6`] (as a byte).
+    pub family: u8,
+    /// State before and after a state change; for other kinds both hold the socket's state.
+    pub old_state: u8,
+    pub new_state: u8,
+    /// Local and remote port, host byte order.
+    pub local_port: u16,
+    pub remote_port: u16,
+    /// Bits of [`flag`].
+    pub flags: u16,
+    pub _pad: u16,
+    /// Addresses in network byte order; IPv4 in the first 4 bytes.
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    /// Owning thread's comm, NUL padded.
+    pub comm: [u8; 16],
+}
+
+/// The process that owns a socket, remembered at `connect()`/`listen()` (process context) and
+/// attached to the flow's later events, which fire in softirq context.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOwner {
+    pub cgroup_id: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub flags: u16,
+    pub _pad: u16,
+    pub comm: [u8; 16],
+}
+
+/// Key of the listener-owner table: a listening port in one network namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenerKey {
+    pub netns: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Byte offsets of kernel struct fields, resolved by userspace from the running kernel's BTF
+/// (`/sys/kernel/btf/vmlinux`) and handed to the programs as a read-only global.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// Non-zero once userspace has filled this in; programs do nothing until then.
+    pub ready: u32,
+    // struct sock_common (at the start of struct sock, request_sock and inet_timewait_sock)
+    pub skc_family: u32,
+    pub skc_state: u32,
+    /// `skc_dport` (be16) immediately followed by `skc_num` (host order): one 4-byte read.
+    pub skc_portpair: u32,
+    /// `skc_daddr` followed by `skc_rcv_saddr`.
+    pub skc_addrpair: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    /// `skc_net.net`: pointer to struct net.
+    pub skc_net: u32,
+    // struct sock
+    pub sk_protocol: u32,
+    /// Size in bytes of `sk_protocol` (u16 on current kernels, u8 on old ones).
+    pub sk_protocol_size: u32,
+    pub sk_err: u32,
+    /// struct inet_sock `inet_sport` (be16): the local port once `skc_num` is cleared, which
+    /// the kernel does before reporting a transition to CLOSE.
+    pub inet_sport: u32,
+    // struct net
+    pub net_ns_inum: u32,
+    // struct sk_buff and struct net_device, for a RST sent without a socket
+    pub skb_head: u32,
+    pub skb_network_header: u32,
+    pub skb_transport_header: u32,
+    pub skb_dev: u32,
+    pub dev_nd_net: u32,
+    /// Non-zero when `tcp_retransmit_skb` has its third argument (`int err`, Linux 6.13+).
+    pub retransmit_has_err: u32,
+    /// Non-zero when `tcp_send_reset` has its third argument (`enum sk_rst_reason`, 6.10+).
+    pub send_reset_has_reason: u32,
+}
+
+// The ring-buffer record size is part of the contract with the decoder; keep it 8-aligned.
+const _: () = assert!(size_of::<FlowEvent>() == 104);
+const _: () = assert!(size_of::<SockOwner>() == 40);
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain `#[repr(C)]` data with explicit padding and no invalid bit patterns.
+    unsafe impl aya::Pod for super::FlowEvent {}
+    unsafe impl aya::Pod for super::SockOwner {}
+    unsafe impl aya::Pod for super::ListenerKey {}
+    unsafe impl aya::Pod for super::KernelOffsets {}
+}

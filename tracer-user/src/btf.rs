@@ -1,0 +1,537 @@
+//! A small reader for the kernel's BTF (`/sys/kernel/btf/vmlinux`): just enough to resolve
+//! struct member offsets (through anonymous unions and structs), enum values and tracepoint
+//! prototypes. Rust eBPF has no CO-RE relocations, so these offsets are handed to the kernel
+//! programs at load time instead of being compiled in.
+
+use std::collections::HashMap;
+
+use anyhow::{Context as _, Result, bail};
+
+const BTF_MAGIC: u16 = 0xeb9f;
+
+const KIND_INT: u32 = 1;
+const KIND_PTR: u32 = 2;
+const KIND_ARRAY: u32 = 3;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+const KIND_ENUM: u32 = 6;
+const KIND_FWD: u32 = 7;
+const KIND_TYPEDEF: u32 = 8;
+const KIND_VOLATILE: u32 = 9;
+const KIND_CONST: u32 = 10;
+const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC: u32 = 12;
+const KIND_FUNC_PROTO: u32 = 13;
+const KIND_VAR: u32 = 14;
+const KIND_DATASEC: u32 = 15;
+const KIND_FLOAT: u32 = 16;
+const KIND_DECL_TAG: u32 = 17;
+const KIND_TYPE_TAG: u32 = 18;
+const KIND_ENUM64: u32 = 19;
+
+/// A member of a struct or union.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub name: String,
+    pub type_id: u32,
+    /// Offset from the start of the enclosing type, in bits.
+    pub bit_offset: u32,
+    /// Non-zero for a bitfield.
+    pub bitfield_size: u32,
+}
+
+#[derive(Clone, Debug)]
+enum Type {
+    Struct {
+        size: u32,
+        members: Vec<Member>,
+    },
+    Enum {
+        values: Vec<(String, i64)>,
+    },
+    FuncProto {
+        params: Vec<u32>,
+    },
+    /// typedef, const, volatile, restrict, type tag: point at another type.
+    Alias {
+        target: u32,
+    },
+    Int {
+        size: u32,
+    },
+    Ptr {
+        target: u32,
+    },
+    Other,
+}
+
+/// Parsed BTF types with a name index.
+pub struct Btf {
+    types: Vec<Type>,
+    by_name: HashMap<String, Vec<u32>>,
+}
+
+/// The location of a (possibly nested) member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FieldLocation {
+    pub byte_offset: u32,
+    pub size: u32,
+}
+
+struct Reader<'a> {
+    data: &'a [u8],
+}
+
+impl Reader<'_> {
+    fn u32_at(&self, pos: usize) -> Result<u32> {
+        let bytes = self
+            .data
+            .get(pos..pos + 4)
+            .with_context(|| format!("BTF truncated at byte {pos}"))?;
+        Ok(u32::from_le_bytes(bytes.try_into().expect("4 bytes")))
+    }
+}
+
+impl Btf {
+    /// Reads the running kernel's BTF.
+    pub fn from_kernel() -> Result<Self> {
+        const PATH: &str = "/sys/kernel/btf/vmlinux";
+        let data = std::fs::read(PATH).with_context(|| {
+            format!(
+                "cannot read {PATH}: this kernel exposes no BTF (it needs CONFIG_DEBUG_INFO_BTF=y, \
+                 standard on current distribution kernels)"
+            )
+        })?;
+        Self::parse(&data).with_context(|| format!("parsing {PATH}"))
+    }
+
+    /// Parses little-endian BTF.
+    pub fn parse(data: &[u8]) -> Result<Self> {
+        let reader = Reader { data };
+        if data.len() < 24 {
+            bail!("BTF header truncated ({} bytes)", data.len());
+        }
+        let magic = u16::from_le_bytes([data[0], data[1]]);
+        if magic != BTF_MAGIC {
+            bail!("not little-endian BTF (magic {magic:#x})");
+        }
+        let hdr_len = reader.u32_at(4)? as usize;
+        let type_off = reader.u32_at(8)? as usize;
+        let type_len = reader.u32_at(12)? as usize;
+        let str_off = reader.u32_at(16)? as usize;
+        let str_len = reader.u32_at(20)? as usize;
+        let strings = data
+            .get(hdr_len + str_off..hdr_len + str_off + str_len)
+            .context("BTF string section out of bounds")?;
+        let string_at = |off: u32| -> String {
+            let start = off as usize;
+            let rest = strings.get(start..).unwrap_or_default();
+            let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+            String::from_utf8_lossy(&rest[..end]).into_owned()
+        };
+
+        // Type id 0 is void.
+        let mut types = vec![Type::Other];
+        let mut names = vec![String::new()];
+        let mut pos = hdr_len + type_off;
+        let end = pos + type_len;
+        if end > data.len() {
+            bail!("BTF type section out of bounds");
+        }
+        while pos < end {
+            let name_off = reader.u32_at(pos)?;
+            let info = reader.u32_at(pos + 4)?;
+            let size_or_type = reader.u32_at(pos + 8)?;
+            pos += 12;
+            let vlen = (info & 0xffff) as usize;
+            let kind = (info >> 24) & 0x1f;
+            let kind_flag = info >> 31 == 1;
+            let ty = match kind {
+                KIND_INT => {
+                    pos += 4;
+                    Type::Int { size: size_or_type }
+                }
+                KIND_PTR => Type::Ptr {
+                    target: size_or_type,
+                },
+                KIND_ARRAY => {
+                    pos += 12;
+                    Type::Other
+                }
+                KIND_STRUCT | KIND_UNION => {
+                    let mut members = Vec::with_capacity(vlen);
+                    for _ in 0..vlen {
+                        let name = string_at(reader.u32_at(pos)?);
+                        let type_id = reader.u32_at(pos + 4)?;
+                        let offset = reader.u32_at(pos + 8)?;
+                        let (bit_offset, bitfield_size) = if kind_flag {
+                            (offset & 0xff_ffff, offset >> 24)
+                        } else {
+                            (offset, 0)
+                        };
+                        members.push(Member {
+                            name,
+                            type_id,
+                            bit_offset,
+                            bitfield_size,
+                        });
+                        pos += 12;
+                    }
+                    Type::Struct {
+                        size: size_or_type,
+                        members,
+                    }
+                }
+                KIND_ENUM => {
+                    let mut values = Vec::with_capacity(vlen);
+                    for _ in 0..vlen {
+                        let name = string_at(reader.u32_at(pos)?);
+                        let raw = reader.u32_at(pos + 4)?;
+                        let value = if kind_flag {
+                            i64::from(raw as i32)
+                        } else {
+                            i64::from(raw)
+                        };
+                        values.push((name, value));
+                        pos += 8;
+                    }
+                    Type::Enum { values }
+                }
+                KIND_ENUM64 => {
+                    let mut values = Vec::with_capacity(vlen);
+                    for _ in 0..vlen {
+                        let name = string_at(reader.u32_at(pos)?);
+                        let lo = u64::from(reader.u32_at(pos + 4)?);
+                        let hi = u64::from(reader.u32_at(pos + 8)?);
+                        values.push((name, ((hi << 32) | lo) as i64));
+                        pos += 12;
+                    }
+                    Type::Enum { values }
+                }
+                KIND_FUNC_PROTO => {
+                    let mut params = Vec::with_capacity(vlen);
+                    for _ in 0..vlen {
+                        params.push(reader.u32_at(pos + 4)?);
+                        pos += 8;
+                    }
+                    Type::FuncProto { params }
+                }
+                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                    Type::Alias {
+                        target: size_or_type,
+                    }
+                }
+                KIND_VAR | KIND_DECL_TAG => {
+                    pos += 4;
+                    Type::Other
+                }
+                KIND_DATASEC => {
+                    pos += 12 * vlen;
+                    Type::Other
+                }
+                KIND_FWD | KIND_FUNC | KIND_FLOAT => Type::Other,
+                other => bail!("unknown BTF kind {other} at type {}", types.len()),
+            };
+            types.push(ty);
+            names.push(string_at(name_off));
+        }
+
+        let mut by_name: HashMap<String, Vec<u32>> = HashMap::new();
+        for (id, name) in names.iter().enumerate() {
+            if !name.is_empty() {
+                by_name.entry(name.clone()).or_default().push(id as u32);
+            }
+        }
+        Ok(Self { types, by_name })
+    }
+
+    fn ty(&self, id: u32) -> Option<&Type> {
+        self.types.get(id as usize)
+    }
+
+    /// Follows typedefs and qualifiers.
+    fn resolve(&self, mut id: u32) -> u32 {
+        for _ in 0..32 {
+            match self.ty(id) {
+                Some(Type::Alias { target }) => id = *target,
+                _ => break,
+            }
+        }
+        id
+    }
+
+    fn ids_named(&self, name: &str) -> &[u32] {
+        self.by_name
+            .get(name)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+
+    /// The id of the struct (or union) with this name that has members (not a forward decl).
+    pub fn struct_id(&self, name: &str) -> Option<u32> {
+        self.ids_named(name).iter().copied().find(
+            |&id| matches!(self.ty(id), Some(Type::Struct { members, .. }) if !members.is_empty()),
+        )
+    }
+
+    /// Size in bytes of a type (ints, pointers, structs; through typedefs).
+    pub fn size_of(&self, id: u32) -> Option<u32> {
+        match self.ty(self.resolve(id))? {
+            Type::Int { size } | Type::Struct { size, .. } => Some(*size),
+            Type::Ptr { .. } => Some(8),
+            Type::Enum { .. } => Some(4),
+            _ => None,
+        }
+    }
+
+    /// Finds a member by name in a struct, looking through anonymous struct/union members.
+    /// Returns the member and its bit offset from the start of `struct_id`.
+    fn find_member(&self, struct_id: u32, name: &str) -> Option<(Member, u32)> {
+        let Some(Type::Struct { members, .. }) = self.ty(self.resolve(struct_id)) else {
+            return None;
+        };
+        for member in members {
+            if member.name == name {
+                return Some((member.clone(), member.bit_offset));
+            }
+        }
+        for member in members.iter().filter(|m| m.name.is_empty()) {
+            if let Some((found, offset)) = self.find_member(member.type_id, name) {
+                return Some((found, member.bit_offset + offset));
+            }
+        }
+        None
+    }
+
+    /// Resolves a dotted member path like `__sk_common.skc_num` in `struct struct_name`.
+    pub fn field(&self, struct_name: &str, path: &str) -> Result<FieldLocation> {
+        let mut id = self
+            .struct_id(struct_name)
+            .with_context(|| format!("kernel BTF has no struct {struct_name}"))?;
+        let mut bits = 0u32;
+        let mut last = None;
+        for part in path.split('.') {
+            let (member, offset) = self
+                .find_member(id, part)
+                .with_context(|| format!("kernel BTF: struct {struct_name} has no {path}"))?;
+            bits += offset;
+            id = member.type_id;
+            last = Some(member);
+        }
+        let member = last.context("empty field path")?;
+        if member.bitfield_size != 0 || !bits.is_multiple_of(8) {
+            bail!("kernel BTF: {struct_name}.{path} is a bitfield; cannot read it by offset");
+        }
+        let size = self
+            .size_of(member.type_id)
+            .with_context(|| format!("kernel BTF: size of {struct_name}.{path} unknown"))?;
+        Ok(FieldLocation {
+            byte_offset: bits / 8,
+            size,
+        })
+    }
+
+    /// The values of a named enum (`enum sk_rst_reason`, ...), by value.
+    pub fn enum_values(&self, name: &str) -> Option<Vec<(String, i64)>> {
+        self.ids_named(name)
+            .iter()
+            .find_map(|&id| match self.ty(id) {
+                Some(Type::Enum { values }) => Some(values.clone()),
+                _ => None,
+            })
+    }
+
+    /// Number of arguments of a tracepoint's prototype, from the `btf_trace_<name>` typedef
+    /// (a pointer to a function whose first parameter is the `void *` context), or None when
+    /// this kernel has no such tracepoint.
+    pub fn tracepoint_arg_count(&self, tracepoint: &str) -> Option<usize> {
+        let typedef = format!("btf_trace_{tracepoint}");
+        let id = *self.ids_named(&typedef).first()?;
+        let Some(Type::Alias { target }) = self.ty(id) else {
+            return None;
+        };
+        // typedef -> pointer -> func_proto
+        let Some(Type::Ptr { target: proto_id }) = self.ty(self.resolve(*target)) else {
+            return None;
+        };
+        match self.ty(self.resolve(*proto_id)) {
+            Some(Type::FuncProto { params }) => Some(params.len().saturating_sub(1)),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds little-endian BTF from (name, info, size_or_type, extra words) records.
+    struct Builder {
+        types: Vec<u8>,
+        strings: Vec<u8>,
+    }
+
+    impl Builder {
+        fn new() -> Self {
+            Self {
+                types: Vec::new(),
+                strings: vec![0],
+            }
+        }
+
+        fn string(&mut self, s: &str) -> u32 {
+            if s.is_empty() {
+                return 0;
+            }
+            let off = self.strings.len() as u32;
+            self.strings.extend_from_slice(s.as_bytes());
+            self.strings.push(0);
+            off
+        }
+
+        fn add(
+            &mut self,
+            name: &str,
+            kind: u32,
+            vlen: u32,
+            kind_flag: bool,
+            size_or_type: u32,
+            extra: &[u32],
+        ) {
+            let name = self.string(name);
+            let info = (u32::from(kind_flag) << 31) | (kind << 24) | vlen;
+            for word in [name, info, size_or_type].iter().chain(extra) {
+                self.types.extend_from_slice(&word.to_le_bytes());
+            }
+        }
+
+        fn member(&mut self, name: &str, type_id: u32, bit_offset: u32) -> [u32; 3] {
+            [self.string(name), type_id, bit_offset]
+        }
+
+        fn finish(self) -> Vec<u8> {
+            let mut out = Vec::new();
+            out.extend_from_slice(&BTF_MAGIC.to_le_bytes());
+            out.extend_from_slice(&[1, 0]);
+            for word in [
+                24u32,
+                0,
+                self.types.len() as u32,
+                self.types.len() as u32,
+                self.strings.len() as u32,
+            ] {
+                out.extend_from_slice(&word.to_le_bytes());
+            }
+            out.extend_from_slice(&self.types);
+            out.extend_from_slice(&self.strings);
+            out
+        }
+    }
+
+    fn sample() -> Vec<u8> {
+        let mut b = Builder::new();
+        // 1: u16, 2: u32
+        b.add("u16", KIND_INT, 0, false, 2, &[16]);
+        b.add("u32", KIND_INT, 0, false, 4, &[32]);
+        // 3: anonymous struct { u16 skc_dport; u16 skc_num; }
+        let m: Vec<u32> = [b.member("skc_dport", 1, 0), b.member("skc_num", 1, 16)].concat();
+        b.add("", KIND_STRUCT, 2, false, 4, &m);
+        // 4: anonymous union { u32 skc_portpair; struct {...}; }
+        let m: Vec<u32> = [b.member("skc_portpair", 2, 0), b.member("", 3, 0)].concat();
+        b.add("", KIND_UNION, 2, false, 4, &m);
+        // 5: struct sock_common { u16 skc_family; <pad>; union @ byte 12; u32 flags:3 @ byte 16 }
+        let m: Vec<u32> = [
+            b.member("skc_family", 1, 0),
+            b.member("", 4, 96),
+            b.member("skc_bits", 2, (3 << 24) | 128),
+        ]
+        .concat();
+        b.add("sock_common", KIND_STRUCT, 3, true, 24, &m);
+        // 6: enum sk_rst_reason { NOT_SPECIFIED = 0, NO_SOCKET = 1 }
+        let (a, c) = (
+            b.string("SK_RST_REASON_NOT_SPECIFIED"),
+            b.string("SK_RST_REASON_NO_SOCKET"),
+        );
+        b.add("sk_rst_reason", KIND_ENUM, 2, false, 4, &[a, 0, c, 1]);
+        // 7: func_proto (void *, struct sock_common *, u32) ; 8: ptr -> 7; 9: typedef btf_trace_x -> 8
+        let (p0, p1, p2) = (b.string("ctx"), b.string("sk"), b.string("err"));
+        b.add("", KIND_FUNC_PROTO, 3, false, 0, &[p0, 0, p1, 5, p2, 2]);
+        b.add("", KIND_PTR, 0, false, 7, &[]);
+        b.add(
+            "btf_trace_tcp_retransmit_skb",
+            KIND_TYPEDEF,
+            0,
+            false,
+            8,
+            &[],
+        );
+        b.finish()
+    }
+
+    #[test]
+    fn members_found_through_anonymous_unions() {
+        let btf = Btf::parse(&sample()).unwrap();
+        assert_eq!(
+            btf.field("sock_common", "skc_family").unwrap(),
+            FieldLocation {
+                byte_offset: 0,
+                size: 2
+            }
+        );
+        assert_eq!(
+            btf.field("sock_common", "skc_portpair").unwrap(),
+            FieldLocation {
+                byte_offset: 12,
+                size: 4
+            }
+        );
+        assert_eq!(
+            btf.field("sock_common", "skc_num").unwrap(),
+            FieldLocation {
+                byte_offset: 14,
+                size: 2
+            }
+        );
+    }
+
+    #[test]
+    fn errors_name_what_is_missing() {
+        let btf = Btf::parse(&sample()).unwrap();
+        let err = btf
+            .field("sock_common", "skc_nope")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("skc_nope"), "{err}");
+        let err = btf.field("sock", "sk_err").unwrap_err().to_string();
+        assert!(err.contains("struct sock"), "{err}");
+        let err = btf
+            .field("sock_common", "skc_bits")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bitfield"), "{err}");
+    }
+
+    #[test]
+    fn enums_and_tracepoint_prototypes() {
+        let btf = Btf::parse(&sample()).unwrap();
+        assert_eq!(
+            btf.enum_values("sk_rst_reason").unwrap(),
+            vec![
+                ("SK_RST_REASON_NOT_SPECIFIED".to_owned(), 0),
+                ("SK_RST_REASON_NO_SOCKET".to_owned(), 1)
+            ]
+        );
+        assert_eq!(btf.tracepoint_arg_count("tcp_retransmit_skb"), Some(2));
+        assert_eq!(btf.tracepoint_arg_count("tcp_nonexistent"), None);
+    }
+
+    #[test]
+    fn corrupt_input_is_an_error_not_a_panic() {
+        let data = sample();
+        assert!(Btf::parse(&data[..10]).is_err());
+        assert!(Btf::parse(&data[..40]).is_err());
+        let mut bad_magic = data.clone();
+        bad_magic[0] = 0;
+        assert!(Btf::parse(&bad_magic).is_err());
+    }
+}

@@ -1,0 +1,199 @@
+//! Command line: `shuffletrace [run] [--ports LIST] [--format text|json] [--duration D] ...`.
+
+use std::{fmt, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// The seed's port table: HTTPS UI/API, alternative REST API, HiveServer2/Thrift, Spark
+/// Connect, the executor shuffle service, the driver UI and the Hive metastore.
+pub const DEFAULT_PORTS: &str = "7337,10000,10001,4040,9083,443,8443";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "shuffletrace",
+    version,
+    about = "Trace the TCP packet path of Spark services and say why connections fail",
+    long_about = "Traces TCP connections on the watched ports (Spark shuffle 7337, HiveServer2 \
+                  10000, Spark Connect 10001, ...) with eBPF programs on the kernel's TCP \
+                  tracepoints, in every network namespace of this host. Needs root (or \
+                  CAP_BPF and CAP_PERFMON). Without a subcommand it runs `shuffletrace run`.",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Trace live: print one line per kernel event on the watched ports (the default).
+    Run(RunArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Ports to watch, comma separated, ranges allowed (`7337,10000-10001`). A flow is watched
+    /// when its local or its remote port is in the list.
+    #[arg(long, value_name = "LIST", default_value = DEFAULT_PORTS)]
+    pub ports: String,
+
+    /// Output format: `text` (a readable line per event) or `json` (NDJSON, one object a line).
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+
+    /// Stop after this long (`30s`, `5m`, `1h`): detach, drain, flush and exit 0. Without it,
+    /// run until SIGINT or SIGTERM, which do the same.
+    #[arg(long, value_name = "D")]
+    pub duration: Option<String>,
+
+    /// Upper bound on flows tracked at once, in the kernel's socket-owner table and in the
+    /// collector's flow table. Past it the oldest flows are evicted, and evictions are counted.
+    #[arg(long, value_name = "N", default_value_t = 131_072)]
+    pub max_flows: u32,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// A command-line value that does not parse; printed as one line, exit status 2.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Parses a watched-port list: comma-separated ports and `low-high` ranges, 1..=65535.
+/// Returns the sorted, de-duplicated ports.
+pub fn parse_ports(list: &str) -> Result<Vec<u16>, UsageError> {
+    let bad = |token: &str, why: &str| {
+        UsageError(format!(
+            "invalid --ports list {list:?}: {token:?} {why} (expected ports 1-65535 or ranges \
+             like 10000-10001, comma separated)"
+        ))
+    };
+    if list.trim().is_empty() {
+        return Err(bad("", "is empty"));
+    }
+    let port = |token: &str| -> Result<u16, UsageError> {
+        match token.trim().parse::<u32>() {
+            Ok(0) => Err(bad(token, "is not a port: port 0 cannot be watched")),
+            Ok(n) if n > 65535 => Err(bad(token, "is out of range")),
+            Ok(n) => Ok(n as u16),
+            Err(_) => Err(bad(token, "is not a port number")),
+        }
+    };
+    let mut ports = Vec::new();
+    for token in list.split(',') {
+        if token.trim().is_empty() {
+            return Err(bad(token, "is an empty entry"));
+        }
+        match token.split_once('-') {
+            Some((low, high)) => {
+                let (low, high) = (port(low)?, port(high)?);
+                if low > high {
+                    return Err(bad(token, "is a range whose start is above its end"));
+                }
+                ports.extend(low..=high);
+            }
+            None => ports.push(port(token)?),
+        }
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    Ok(ports)
+}
+
+/// Parses `--duration`: `30s`, `5m`, `1h`, `1h30m`, `250ms`.
+pub fn parse_duration(text: &str) -> Result<Duration, UsageError> {
+    match humantime::parse_duration(text.trim()) {
+        Ok(d) if d.is_zero() => Err(UsageError(format!(
+            "invalid --duration {text:?}: must be longer than zero"
+        ))),
+        Ok(d) => Ok(d),
+        Err(e) => Err(UsageError(format!(
+            "invalid --duration {text:?}: {e} (examples: 30s, 5m, 1h)"
+        ))),
+    }
+}
+
+/// Compact rendering of a sorted port list, ranges folded: `443,4040,7337,10000-10001`.
+pub fn format_ports(ports: &[u16]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < ports.len() {
+        let start = ports[i];
+        let mut end = start;
+        while i + 1 < ports.len() && ports[i + 1] == end + 1 {
+            i += 1;
+            end = ports[i];
+        }
+        parts.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
+        i += 1;
+    }
+    parts.join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_ports_are_the_seed_table() {
+        assert_eq!(
+            parse_ports(DEFAULT_PORTS).unwrap(),
+            vec![443, 4040, 7337, 8443, 9083, 10000, 10001]
+        );
+    }
+
+    #[test]
+    fn ranges_expand_and_duplicates_fold() {
+        assert_eq!(
+            parse_ports("7337, 10000-10002,7337").unwrap(),
+            vec![7337, 10000, 10001, 10002]
+        );
+        assert_eq!(
+            format_ports(&[443, 7337, 10000, 10001, 10002]),
+            "443,7337,10000-10002"
+        );
+    }
+
+    #[test]
+    fn bad_tokens_are_named() {
+        for (list, token) in [
+            ("0", "\"0\""),
+            ("70000", "\"70000\""),
+            ("7337,abc", "\"abc\""),
+            ("7337,,10000", "\"\""),
+            ("10001-10000", "\"10001-10000\""),
+            ("", "\"\""),
+            ("7337-", "\"\""),
+        ] {
+            let err = parse_ports(list).unwrap_err().0;
+            assert!(err.contains(token), "{list}: {err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("0s").is_err());
+    }
+}

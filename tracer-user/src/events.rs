@@ -1,0 +1,334 @@
+//! Decoding ring-buffer records ([`FlowEvent`], the shared wire struct) into typed events.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use tracer_ebpf::{AF_INET, AF_INET6, FlowEvent, flag, kind, tcp_state};
+
+/// What the kernel saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    StateChange,
+    Retransmit,
+    SynackRetransmit,
+    ResetSent,
+    ResetReceived,
+    SocketError,
+}
+
+impl EventKind {
+    fn from_wire(value: u8) -> Option<Self> {
+        Some(match value {
+            kind::STATE_CHANGE => Self::StateChange,
+            kind::RETRANSMIT => Self::Retransmit,
+            kind::SYNACK_RETRANSMIT => Self::SynackRetransmit,
+            kind::RESET_SENT => Self::ResetSent,
+            kind::RESET_RECEIVED => Self::ResetReceived,
+            kind::SOCKET_ERROR => Self::SocketError,
+            _ => return None,
+        })
+    }
+
+    /// The stable name used in output (`"event"` in JSON).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::StateChange => "state_change",
+            Self::Retransmit => "retransmit",
+            Self::SynackRetransmit => "synack_retransmit",
+            Self::ResetSent => "reset_sent",
+            Self::ResetReceived => "reset_received",
+            Self::SocketError => "socket_error",
+        }
+    }
+}
+
+/// The process a flow belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+}
+
+/// Which end of the connection this host is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// This host connected out.
+    Client,
+    /// This host accepted the connection.
+    Server,
+}
+
+/// One decoded kernel event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// CLOCK_BOOTTIME nanoseconds (see [`crate::clock`] for wall time).
+    pub boot_ns: u64,
+    pub kind: EventKind,
+    pub cookie: u64,
+    pub netns: u32,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub owner: Option<Owner>,
+    pub side: Option<Side>,
+    pub old_state: u8,
+    pub new_state: u8,
+    /// errno (socket_error, retransmit) or `enum sk_rst_reason` (reset_sent).
+    pub detail: i32,
+    /// A RST for a packet that matched no socket.
+    pub no_socket: bool,
+}
+
+/// A record that does not decode: counted, never fatal.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    Size(usize),
+    Kind(u8),
+    Family(u8),
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Size(n) => write!(
+                f,
+                "record of {n} bytes, expected {}",
+                size_of::<FlowEvent>()
+            ),
+            Self::Kind(k) => write!(f, "unknown event kind {k}"),
+            Self::Family(a) => write!(f, "unknown address family {a}"),
+        }
+    }
+}
+
+/// Address from the kernel's 16 bytes; v4-mapped IPv6 is shown as IPv4.
+fn address(family: u8, bytes: [u8; 16]) -> Result<IpAddr, DecodeError> {
+    match u16::from(family) {
+        AF_INET => Ok(IpAddr::V4(Ipv4Addr::new(
+            bytes[0], bytes[1], bytes[2], bytes[3],
+        ))),
+        AF_INET6 => {
+            let v6 = Ipv6Addr::from(bytes);
+            Ok(match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(v6),
+            })
+        }
+        _ => Err(DecodeError::Family(family)),
+    }
+}
+
+fn comm(bytes: &[u8; 16]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
+    if record.len() < size_of::<FlowEvent>() {
+        return Err(DecodeError::Size(record.len()));
+    }
+    // SAFETY: length checked; FlowEvent is plain data valid for any bytes.
+    let raw: FlowEvent = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
+    let kind = EventKind::from_wire(raw.kind).ok_or(DecodeError::Kind(raw.kind))?;
+    let local = SocketAddr::new(address(raw.family, raw.local_addr)?, raw.local_port);
+    let remote = SocketAddr::new(address(raw.family, raw.remote_addr)?, raw.remote_port);
+    let owner = (raw.flags & flag::OWNER_KNOWN != 0).then(|| Owner {
+        pid: raw.pid,
+        tid: raw.tid,
+        uid: raw.uid,
+        comm: comm(&raw.comm),
+        cgroup_id: raw.cgroup_id,
+    });
+    let listener = raw.old_state == tcp_state::LISTEN || raw.new_state == tcp_state::LISTEN;
+    let side = if raw.flags & flag::ACCEPTED != 0 {
+        Some(Side::Server)
+    } else if owner.is_some() && !listener {
+        // Owners of non-accepted sockets are captured at connect().
+        Some(Side::Client)
+    } else {
+        None
+    };
+    Ok(Event {
+        boot_ns: raw.ts_ns,
+        kind,
+        cookie: raw.cookie,
+        netns: raw.netns,
+        local,
+        remote,
+        owner,
+        side,
+        old_state: raw.old_state,
+        new_state: raw.new_state,
+        detail: raw.detail,
+        no_socket: raw.flags & flag::NO_SOCKET != 0,
+    })
+}
+
+/// Kernel TCP state names (include/net/tcp_states.h), without the `TCP_` prefix.
+pub fn tcp_state_name(state: u8) -> &'static str {
+    match state {
+        1 => "ESTABLISHED",
+        2 => "SYN_SENT",
+        3 => "SYN_RECV",
+        4 => "FIN_WAIT1",
+        5 => "FIN_WAIT2",
+        6 => "TIME_WAIT",
+        7 => "CLOSE",
+        8 => "CLOSE_WAIT",
+        9 => "LAST_ACK",
+        10 => "LISTEN",
+        11 => "CLOSING",
+        12 => "NEW_SYN_RECV",
+        _ => "UNKNOWN",
+    }
+}
+
+/// Symbolic errno names for the errors a TCP socket reports.
+pub fn errno_name(errno: i32) -> String {
+    let name = match errno {
+        libc::ECONNREFUSED => "ECONNREFUSED",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        libc::EHOSTUNREACH => "EHOSTUNREACH",
+        libc::ENETUNREACH => "ENETUNREACH",
+        libc::ECONNRESET => "ECONNRESET",
+        libc::ECONNABORTED => "ECONNABORTED",
+        libc::EPIPE => "EPIPE",
+        libc::EPROTO => "EPROTO",
+        libc::EMSGSIZE => "EMSGSIZE",
+        libc::ENOBUFS => "ENOBUFS",
+        libc::ENOMEM => "ENOMEM",
+        libc::EHOSTDOWN => "EHOSTDOWN",
+        libc::ENETDOWN => "ENETDOWN",
+        libc::ENETRESET => "ENETRESET",
+        libc::EACCES => "EACCES",
+        libc::EPERM => "EPERM",
+        libc::EADDRNOTAVAIL => "EADDRNOTAVAIL",
+        libc::EAGAIN => "EAGAIN",
+        libc::ENOPROTOOPT => "ENOPROTOOPT",
+        _ => return format!("errno {errno}"),
+    };
+    name.to_owned()
+}
+
+/// Names of the kernel's reset reasons (`enum sk_rst_reason`), read from its BTF at start.
+#[derive(Debug, Default, Clone)]
+pub struct ResetReasons(HashMap<i64, String>);
+
+impl ResetReasons {
+    pub fn new(values: Vec<(i64, String)>) -> Self {
+        Self(values.into_iter().collect())
+    }
+
+    pub fn name(&self, reason: i32) -> Option<&str> {
+        self.0.get(&i64::from(reason)).map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire(kind: u8, family: u16) -> FlowEvent {
+        let mut local_addr = [0u8; 16];
+        let mut remote_addr = [0u8; 16];
+        if family == AF_INET {
+            local_addr[..4].copy_from_slice(&[10, 0, 0, 1]);
+            remote_addr[..4].copy_from_slice(&[10, 0, 0, 2]);
+        } else {
+            local_addr = Ipv6Addr::LOCALHOST.octets();
+            remote_addr = "::ffff:10.0.0.2".parse::<Ipv6Addr>().unwrap().octets();
+        }
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"java");
+        FlowEvent {
+            ts_ns: 42,
+            cookie: 7,
+            cgroup_id: 9,
+            netns: 4026531840,
+            pid: 100,
+            tid: 101,
+            uid: 1000,
+            detail: libc::ECONNREFUSED,
+            kind,
+            family: family as u8,
+            old_state: 2,
+            new_state: 7,
+            local_port: 43210,
+            remote_port: 7337,
+            flags: flag::OWNER_KNOWN,
+            _pad: 0,
+            local_addr,
+            remote_addr,
+            comm,
+        }
+    }
+
+    fn bytes(event: &FlowEvent) -> Vec<u8> {
+        // SAFETY: plain data.
+        unsafe {
+            std::slice::from_raw_parts(
+                (event as *const FlowEvent).cast::<u8>(),
+                size_of::<FlowEvent>(),
+            )
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn decodes_ipv4_event_with_owner() {
+        let event = decode(&bytes(&wire(kind::SOCKET_ERROR, AF_INET))).unwrap();
+        assert_eq!(event.kind, EventKind::SocketError);
+        assert_eq!(event.local, "10.0.0.1:43210".parse().unwrap());
+        assert_eq!(event.remote, "10.0.0.2:7337".parse().unwrap());
+        let owner = event.owner.unwrap();
+        assert_eq!(
+            (owner.pid, owner.uid, owner.comm.as_str()),
+            (100, 1000, "java")
+        );
+        assert_eq!(errno_name(event.detail), "ECONNREFUSED");
+    }
+
+    #[test]
+    fn v4_mapped_ipv6_shows_as_ipv4() {
+        let event = decode(&bytes(&wire(kind::STATE_CHANGE, AF_INET6))).unwrap();
+        assert_eq!(event.local, "[::1]:43210".parse().unwrap());
+        assert_eq!(event.remote, "10.0.0.2:7337".parse().unwrap());
+    }
+
+    #[test]
+    fn bad_records_are_rejected() {
+        let good = bytes(&wire(kind::STATE_CHANGE, AF_INET));
+        assert_eq!(decode(&good[..10]), Err(DecodeError::Size(10)));
+        assert_eq!(
+            decode(&bytes(&wire(99, AF_INET))),
+            Err(DecodeError::Kind(99))
+        );
+        assert_eq!(
+            decode(&bytes(&wire(kind::STATE_CHANGE, 3))),
+            Err(DecodeError::Family(3))
+        );
+    }
+
+    #[test]
+    fn unknown_owner_is_none() {
+        let mut raw = wire(kind::RESET_RECEIVED, AF_INET);
+        raw.flags = 0;
+        assert!(decode(&bytes(&raw)).unwrap().owner.is_none());
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(tcp_state_name(2), "SYN_SENT");
+        assert_eq!(tcp_state_name(7), "CLOSE");
+        assert_eq!(errno_name(libc::ETIMEDOUT), "ETIMEDOUT");
+        assert_eq!(errno_name(4242), "errno 4242");
+        let reasons = ResetReasons::new(vec![(1, "NO_SOCKET".into())]);
+        assert_eq!(reasons.name(1), Some("NO_SOCKET"));
+        assert_eq!(reasons.name(2), None);
+    }
+}

@@ -1,0 +1,243 @@
+//! The collector's flow table: one entry per socket cookie, holding what later events of the
+//! same flow need (its owner, state and counts). Bounded: past `capacity` the closed flows go
+//! first, then the least recently seen; every eviction is counted.
+
+use std::{collections::HashMap, net::SocketAddr};
+
+use crate::events::{Event, EventKind, Owner, Side};
+use tracer_ebpf::tcp_state;
+
+/// How long a closed flow stays, so that events the kernel reports after the close (the
+/// socket error of a refused connect comes after its SYN_SENT -> CLOSE) still find it.
+const CLOSED_LINGER_NS: u64 = 5_000_000_000;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Flow {
+    /// This host's end, with its port once known (a connecting socket has none at SYN_SENT).
+    pub local: SocketAddr,
+    pub first_ns: u64,
+    pub last_ns: u64,
+    pub owner: Option<Owner>,
+    pub side: Option<Side>,
+    pub state: u8,
+    pub events: u64,
+    pub retransmits: u64,
+    pub closed_ns: Option<u64>,
+}
+
+#[derive(Debug)]
+pub struct FlowTable {
+    flows: HashMap<u64, Flow>,
+    capacity: usize,
+    evictions: u64,
+}
+
+impl FlowTable {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            flows: HashMap::new(),
+            capacity: capacity.max(1),
+            evictions: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Flows evicted to stay within capacity (closed flows aged out are not evictions).
+    pub fn evictions(&self) -> u64 {
+        self.evictions
+    }
+
+    #[cfg(test)]
+    pub fn get(&self, cookie: u64) -> Option<&Flow> {
+        self.flows.get(&cookie)
+    }
+
+    /// Records `event` in its flow, and fills the event's owner and side from the flow when
+    /// the kernel no longer had them (events after the kernel forgot the socket at close).
+    pub fn observe(&mut self, event: &mut Event) {
+        if event.cookie == 0 {
+            return; // no socket: nothing to join
+        }
+        if !self.flows.contains_key(&event.cookie) && self.flows.len() >= self.capacity {
+            self.make_room(event.boot_ns);
+        }
+        let flow = self.flows.entry(event.cookie).or_insert_with(|| Flow {
+            local: event.local,
+            first_ns: event.boot_ns,
+            last_ns: event.boot_ns,
+            owner: None,
+            side: None,
+            state: event.old_state,
+            events: 0,
+            retransmits: 0,
+            closed_ns: None,
+        });
+        flow.last_ns = flow.last_ns.max(event.boot_ns);
+        if event.local.port() != 0 {
+            flow.local = event.local;
+        } else if flow.local.port() != 0 && flow.local.ip() == event.local.ip() {
+            event.local = flow.local;
+        }
+        flow.events += 1;
+        if event.kind == EventKind::Retransmit {
+            flow.retransmits += 1;
+        }
+        match (&event.owner, &flow.owner) {
+            (Some(owner), _) => flow.owner = Some(owner.clone()),
+            (None, Some(owner)) => event.owner = Some(owner.clone()),
+            (None, None) => {}
+        }
+        match (event.side, flow.side) {
+            (Some(side), _) => flow.side = Some(side),
+            (None, side) => event.side = side,
+        }
+        if event.kind == EventKind::StateChange {
+            flow.state = event.new_state;
+            if event.new_state == tcp_state::CLOSE {
+                flow.closed_ns = Some(event.boot_ns);
+            }
+        }
+    }
+
+    /// Drops flows closed longer than the linger time. Call periodically.
+    pub fn expire(&mut self, now_ns: u64) {
+        self.flows.retain(|_, flow| match flow.closed_ns {
+            Some(closed) => now_ns.saturating_sub(closed) < CLOSED_LINGER_NS,
+            None => true,
+        });
+    }
+
+    /// Frees at least one slot: closed flows first, then the least recently seen
+    /// (a batch of 1/64 of capacity, so a full table is not scanned for every new flow).
+    fn make_room(&mut self, now_ns: u64) {
+        self.expire(now_ns);
+        if self.flows.len() < self.capacity {
+            return;
+        }
+        let batch = (self.capacity / 64).max(1);
+        let mut by_age: Vec<(u64, u64)> = self
+            .flows
+            .iter()
+            .map(|(&cookie, flow)| (flow.last_ns, cookie))
+            .collect();
+        by_age.select_nth_unstable(batch - 1);
+        for &(_, cookie) in &by_age[..batch] {
+            self.flows.remove(&cookie);
+        }
+        self.evictions += batch as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(cookie: u64, boot_ns: u64, kind: EventKind, old: u8, new: u8) -> Event {
+        Event {
+            boot_ns,
+            kind,
+            cookie,
+            netns: 1,
+            local: "10.0.0.1:40000".parse().unwrap(),
+            remote: "10.0.0.2:7337".parse().unwrap(),
+            owner: None,
+            side: None,
+            old_state: old,
+            new_state: new,
+            detail: 0,
+            no_socket: false,
+        }
+    }
+
+    fn owner() -> Owner {
+        Owner {
+            pid: 10,
+            tid: 11,
+            uid: 1000,
+            comm: "java".into(),
+            cgroup_id: 5,
+        }
+    }
+
+    #[test]
+    fn owner_backfills_events_after_close() {
+        let mut table = FlowTable::new(16);
+        let mut connect = event(1, 1, EventKind::StateChange, 7, 2);
+        connect.owner = Some(owner());
+        connect.side = Some(Side::Client);
+        table.observe(&mut connect);
+        let mut close = event(1, 2, EventKind::StateChange, 2, 7);
+        table.observe(&mut close);
+        let mut error = event(1, 3, EventKind::SocketError, 7, 7);
+        table.observe(&mut error);
+        assert_eq!(error.owner, Some(owner()));
+        assert_eq!(error.side, Some(Side::Client));
+        assert_eq!(table.get(1).unwrap().events, 3);
+    }
+
+    #[test]
+    fn local_port_learned_later_fills_later_events() {
+        let mut table = FlowTable::new(16);
+        let mut connect = event(1, 1, EventKind::StateChange, 7, 2);
+        connect.local.set_port(0);
+        table.observe(&mut connect);
+        assert_eq!(connect.local.port(), 0);
+        table.observe(&mut event(1, 2, EventKind::ResetReceived, 2, 2));
+        let mut error = event(1, 3, EventKind::SocketError, 7, 7);
+        error.local.set_port(0);
+        table.observe(&mut error);
+        assert_eq!(error.local.port(), 40000);
+    }
+
+    #[test]
+    fn closed_flows_expire_after_linger() {
+        let mut table = FlowTable::new(16);
+        table.observe(&mut event(1, 0, EventKind::StateChange, 2, 7));
+        table.observe(&mut event(2, 0, EventKind::StateChange, 2, 1));
+        table.expire(CLOSED_LINGER_NS - 1);
+        assert_eq!(table.len(), 2);
+        table.expire(CLOSED_LINGER_NS);
+        assert_eq!(table.len(), 1);
+        assert!(table.get(2).is_some());
+        assert_eq!(table.evictions(), 0);
+    }
+
+    #[test]
+    fn bound_holds_and_evictions_are_counted() {
+        let mut table = FlowTable::new(128);
+        for cookie in 1..=1000u64 {
+            table.observe(&mut event(cookie, cookie, EventKind::StateChange, 2, 1));
+            assert!(table.len() <= 128);
+        }
+        // Every flow beyond capacity cost exactly one eviction, oldest first.
+        assert_eq!(table.len() as u64 + table.evictions(), 1000);
+        assert!(table.get(1000).is_some());
+        assert!(table.get(1).is_none());
+    }
+
+    #[test]
+    fn closed_flows_are_freed_before_open_ones_are_evicted() {
+        let mut table = FlowTable::new(2);
+        table.observe(&mut event(1, 0, EventKind::StateChange, 2, 1));
+        table.observe(&mut event(2, 0, EventKind::StateChange, 2, 7));
+        table.observe(&mut event(
+            3,
+            CLOSED_LINGER_NS,
+            EventKind::StateChange,
+            7,
+            2,
+        ));
+        assert_eq!(table.evictions(), 0);
+        assert!(table.get(1).is_some() && table.get(3).is_some());
+    }
+
+    #[test]
+    fn no_socket_events_are_not_tracked() {
+        let mut table = FlowTable::new(2);
+        table.observe(&mut event(0, 0, EventKind::ResetSent, 7, 7));
+        assert_eq!(table.len(), 0);
+    }
+}

@@ -1,0 +1,70 @@
+//! Kernel struct field offsets for the kernel programs, resolved from the running kernel's BTF.
+
+use anyhow::{Result, bail};
+use tracer_ebpf::KernelOffsets;
+
+use crate::btf::Btf;
+
+fn offset(btf: &Btf, struct_name: &str, path: &str) -> Result<u32> {
+    Ok(btf.field(struct_name, path)?.byte_offset)
+}
+
+/// Resolves every offset the programs read.
+pub fn resolve(btf: &Btf) -> Result<KernelOffsets> {
+    let common = |path: &str| offset(btf, "sock_common", path);
+    let skc_dport = common("skc_dport")?;
+    let skc_num = common("skc_num")?;
+    if skc_num != skc_dport + 2 {
+        bail!("unexpected struct sock_common layout: skc_num is not right after skc_dport");
+    }
+    let skc_daddr = common("skc_daddr")?;
+    let skc_rcv_saddr = common("skc_rcv_saddr")?;
+    if skc_rcv_saddr != skc_daddr + 4 {
+        bail!("unexpected struct sock_common layout: skc_rcv_saddr is not right after skc_daddr");
+    }
+    // Every program reads sockets as `struct sock *` through sock_common offsets.
+    let sk_common = offset(btf, "sock", "__sk_common")?;
+    if sk_common != 0 {
+        bail!("unexpected struct sock layout: __sk_common is not at offset 0");
+    }
+    let protocol = btf.field("sock", "sk_protocol")?;
+    let net_ns_inum = offset(btf, "net", "ns.inum")?;
+    Ok(KernelOffsets {
+        ready: 1,
+        skc_family: common("skc_family")?,
+        skc_state: common("skc_state")?,
+        skc_portpair: skc_dport,
+        skc_addrpair: skc_daddr,
+        skc_v6_daddr: common("skc_v6_daddr")?,
+        skc_v6_rcv_saddr: common("skc_v6_rcv_saddr")?,
+        skc_net: common("skc_net.net")?,
+        sk_protocol: protocol.byte_offset,
+        sk_protocol_size: protocol.size,
+        sk_err: offset(btf, "sock", "sk_err")?,
+        inet_sport: offset(btf, "inet_sock", "inet_sport")?,
+        net_ns_inum,
+        skb_head: offset(btf, "sk_buff", "head")?,
+        skb_network_header: offset(btf, "sk_buff", "network_header")?,
+        skb_transport_header: offset(btf, "sk_buff", "transport_header")?,
+        skb_dev: offset(btf, "sk_buff", "dev")?,
+        dev_nd_net: offset(btf, "net_device", "nd_net")?,
+        retransmit_has_err: u32::from(btf.tracepoint_arg_count("tcp_retransmit_skb") >= Some(3)),
+        send_reset_has_reason: u32::from(btf.tracepoint_arg_count("tcp_send_reset") >= Some(3)),
+    })
+}
+
+/// Names of `enum sk_rst_reason` values by number, from the running kernel (empty on kernels
+/// before 6.10, which give no reason).
+pub fn reset_reasons(btf: &Btf) -> Vec<(i64, String)> {
+    btf.enum_values("sk_rst_reason")
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, value)| {
+            let name = name
+                .strip_prefix("SK_RST_REASON_")
+                .unwrap_or(&name)
+                .to_owned();
+            (value, name)
+        })
+        .collect()
+}

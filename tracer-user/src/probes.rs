@@ -1,0 +1,287 @@
+//! Loading and attaching the kernel programs: privilege checks, BTF offsets, the watched-port
+//! set, and the loss counters the programs keep.
+
+use std::{fmt, os::fd::AsFd as _};
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData, PerCpuArray, RingBuf},
+    programs::BtfTracePoint,
+};
+use tracer_ebpf::counter;
+
+use crate::{btf::Btf, offsets};
+
+/// The kernel programs, built for the bpf target by build.rs and embedded in this binary.
+static TRACER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+/// Ring-buffer size set in the kernel program (8 MiB); the reader is woken when an eighth of
+/// it is waiting, otherwise it drains on its poll timer.
+const RING_BYTES: u64 = 8 * 1024 * 1024;
+const WAKEUP_BYTES: u64 = RING_BYTES / 8;
+
+/// Program name in the object file -> BTF tracepoint it attaches to.
+pub const PROGRAMS: [(&str, &str); 6] = [
+    ("inet_sock_set_state", "inet_sock_set_state"),
+    ("tcp_retransmit_skb", "tcp_retransmit_skb"),
+    ("tcp_retransmit_synack", "tcp_retransmit_synack"),
+    ("tcp_send_reset", "tcp_send_reset"),
+    ("tcp_receive_reset", "tcp_receive_reset"),
+    ("inet_sk_error_report", "inet_sk_error_report"),
+];
+
+/// What stops the tool from running at all; printed as one line, exit status 1.
+#[derive(Debug)]
+pub struct FatalError(pub String);
+
+impl fmt::Display for FatalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for FatalError {}
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// Capabilities this process lacks to load and attach tracing programs, by name.
+pub fn missing_capabilities(effective: u64) -> Vec<&'static str> {
+    let has = |cap: u32| effective & (1u64 << cap) != 0;
+    if has(CAP_SYS_ADMIN) {
+        return Vec::new();
+    }
+    [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
+        .into_iter()
+        .filter(|&(cap, _)| !has(cap))
+        .map(|(_, name)| name)
+        .collect()
+}
+
+/// The effective capability set from `/proc/self/status`.
+fn effective_capabilities() -> Result<u64> {
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let hex = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .context("no CapEff line in /proc/self/status")?;
+    u64::from_str_radix(hex.trim(), 16).context("parsing CapEff")
+}
+
+/// Fails with a clear message when this process cannot load eBPF programs.
+pub fn check_privileges() -> Result<()> {
+    let missing = missing_capabilities(effective_capabilities()?);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(FatalError(format!(
+        "shuffletrace needs root, or the capabilities CAP_BPF and CAP_PERFMON, to load its eBPF \
+         programs (missing: {}); run it with sudo: sudo shuffletrace ...",
+        missing.join(", ")
+    ))
+    .into())
+}
+
+/// A kernel tracepoint we could not attach, and why.
+#[derive(Debug, Clone)]
+pub struct Missing {
+    pub tracepoint: &'static str,
+    pub reason: String,
+}
+
+/// Loaded and attached kernel programs.
+pub struct Probes {
+    pub ebpf: Ebpf,
+    pub attached: Vec<&'static str>,
+    pub missing: Vec<Missing>,
+}
+
+/// Loss and overflow counts summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    pub ringbuf_full: u64,
+    pub owner_table_full: u64,
+    pub listener_table_full: u64,
+    pub read_failed: u64,
+    /// Runs the kernel skipped because a program was already running on that CPU.
+    pub recursion_misses: u64,
+}
+
+/// Raises RLIMIT_MEMLOCK for kernels that still charge BPF maps to it (before 5.11).
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        tracing::debug!("could not raise RLIMIT_MEMLOCK; fine on kernels 5.11 and later");
+    }
+}
+
+impl Probes {
+    /// Loads the programs with offsets from `btf`, fills the watched-port set, and attaches
+    /// every tracepoint this kernel has. Tracepoints it lacks are reported in `missing`.
+    pub fn load(btf: &Btf, ports: &[u16], max_flows: u32) -> Result<Self> {
+        raise_memlock_limit();
+        let offsets = offsets::resolve(btf)?;
+        let mut ebpf = EbpfLoader::new()
+            .override_global("OFFSETS", &offsets, true)
+            .override_global("WAKEUP_BYTES", &WAKEUP_BYTES, true)
+            .map_max_entries("OWNERS", max_flows.max(1))
+            .load(TRACER_OBJECT)
+            .context("loading the eBPF object")?;
+
+        let mut watched: Array<_, u8> = Array::try_from(
+            ebpf.map_mut("WATCHED_PORTS")
+                .ok_or_else(|| anyhow!("no WATCHED_PORTS map"))?,
+        )?;
+        for &port in ports {
+            watched
+                .set(u32::from(port), 1, 0)
+                .with_context(|| format!("adding port {port} to the watched set"))?;
+        }
+
+        let aya_btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
+        let mut attached = Vec::new();
+        let mut missing = Vec::new();
+        for (program, tracepoint) in PROGRAMS {
+            if btf.tracepoint_arg_count(tracepoint).is_none() {
+                missing.push(Missing {
+                    tracepoint,
+                    reason: "this kernel has no such tracepoint".into(),
+                });
+                continue;
+            }
+            let result = (|| -> Result<()> {
+                let prog: &mut BtfTracePoint = ebpf
+                    .program_mut(program)
+                    .ok_or_else(|| anyhow!("program {program} not in the object"))?
+                    .try_into()?;
+                prog.load(tracepoint, &aya_btf)
+                    .map_err(|e| anyhow!("{}", verifier_message(&e)))?;
+                prog.attach()?;
+                Ok(())
+            })();
+            match result {
+                Ok(()) => attached.push(tracepoint),
+                Err(e) => missing.push(Missing {
+                    tracepoint,
+                    reason: format!("{e:#}"),
+                }),
+            }
+        }
+        if attached.is_empty() {
+            return Err(FatalError(format!(
+                "no tracepoint could be attached: {}",
+                missing
+                    .iter()
+                    .map(|m| format!("{} ({})", m.tracepoint, m.reason))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ))
+            .into());
+        }
+        Ok(Self {
+            ebpf,
+            attached,
+            missing,
+        })
+    }
+
+    /// Takes the event ring buffer out of the object (to be read through AsyncFd).
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or_else(|| anyhow!("no EVENTS map"))?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    /// Detaches every program: no new events after this returns.
+    pub fn detach(&mut self) {
+        for (program, _) in PROGRAMS {
+            if let Some(prog) = self.ebpf.program_mut(program)
+                && let Ok(prog) = <&mut BtfTracePoint>::try_from(prog)
+                && prog.fd().is_ok()
+            {
+                let _ = prog.unload();
+            }
+        }
+    }
+
+    /// Reads the per-CPU loss counters and each program's recursion misses.
+    pub fn counters(&self) -> KernelCounters {
+        let mut counters = KernelCounters::default();
+        if let Some(map) = self.ebpf.map("COUNTERS")
+            && let Ok(array) = PerCpuArray::<_, u64>::try_from(map)
+        {
+            let sum = |index: u32| -> u64 {
+                array
+                    .get(&index, 0)
+                    .map(|values| values.iter().sum())
+                    .unwrap_or(0)
+            };
+            counters.ringbuf_full = sum(counter::RINGBUF_FULL);
+            counters.owner_table_full = sum(counter::OWNER_TABLE_FULL);
+            counters.listener_table_full = sum(counter::LISTENER_TABLE_FULL);
+            counters.read_failed = sum(counter::READ_FAILED);
+        }
+        for (program, _) in PROGRAMS {
+            counters.recursion_misses += self
+                .ebpf
+                .program(program)
+                .and_then(|p| <&BtfTracePoint>::try_from(p).ok())
+                .and_then(|p| p.fd().ok())
+                .and_then(|fd| recursion_misses(fd.as_fd()))
+                .unwrap_or(0);
+        }
+        counters
+    }
+}
+
+/// `recursion_misses` of a loaded program, from its fdinfo (aya does not expose it).
+fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
+    use std::os::fd::AsRawFd as _;
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
+    parse_fdinfo_field(&info, "recursion_misses")
+}
+
+/// A numeric `name:\tvalue` line of a fdinfo file.
+pub fn parse_fdinfo_field(info: &str, name: &str) -> Option<u64> {
+    info.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        (key.trim() == name).then(|| value.trim().parse().ok())?
+    })
+}
+
+/// The verifier's complaint, trimmed to its last lines (the full log is thousands of lines).
+fn verifier_message(error: &aya::programs::ProgramError) -> String {
+    let text = format!("{error:#}");
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines.len().saturating_sub(8);
+    lines[tail..].join(" | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capabilities_named() {
+        assert_eq!(missing_capabilities(0), vec!["CAP_BPF", "CAP_PERFMON"]);
+        assert_eq!(missing_capabilities(1 << CAP_BPF), vec!["CAP_PERFMON"]);
+        assert!(missing_capabilities((1 << CAP_BPF) | (1 << CAP_PERFMON)).is_empty());
+        assert!(missing_capabilities(1 << CAP_SYS_ADMIN).is_empty());
+    }
+
+    #[test]
+    fn fdinfo_fields() {
+        let info = "prog_type:\t26\nrun_time_ns:\t0\nrecursion_misses:\t7\nverified_insns:\t100\n";
+        assert_eq!(parse_fdinfo_field(info, "recursion_misses"), Some(7));
+        assert_eq!(parse_fdinfo_field(info, "missing"), None);
+    }
+}

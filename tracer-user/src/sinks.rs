@@ -1,0 +1,380 @@
+//! Output: the event stream on stdout, as readable text or NDJSON (schema in
+//! `schema/shuffletrace.schema.json`). The tool's own logs go to stderr, never here.
+
+use std::io::{self, Write};
+
+use serde::Serialize;
+
+use crate::{
+    cli::Format,
+    clock::BootClock,
+    events::{Event, EventKind, ResetReasons, Side, errno_name, tcp_state_name},
+    probes::{KernelCounters, Missing},
+};
+
+/// Version of the line schema; bumped on incompatible changes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// What every line says about where it came from.
+pub struct Context {
+    pub node: String,
+    pub clock: BootClock,
+    pub reset_reasons: ResetReasons,
+}
+
+/// Collector totals for the stats line.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Totals {
+    pub events: u64,
+    pub decode_errors: u64,
+    pub flows: usize,
+    pub flow_evictions: u64,
+}
+
+#[derive(Serialize)]
+struct EventLine<'a> {
+    #[serde(rename = "type")]
+    line_type: &'static str,
+    v: u32,
+    event: &'static str,
+    ts: String,
+    node: &'a str,
+    src: String,
+    dst: String,
+    netns: u32,
+    pid: Option<u32>,
+    tid: Option<u32>,
+    comm: Option<&'a str>,
+    uid: Option<u32>,
+    cgroup_id: Option<u64>,
+    cookie: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    side: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    old_state: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    new_state: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
+#[derive(Serialize)]
+struct MissingLine<'a> {
+    tracepoint: &'a str,
+    reason: &'a str,
+}
+
+#[derive(Serialize)]
+struct StartLine<'a> {
+    #[serde(rename = "type")]
+    line_type: &'static str,
+    v: u32,
+    ts: String,
+    node: &'a str,
+    version: &'static str,
+    kernel: &'a str,
+    ports: &'a [u16],
+    attached: &'a [&'static str],
+    missing: Vec<MissingLine<'a>>,
+}
+
+#[derive(Serialize)]
+struct StatsLine<'a> {
+    #[serde(rename = "type")]
+    line_type: &'static str,
+    v: u32,
+    ts: String,
+    node: &'a str,
+    events: u64,
+    decode_errors: u64,
+    lost_events: u64,
+    owner_table_full: u64,
+    listener_table_full: u64,
+    read_failed: u64,
+    recursion_misses: u64,
+    flows: usize,
+    flow_evictions: u64,
+}
+
+/// The parts of an event line that depend on its kind.
+struct Detail {
+    old_state: Option<&'static str>,
+    new_state: Option<&'static str>,
+    state: Option<&'static str>,
+    error: Option<String>,
+    reason: Option<String>,
+}
+
+fn detail(event: &Event, reasons: &ResetReasons) -> Detail {
+    let mut detail = Detail {
+        old_state: None,
+        new_state: None,
+        state: None,
+        error: None,
+        reason: None,
+    };
+    match event.kind {
+        EventKind::StateChange => {
+            detail.old_state = Some(tcp_state_name(event.old_state));
+            detail.new_state = Some(tcp_state_name(event.new_state));
+        }
+        _ => detail.state = Some(tcp_state_name(event.new_state)),
+    }
+    match event.kind {
+        EventKind::SocketError => detail.error = Some(errno_name(event.detail)),
+        EventKind::Retransmit if event.detail != 0 => detail.error = Some(errno_name(event.detail)),
+        EventKind::ResetSent => {
+            detail.reason = reasons.name(event.detail).map(str::to_owned);
+        }
+        _ => {}
+    }
+    detail
+}
+
+fn side_name(side: Option<Side>) -> Option<&'static str> {
+    side.map(|side| match side {
+        Side::Client => "client",
+        Side::Server => "server",
+    })
+}
+
+fn write_json(out: &mut impl Write, value: &impl Serialize) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, value)?;
+    out.write_all(b"\n")
+}
+
+/// Writes lines to stdout (or any writer, for tests).
+pub struct Output<W: Write> {
+    format: Format,
+    out: W,
+    context: Context,
+}
+
+impl<W: Write> Output<W> {
+    pub fn new(format: Format, out: W, context: Context) -> Self {
+        Self {
+            format,
+            out,
+            context,
+        }
+    }
+
+    pub fn context(&self) -> &Context {
+        &self.context
+    }
+
+    /// The first line of a run: what is watched and what could be attached (JSON only; in
+    /// text format this goes to the log on stderr).
+    pub fn start(
+        &mut self,
+        kernel: &str,
+        ports: &[u16],
+        attached: &[&'static str],
+        missing: &[Missing],
+    ) -> io::Result<()> {
+        if self.format != Format::Json {
+            return Ok(());
+        }
+        let line = StartLine {
+            line_type: "start",
+            v: SCHEMA_VERSION,
+            ts: self.context.clock.rfc3339(BootClock::now_boot_ns()),
+            node: &self.context.node,
+            version: env!("CARGO_PKG_VERSION"),
+            kernel,
+            ports,
+            attached,
+            missing: missing
+                .iter()
+                .map(|m| MissingLine {
+                    tracepoint: m.tracepoint,
+                    reason: &m.reason,
+                })
+                .collect(),
+        };
+        write_json(&mut self.out, &line)?;
+        self.out.flush()
+    }
+
+    pub fn event(&mut self, event: &Event) -> io::Result<()> {
+        let ts = self.context.clock.rfc3339(event.boot_ns);
+        let detail = detail(event, &self.context.reset_reasons);
+        match self.format {
+            Format::Json => {
+                let owner = event.owner.as_ref();
+                let line = EventLine {
+                    line_type: "event",
+                    v: SCHEMA_VERSION,
+                    event: event.kind.name(),
+                    ts,
+                    node: &self.context.node,
+                    src: event.local.to_string(),
+                    dst: event.remote.to_string(),
+                    netns: event.netns,
+                    pid: owner.map(|o| o.pid),
+                    tid: owner.map(|o| o.tid),
+                    comm: owner.map(|o| o.comm.as_str()),
+                    uid: owner.map(|o| o.uid),
+                    cgroup_id: owner.map(|o| o.cgroup_id),
+                    cookie: event.cookie,
+                    side: side_name(event.side),
+                    old_state: detail.old_state,
+                    new_state: detail.new_state,
+                    state: detail.state,
+                    error: detail.error,
+                    reason: detail.reason,
+                };
+                write_json(&mut self.out, &line)
+            }
+            Format::Text => {
+                let mut line = format!(
+                    "{ts} {:<17} {} -> {}",
+                    event.kind.name(),
+                    event.local,
+                    event.remote
+                );
+                match (detail.old_state, detail.new_state, detail.state) {
+                    (Some(old), Some(new), _) => line.push_str(&format!(" {old} -> {new}")),
+                    (_, _, Some(state)) => line.push_str(&format!(" in {state}")),
+                    _ => {}
+                }
+                if let Some(error) = &detail.error {
+                    line.push_str(&format!(" error={error}"));
+                }
+                if let Some(reason) = &detail.reason {
+                    line.push_str(&format!(" reason={reason}"));
+                }
+                match &event.owner {
+                    Some(o) => {
+                        line.push_str(&format!(" pid={} comm={} uid={}", o.pid, o.comm, o.uid))
+                    }
+                    None => line.push_str(" pid=?"),
+                }
+                if let Some(side) = side_name(event.side) {
+                    line.push_str(&format!(" side={side}"));
+                }
+                line.push_str(&format!(" netns={} cookie={}\n", event.netns, event.cookie));
+                self.out.write_all(line.as_bytes())
+            }
+        }
+    }
+
+    /// Loss and size counters (JSON: a `stats` line; text: nothing, the log has them).
+    pub fn stats(&mut self, kernel: &KernelCounters, totals: &Totals) -> io::Result<()> {
+        if self.format != Format::Json {
+            return Ok(());
+        }
+        let line = StatsLine {
+            line_type: "stats",
+            v: SCHEMA_VERSION,
+            ts: self.context.clock.rfc3339(BootClock::now_boot_ns()),
+            node: &self.context.node,
+            events: totals.events,
+            decode_errors: totals.decode_errors,
+            lost_events: kernel.ringbuf_full,
+            owner_table_full: kernel.owner_table_full,
+            listener_table_full: kernel.listener_table_full,
+            read_failed: kernel.read_failed,
+            recursion_misses: kernel.recursion_misses,
+            flows: totals.flows,
+            flow_evictions: totals.flow_evictions,
+        };
+        write_json(&mut self.out, &line)
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Owner;
+
+    fn output(format: Format) -> Output<Vec<u8>> {
+        Output::new(
+            format,
+            Vec::new(),
+            Context {
+                node: "node-1".into(),
+                clock: BootClock::with_boot_epoch_ns(1_795_000_000_000_000_000),
+                reset_reasons: ResetReasons::new(vec![(1, "NO_SOCKET".into())]),
+            },
+        )
+    }
+
+    fn refused() -> Event {
+        Event {
+            boot_ns: 5,
+            kind: EventKind::SocketError,
+            cookie: 77,
+            netns: 4026531840,
+            local: "10.0.0.1:40000".parse().unwrap(),
+            remote: "[fd00::2]:7337".parse().unwrap(),
+            owner: Some(Owner {
+                pid: 10,
+                tid: 11,
+                uid: 1000,
+                comm: "java".into(),
+                cgroup_id: 3,
+            }),
+            side: Some(Side::Client),
+            old_state: 7,
+            new_state: 7,
+            detail: libc::ECONNREFUSED,
+            no_socket: false,
+        }
+    }
+
+    #[test]
+    fn json_event_line() {
+        let mut out = output(Format::Json);
+        out.event(&refused()).unwrap();
+        let text = String::from_utf8(out.out).unwrap();
+        let value: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(value["type"], "event");
+        assert_eq!(value["event"], "socket_error");
+        assert_eq!(value["error"], "ECONNREFUSED");
+        assert_eq!(value["dst"], "[fd00::2]:7337");
+        assert_eq!(value["src"], "10.0.0.1:40000");
+        assert_eq!(value["ts"], "2026-11-18T11:06:40.000000005Z");
+        assert_eq!(value["comm"], "java");
+        assert_eq!(value["side"], "client");
+        assert!(text.ends_with('\n') && text.lines().count() == 1);
+    }
+
+    #[test]
+    fn reset_reason_named_from_kernel_enum() {
+        let mut out = output(Format::Json);
+        let mut event = refused();
+        event.kind = EventKind::ResetSent;
+        event.detail = 1;
+        event.owner = None;
+        out.event(&event).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&out.out).unwrap();
+        assert_eq!(value["reason"], "NO_SOCKET");
+        assert!(value["pid"].is_null());
+    }
+
+    #[test]
+    fn text_line_is_readable() {
+        let mut out = output(Format::Text);
+        let mut event = refused();
+        event.kind = EventKind::StateChange;
+        event.old_state = 2;
+        event.new_state = 7;
+        out.event(&event).unwrap();
+        let text = String::from_utf8(out.out).unwrap();
+        assert!(text.contains("state_change"), "{text}");
+        assert!(
+            text.contains("10.0.0.1:40000 -> [fd00::2]:7337 SYN_SENT -> CLOSE"),
+            "{text}"
+        );
+        assert!(text.contains("pid=10 comm=java uid=1000"), "{text}");
+    }
+}

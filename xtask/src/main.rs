@@ -1,0 +1,234 @@
+//! `cargo xtask setup | build | run | test`: everything a fresh machine needs, in one place.
+
+use std::{
+    env,
+    ffi::OsStr,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+/// The bpf-linker release known to build against the nightly toolchain's LLVM here.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const NIGHTLY: &str = "nightly";
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "shuffletrace developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the build needs and a fresh machine lacks (idempotent): the nightly
+    /// toolchain's rust-src, and bpf-linker linked against that toolchain's own LLVM.
+    Setup,
+    /// Setup, then build the release binary target/release/shuffletrace.
+    Build,
+    /// Setup, build, then run shuffletrace live (as root, through sudo when needed).
+    /// Arguments after `--` go to shuffletrace, e.g. `cargo xtask run -- --format json`.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Setup, then: cargo fmt --check, clippy -D warnings, unit tests, and the root
+    /// integration tests (network namespaces, real traffic, the real binary).
+    Test,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Task::Setup => setup(),
+        Task::Build => setup().and_then(|()| build()),
+        Task::Run { args } => setup().and_then(|()| build()).and_then(|()| run(&args)),
+        Task::Test => setup().and_then(|()| test()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xtask: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+/// Runs a command, failing with its name when it fails.
+fn run_checked(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    eprintln!("xtask: running {shown}");
+    let status = cmd.status().with_context(|| format!("starting {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Runs a command and returns its stdout, or None when it cannot run or fails.
+fn output_of(program: &str, args: &[&str]) -> Option<String> {
+    let output = Command::new(program).args(args).output().ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn is_root() -> bool {
+    output_of("id", &["-u"]).is_some_and(|uid| uid.trim() == "0")
+}
+
+fn setup() -> Result<()> {
+    let toolchains = output_of("rustup", &["toolchain", "list"])
+        .context("rustup is needed to build the eBPF programs (nightly toolchain)")?;
+    if !toolchains.lines().any(|line| line.starts_with(NIGHTLY)) {
+        run_checked(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            NIGHTLY,
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+
+    let components = output_of(
+        "rustup",
+        &["component", "list", "--toolchain", NIGHTLY, "--installed"],
+    )
+    .unwrap_or_default();
+    if !components.lines().any(|c| c.starts_with("rust-src")) {
+        run_checked(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            NIGHTLY,
+        ]))?;
+    }
+
+    // bpf-linker must load the nightly toolchain's libLLVM, which rustup puts on the library
+    // path of `rustup run nightly`: that is how aya-build invokes it.
+    let linker_works = output_of("rustup", &["run", NIGHTLY, "bpf-linker", "--version"]).is_some();
+    if !linker_works {
+        install_bpf_linker()?;
+    }
+    Ok(())
+}
+
+fn install_bpf_linker() -> Result<()> {
+    let sysroot = output_of("rustup", &["run", NIGHTLY, "rustc", "--print", "sysroot"])
+        .context("asking the nightly rustc for its sysroot")?;
+    let lib_dir = Path::new(sysroot.trim()).join("lib");
+    let libllvm = std::fs::read_dir(&lib_dir)
+        .with_context(|| format!("listing {}", lib_dir.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .find(|path| {
+            path.file_name()
+                .and_then(OsStr::to_str)
+                .is_some_and(|name| name.starts_with("libLLVM") && name.contains(".so"))
+        })
+        .with_context(|| format!("no libLLVM in {}", lib_dir.display()))?;
+    let verbose = output_of("rustup", &["run", NIGHTLY, "rustc", "-vV"]).unwrap_or_default();
+    let llvm_major = verbose
+        .lines()
+        .find_map(|line| line.strip_prefix("LLVM version: "))
+        .and_then(|version| version.split('.').next())
+        .context("the nightly rustc does not say its LLVM version")?
+        .to_owned();
+
+    // A prefix whose lib/libLLVM.so is the toolchain's own LLVM, for llvm-sys to link against.
+    let prefix = workspace_root().join("target/xtask/llvm-prefix");
+    let link = prefix.join("lib/libLLVM.so");
+    std::fs::create_dir_all(prefix.join("lib"))?;
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&libllvm, &link)
+        .with_context(|| format!("linking {} to {}", link.display(), libllvm.display()))?;
+
+    run_checked(
+        Command::new("cargo")
+            .args([
+                "install",
+                "bpf-linker",
+                "--force",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{llvm_major}"),
+            ])
+            .env("LLVM_PREFIX", &prefix),
+    )?;
+    if output_of("rustup", &["run", NIGHTLY, "bpf-linker", "--version"]).is_none() {
+        bail!("bpf-linker was installed but does not run under the nightly toolchain");
+    }
+    Ok(())
+}
+
+fn build() -> Result<()> {
+    run_checked(cargo().args(["build", "--release", "--package", "tracer-user"]))
+}
+
+fn run(args: &[String]) -> Result<()> {
+    let binary = workspace_root().join("target/release/shuffletrace");
+    let mut cmd = if is_root() {
+        Command::new(&binary)
+    } else {
+        eprintln!("xtask: shuffletrace needs root to load eBPF programs; using sudo");
+        let mut cmd = Command::new("sudo");
+        cmd.arg(&binary);
+        cmd
+    };
+    let status = cmd.args(args).status().context("starting shuffletrace")?;
+    if !status.success() {
+        bail!("shuffletrace exited with {status}");
+    }
+    Ok(())
+}
+
+/// Installs a Debian package when its command is missing (test prerequisites).
+fn ensure_command(command: &str, package: &str) -> Result<()> {
+    if output_of("sh", &["-c", &format!("command -v {command}")]).is_some() {
+        return Ok(());
+    }
+    run_checked(Command::new("apt-get").arg("update"))?;
+    run_checked(Command::new("apt-get").args(["install", "-y", package]))
+}
+
+fn test() -> Result<()> {
+    run_checked(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run_checked(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    // Unit tests: decoding, correlation, parsing (no root needed).
+    run_checked(cargo().args(["test", "--package", "tracer-user", "--bins"]))?;
+
+    if !is_root() {
+        bail!(
+            "the integration tests load eBPF programs and build network namespaces: run \
+             `sudo cargo xtask test` (or as root)"
+        );
+    }
+    ensure_command("ip", "iproute2")?;
+    run_checked(cargo().args([
+        "test",
+        "--package",
+        "tracer-user",
+        "--test",
+        "live",
+        "--",
+        "--test-threads=1",
+    ]))
+}
