@@ -27,6 +27,8 @@ pub mod flag {
     pub const ACCEPTED: u16 = 1 << 1;
     /// A RST sent for a packet that matched no socket: tuple and netns come from the packet.
     pub const NO_SOCKET: u16 = 1 << 2;
+    /// The error is a soft one (`sk_err_soft`: an ICMP error the kernel did not act on yet).
+    pub const SOFT_ERROR: u16 = 1 << 3;
 }
 
 /// Indexes of the per-CPU loss and overflow counters (`COUNTERS` map).
@@ -74,8 +76,9 @@ pub struct FlowEvent {
     pub pid: u32,
     pub tid: u32,
     pub uid: u32,
-    /// Per kind: errno for `SOCKET_ERROR` and `RETRANSMIT`, `enum sk_rst_reason` for
-    /// `RESET_SENT`, otherwise 0.
+    /// Per kind: errno for `SOCKET_ERROR` and `RETRANSMIT`, and for a `STATE_CHANGE` to CLOSE
+    /// the socket error that closed it (0 for a clean close); `enum sk_rst_reason` for
+    /// `RESET_SENT`; otherwise 0.
     pub detail: i32,
     /// One of [`kind`].
     pub kind: u8,
@@ -89,7 +92,10 @@ pub struct FlowEvent {
     pub remote_port: u16,
     /// Bits of [`flag`].
     pub flags: u16,
-    pub _pad: u16,
+    /// For `RESET_RECEIVED`: the IP TTL / hop limit the RST arrived with, and the one the
+    /// peer's own packets arrive with (from the cgroup_skb ingress program). 0 = unknown.
+    pub ttl: u8,
+    pub peer_ttl: u8,
     /// Addresses in network byte order; IPv4 in the first 4 bytes.
     pub local_addr: [u8; 16],
     pub remote_addr: [u8; 16],
@@ -143,6 +149,13 @@ pub struct KernelOffsets {
     /// Size in bytes of `sk_protocol` (u16 on current kernels, u8 on old ones).
     pub sk_protocol_size: u32,
     pub sk_err: u32,
+    pub sk_err_soft: u32,
+    /// `sk_error_queue.next`: the first queued extended error (an ICMP error is queued, and
+    /// reported, before `sk_err` is set).
+    pub sk_error_queue: u32,
+    /// `sk_buff.cb` plus the offset of `ee.ee_errno` in `struct sock_exterr_skb`; 0 when this
+    /// kernel's BTF does not describe it.
+    pub skb_ee_errno: u32,
     /// struct inet_sock `inet_sport` (be16): the local port once `skc_num` is cleared, which
     /// the kernel does before reporting a transition to CLOSE.
     pub inet_sport: u32,

@@ -17,9 +17,9 @@ use aya_ebpf::{
         bpf_get_current_uid_gid, bpf_get_socket_cookie, bpf_ktime_get_boot_ns,
         bpf_probe_read_kernel,
     },
-    macros::{btf_tracepoint, map},
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
-    programs::BtfTracePointContext,
+    macros::{btf_tracepoint, cgroup_skb, map},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::{BtfTracePointContext, SkBuffContext},
 };
 use aya_log_ebpf::warn;
 use tracer_ebpf::{
@@ -59,6 +59,16 @@ static OWNERS: HashMap<u64, SockOwner> = HashMap::with_max_entries(131072, 0);
 /// sockets it accepts, which are created in softirq context.
 #[map]
 static LISTENERS: HashMap<ListenerKey, SockOwner> = HashMap::with_max_entries(8192, 0);
+
+/// Remote address (see `peer_key`) -> TTL / hop limit its non-RST segments arrive with. A
+/// cache: LRU-bounded, an evicted peer only means "TTL unknown" for its next RST.
+#[map]
+static PEER_TTL: LruHashMap<[u8; 16], u8> = LruHashMap::with_max_entries(16384, 0);
+
+/// Socket cookie -> TTL of the RST that just arrived for it (written by the ingress program,
+/// consumed by tcp_receive_reset a moment later). LRU-bounded.
+#[map]
+static RST_TTL: LruHashMap<u64, u8> = LruHashMap::with_max_entries(4096, 0);
 
 /// Per-CPU loss and overflow counters, indexed by `tracer_ebpf::counter`.
 #[map]
@@ -114,9 +124,16 @@ fn read_ports(sk: *const u8) -> Option<Tuple> {
     }
     // skc_dport (network order) then skc_num (host order), read as one little-endian u32.
     let portpair: u32 = read(sk, offset!(skc_portpair))?;
+    let mut local_port = (portpair >> 16) as u16;
+    if local_port == 0 {
+        // The kernel clears skc_num when a socket enters CLOSE (before the tracepoint, and
+        // before the RST or error that follows); inet_sport still holds the port. Only full
+        // sockets get here: request and time-wait sockets keep skc_num.
+        local_port = read::<u16>(sk, offset!(inet_sport)).map_or(0, u16::from_be);
+    }
     Some(Tuple {
         family,
-        local_port: (portpair >> 16) as u16,
+        local_port,
         remote_port: u16::from_be(portpair as u16),
         local_addr: [0; 16],
         remote_addr: [0; 16],
@@ -187,6 +204,7 @@ fn current_owner(flags: u16) -> SockOwner {
     }
 }
 
+#[derive(Default)]
 struct Record {
     kind: u8,
     cookie: u64,
@@ -195,6 +213,8 @@ struct Record {
     new_state: u8,
     detail: i32,
     flags: u16,
+    ttl: u8,
+    peer_ttl: u8,
 }
 
 #[inline(always)]
@@ -226,7 +246,8 @@ fn emit(ctx: &BtfTracePointContext, record: Record, tuple: &Tuple, owner: Option
         local_port: tuple.local_port,
         remote_port: tuple.remote_port,
         flags: record.flags | owner_flags,
-        _pad: 0,
+        ttl: record.ttl,
+        peer_ttl: record.peer_ttl,
         local_addr: tuple.local_addr,
         remote_addr: tuple.remote_addr,
         comm,
@@ -292,20 +313,9 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn on_state_change(ctx: &BtfTracePointContext, sk: *const u8, old_state: u8, new_state: u8) {
-    let Some(mut tuple) = read_ports(sk) else {
+    let Some(tuple) = watched_tuple(sk) else {
         return;
     };
-    if tuple.local_port == 0 {
-        // The kernel clears skc_num before it reports CLOSE; inet_sport still holds the port.
-        tuple.local_port = read::<u16>(sk, offset!(inet_sport)).map_or(0, u16::from_be);
-    }
-    if !is_watched(tuple.local_port) && !is_watched(tuple.remote_port) {
-        return;
-    }
-    if read_addrs(sk, &mut tuple).is_none() {
-        count(counter::READ_FAILED);
-        return;
-    }
     let netns = read_sock_netns(sk);
     let cookie = cookie_of(sk);
     let mut flags = 0;
@@ -344,14 +354,32 @@ fn on_state_change(ctx: &BtfTracePointContext, sk: *const u8, old_state: u8, new
     } else {
         owner_of(cookie)
     };
+    // The error that closes a socket is set before the CLOSE transition and before the owner
+    // is woken; by the time inet_sk_error_report fires, a non-blocking connect()er may have
+    // read and cleared it (getsockopt SO_ERROR). Read it here, where it is still there.
+    let detail = if new_state == tcp_state::CLOSE {
+        let (err, soft) = socket_error(sk);
+        // A connect that ends after soft errors (ICMP) failed because of them.
+        if soft && old_state != tcp_state::SYN_SENT {
+            0
+        } else {
+            if soft {
+                flags |= flag::SOFT_ERROR;
+            }
+            err
+        }
+    } else {
+        0
+    };
     let record = Record {
         kind: kind::STATE_CHANGE,
         cookie,
         netns,
         old_state,
         new_state,
-        detail: 0,
+        detail,
         flags,
+        ..Default::default()
     };
     emit(ctx, record, &tuple, owner.as_ref());
     if new_state == tcp_state::CLOSE {
@@ -369,20 +397,39 @@ fn on_state_change(ctx: &BtfTracePointContext, sk: *const u8, old_state: u8, new
 
 /// Emits a non-state-change event for a full or minimal socket.
 #[inline(always)]
-fn emit_for_sock(ctx: &BtfTracePointContext, sk: *const u8, event_kind: u8, detail: i32) {
+fn emit_for_sock(
+    ctx: &BtfTracePointContext,
+    sk: *const u8,
+    event_kind: u8,
+    detail: i32,
+    flags: u16,
+) {
     let Some(tuple) = watched_tuple(sk) else {
         return;
     };
     let state: u8 = read(sk, offset!(skc_state)).unwrap_or(0);
     let cookie = cookie_of(sk);
+    let (mut ttl, mut peer_ttl) = (0, 0);
+    if event_kind == kind::RESET_RECEIVED {
+        // The ingress program saw this RST a moment ago, before TCP processed it.
+        // SAFETY: the value is copied out at once.
+        ttl = unsafe { RST_TTL.get(&cookie) }.copied().unwrap_or(0);
+        let _ = RST_TTL.remove(&cookie);
+        let peer = peer_key(tuple.family, &tuple.remote_addr);
+        // SAFETY: the value is copied out at once.
+        peer_ttl = unsafe { PEER_TTL.get(&peer) }.copied().unwrap_or(0);
+    }
     let record = Record {
+        ttl,
+        peer_ttl,
         kind: event_kind,
         cookie,
         netns: read_sock_netns(sk),
         old_state: state,
         new_state: state,
         detail,
-        flags: 0,
+        flags,
+        ..Default::default()
     };
     emit(ctx, record, &tuple, owner_of(cookie).as_ref());
 }
@@ -396,7 +443,14 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
         } else {
             0
         };
-        emit_for_sock(&ctx, sk, kind::RETRANSMIT, -err);
+        if err != 0 {
+            emit_for_sock(&ctx, sk, kind::RETRANSMIT, -err, 0);
+        } else {
+            // A SYN retried after an ICMP error carries that error: it is not a silent drop.
+            let soft: i32 = read(sk, offset!(sk_err_soft)).unwrap_or(0);
+            let flags = if soft != 0 { flag::SOFT_ERROR } else { 0 };
+            emit_for_sock(&ctx, sk, kind::RETRANSMIT, soft, flags);
+        }
     }
     0
 }
@@ -405,17 +459,53 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
 pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
     if ready() {
         let sk: *const u8 = ctx.arg(0);
-        emit_for_sock(&ctx, sk, kind::RESET_RECEIVED, 0);
+        emit_for_sock(&ctx, sk, kind::RESET_RECEIVED, 0, 0);
     }
     0
+}
+
+/// The socket's pending error: `sk_err`, or else `sk_err_soft` (true): ICMP errors during
+/// connect are soft on current kernels (the SYN is retried), and a non-blocking connect()er
+/// may already have read and cleared `sk_err` (getsockopt SO_ERROR) when the report fires.
+#[inline(always)]
+fn socket_error(sk: *const u8) -> (i32, bool) {
+    let err: i32 = read(sk, offset!(sk_err)).unwrap_or(0);
+    if err != 0 {
+        return (err, false);
+    }
+    let soft: i32 = read(sk, offset!(sk_err_soft)).unwrap_or(0);
+    if soft != 0 {
+        return (soft, true);
+    }
+    (queued_error(sk), true)
+}
+
+/// The errno of the first extended error queued on the socket (0 if none): an ICMP error
+/// is queued and reported before the socket's own error fields are set.
+#[inline(always)]
+fn queued_error(sk: *const u8) -> i32 {
+    let ee_errno = offset!(skb_ee_errno);
+    if ee_errno == 0 {
+        return 0;
+    }
+    let head = sk.wrapping_add(offset!(sk_error_queue));
+    let Some(skb) = read::<*const u8>(sk, offset!(sk_error_queue)) else {
+        return 0;
+    };
+    // An empty queue points at itself.
+    if skb.is_null() || skb == head {
+        return 0;
+    }
+    read::<u32>(skb, ee_errno).unwrap_or(0) as i32
 }
 
 #[btf_tracepoint(function = "inet_sk_error_report")]
 pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     if ready() && is_tcp_sock(sk) {
-        let err: i32 = read(sk, offset!(sk_err)).unwrap_or(0);
-        emit_for_sock(&ctx, sk, kind::SOCKET_ERROR, err);
+        let (err, soft) = socket_error(sk);
+        let flags = if soft { flag::SOFT_ERROR } else { 0 };
+        emit_for_sock(&ctx, sk, kind::SOCKET_ERROR, err, flags);
     }
     0
 }
@@ -440,6 +530,7 @@ pub fn tcp_retransmit_synack(ctx: BtfTracePointContext) -> i32 {
         new_state: tcp_state::NEW_SYN_RECV,
         detail: 0,
         flags: flag::ACCEPTED,
+        ..Default::default()
     };
     emit(&ctx, record, &tuple, owner.as_ref());
     0
@@ -457,7 +548,7 @@ pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
         0
     };
     if !sk.is_null() {
-        emit_for_sock(&ctx, sk, kind::RESET_SENT, reason);
+        emit_for_sock(&ctx, sk, kind::RESET_SENT, reason, 0);
         return 0;
     }
     // No socket (a segment to a port nobody listens on): the tuple comes from the packet that
@@ -472,6 +563,7 @@ pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
             new_state: tcp_state::CLOSE,
             detail: reason,
             flags: flag::NO_SOCKET,
+            ..Default::default()
         };
         emit(&ctx, record, &tuple, None);
     }
@@ -522,6 +614,82 @@ fn packet_tuple(skb: *const u8) -> Option<(Tuple, u32)> {
         read_netns_of(net)
     };
     Some((tuple, netns))
+}
+
+/// Key of the peer-TTL table: the remote address, IPv4 (also v4-mapped IPv6) in the first
+/// four bytes, so both socket families of the same peer share one entry.
+#[inline(always)]
+fn peer_key(family: u16, addr: &[u8; 16]) -> [u8; 16] {
+    let mapped = family == AF_INET6
+        && addr[..10].iter().all(|&b| b == 0)
+        && addr[10] == 0xff
+        && addr[11] == 0xff;
+    if mapped {
+        let mut key = [0u8; 16];
+        key[..4].copy_from_slice(&addr[12..]);
+        key
+    } else {
+        *addr
+    }
+}
+
+const TCP_FLAG_RST: u8 = 0x04;
+
+/// cgroup_skb ingress on the cgroup v2 root: for TCP segments on watched ports, remembers the
+/// TTL / hop limit each peer's packets arrive with, and the TTL of each RST, so a RST forged
+/// by a middlebox (a TTL that differs from the peer's own) can be told from the peer's own.
+/// Never drops anything; unwatched traffic costs two packet loads and one array lookup.
+#[cgroup_skb(ingress)]
+pub fn ingress_ttl(ctx: SkBuffContext) -> i32 {
+    let _ = observe_ingress(&ctx);
+    1
+}
+
+#[inline(always)]
+fn observe_ingress(ctx: &SkBuffContext) -> Option<()> {
+    let first: u8 = ctx.load(0).ok()?;
+    let mut remote = [0u8; 16];
+    let (ttl, l4): (u8, usize) = match first >> 4 {
+        4 => {
+            if ctx.load::<u8>(9).ok()? != IPPROTO_TCP as u8 {
+                return None;
+            }
+            let saddr: [u8; 4] = ctx.load(12).ok()?;
+            remote[..4].copy_from_slice(&saddr);
+            (ctx.load(8).ok()?, usize::from(first & 0x0f) * 4)
+        }
+        6 => {
+            // Only a TCP header right after the fixed header (no extension headers).
+            if ctx.load::<u8>(6).ok()? != IPPROTO_TCP as u8 {
+                return None;
+            }
+            remote = ctx.load(8).ok()?;
+            (ctx.load(7).ok()?, 40)
+        }
+        _ => return None,
+    };
+    let ports: [u8; 4] = ctx.load(l4).ok()?;
+    let remote_port = u16::from_be_bytes([ports[0], ports[1]]);
+    let local_port = u16::from_be_bytes([ports[2], ports[3]]);
+    if !is_watched(local_port) && !is_watched(remote_port) {
+        return None;
+    }
+    let flags: u8 = ctx.load(l4 + 13).ok()?;
+    if flags & TCP_FLAG_RST != 0 {
+        // SAFETY: the program's own skb; the helper reads skb->sk.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut c_void) };
+        if cookie != 0 {
+            let _ = RST_TTL.insert(&cookie, &ttl, 0);
+        }
+    } else {
+        // Write only on change: the common case is a lookup and nothing else.
+        // SAFETY: the value is copied out at once.
+        let known = unsafe { PEER_TTL.get(&remote) }.copied();
+        if known != Some(ttl) {
+            let _ = PEER_TTL.insert(&remote, &ttl, 0);
+        }
+    }
+    Some(())
 }
 
 #[cfg(not(test))]

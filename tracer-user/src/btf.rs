@@ -62,6 +62,10 @@ enum Type {
     Ptr {
         target: u32,
     },
+    Array {
+        element: u32,
+        count: u32,
+    },
     Other,
 }
 
@@ -155,8 +159,10 @@ impl Btf {
                     target: size_or_type,
                 },
                 KIND_ARRAY => {
+                    let element = reader.u32_at(pos)?;
+                    let count = reader.u32_at(pos + 8)?;
                     pos += 12;
-                    Type::Other
+                    Type::Array { element, count }
                 }
                 KIND_STRUCT | KIND_UNION => {
                     let mut members = Vec::with_capacity(vlen);
@@ -280,6 +286,7 @@ impl Btf {
             Type::Int { size } | Type::Struct { size, .. } => Some(*size),
             Type::Ptr { .. } => Some(8),
             Type::Enum { .. } => Some(4),
+            Type::Array { element, count } => self.size_of(*element)?.checked_mul(*count),
             _ => None,
         }
     }
@@ -447,6 +454,7 @@ mod tests {
         ]
         .concat();
         b.add("sock_common", KIND_STRUCT, 3, true, 24, &m);
+        // 10 (added last): u8 cb[48] is exercised by `arrays_have_sizes`
         // 6: enum sk_rst_reason { NOT_SPECIFIED = 0, NO_SOCKET = 1 }
         let (a, c) = (
             b.string("SK_RST_REASON_NOT_SPECIFIED"),
@@ -492,6 +500,31 @@ mod tests {
                 size: 2
             }
         );
+    }
+
+    #[test]
+    fn arrays_have_sizes() {
+        let mut data = sample();
+        // Append type 10: array of 48 x u16 (type 1), and type 11: struct holder { cb @ 64 bits }.
+        let mut b = Builder::new();
+        b.strings = data[24 + type_len(&data)..].to_vec();
+        b.types = data[24..24 + type_len(&data)].to_vec();
+        b.add("", KIND_ARRAY, 0, false, 0, &[1, 2, 48]);
+        let m = b.member("cb", 10, 64);
+        b.add("holder", KIND_STRUCT, 1, false, 104, &m);
+        data = b.finish();
+        let btf = Btf::parse(&data).unwrap();
+        assert_eq!(
+            btf.field("holder", "cb").unwrap(),
+            FieldLocation {
+                byte_offset: 8,
+                size: 96
+            }
+        );
+    }
+
+    fn type_len(data: &[u8]) -> usize {
+        u32::from_le_bytes(data[12..16].try_into().unwrap()) as usize
     }
 
     #[test]

@@ -52,6 +52,60 @@ pub struct RunArgs {
     /// collector's flow table. Past it the oldest flows are evicted, and evictions are counted.
     #[arg(long, value_name = "N", default_value_t = 131_072)]
     pub max_flows: u32,
+
+    #[command(flatten)]
+    pub findings: FindingArgs,
+}
+
+/// How events become findings.
+#[derive(Args, Debug, Clone)]
+pub struct FindingArgs {
+    /// Print only findings (verdicts with evidence and remedy), not every kernel event.
+    #[arg(long)]
+    pub findings_only: bool,
+
+    /// retransmit_storm: an established flow that retransmits at least this many segments ...
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub storm_retransmits: u32,
+
+    /// ... within this window.
+    #[arg(long, value_name = "D", default_value = "10s")]
+    pub storm_window: String,
+
+    /// return_path_blocked: SYN-ACK retransmits of one handshake without the final ACK.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub synack_retransmits: u32,
+
+    /// Identical findings (same kind, service, client and process) within this window are
+    /// printed once, then as one line with their exact count when the window closes.
+    #[arg(long, value_name = "D", default_value = "10s")]
+    pub aggregate_window: String,
+}
+
+impl FindingArgs {
+    pub fn config(&self) -> Result<crate::findings::Config, UsageError> {
+        let nanos = |flag: &str, text: &str| -> Result<u64, UsageError> {
+            parse_duration(text)
+                .map(|d| d.as_nanos() as u64)
+                .map_err(|e| UsageError(e.0.replace("--duration", flag)))
+        };
+        if self.storm_retransmits == 0 {
+            return Err(UsageError(
+                "invalid --storm-retransmits 0: must be at least 1".into(),
+            ));
+        }
+        if self.synack_retransmits == 0 {
+            return Err(UsageError(
+                "invalid --synack-retransmits 0: must be at least 1".into(),
+            ));
+        }
+        Ok(crate::findings::Config {
+            storm_retransmits: self.storm_retransmits,
+            storm_window_ns: nanos("--storm-window", &self.storm_window)?,
+            synack_retransmits: self.synack_retransmits,
+            aggregate_window_ns: nanos("--aggregate-window", &self.aggregate_window)?,
+        })
+    }
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -81,6 +81,11 @@ pub struct Event {
     pub detail: i32,
     /// A RST for a packet that matched no socket.
     pub no_socket: bool,
+    /// The error (`detail`) is a soft one: an ICMP error the kernel has not acted on yet.
+    pub soft_error: bool,
+    /// For reset_received: TTL / hop limit of the RST, and of the peer's own packets.
+    pub ttl: Option<u8>,
+    pub peer_ttl: Option<u8>,
 }
 
 /// A record that does not decode: counted, never fatal.
@@ -166,6 +171,9 @@ pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
         new_state: raw.new_state,
         detail: raw.detail,
         no_socket: raw.flags & flag::NO_SOCKET != 0,
+        soft_error: raw.flags & flag::SOFT_ERROR != 0,
+        ttl: (raw.ttl != 0).then_some(raw.ttl),
+        peer_ttl: (raw.peer_ttl != 0).then_some(raw.peer_ttl),
     })
 }
 
@@ -261,7 +269,8 @@ mod tests {
             local_port: 43210,
             remote_port: 7337,
             flags: flag::OWNER_KNOWN,
-            _pad: 0,
+            ttl: 0,
+            peer_ttl: 0,
             local_addr,
             remote_addr,
             comm,

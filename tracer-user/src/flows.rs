@@ -4,17 +4,24 @@
 
 use std::{collections::HashMap, net::SocketAddr};
 
-use crate::events::{Event, EventKind, Owner, Side};
+use crate::{
+    events::{Event, EventKind, Owner, Side},
+    findings::Track,
+};
 use tracer_ebpf::tcp_state;
 
 /// How long a closed flow stays, so that events the kernel reports after the close (the
 /// socket error of a refused connect comes after its SYN_SENT -> CLOSE) still find it.
 const CLOSED_LINGER_NS: u64 = 5_000_000_000;
+/// How long a half-open request (seen only through SYN-ACK retransmits) stays without news.
+const REQUEST_IDLE_NS: u64 = 120_000_000_000;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Flow {
     /// This host's end, with its port once known (a connecting socket has none at SYN_SENT).
     pub local: SocketAddr,
+    /// The peer, with its port (the kernel clears it on some paths to CLOSE).
+    pub remote: SocketAddr,
     pub first_ns: u64,
     pub last_ns: u64,
     pub owner: Option<Owner>,
@@ -23,6 +30,10 @@ pub struct Flow {
     pub events: u64,
     pub retransmits: u64,
     pub closed_ns: Option<u64>,
+    /// The socket error that closed the flow (errno; 0 for a clean close).
+    pub close_error: i32,
+    /// Correlation state of the findings engine.
+    pub track: Track,
 }
 
 #[derive(Debug)]
@@ -55,17 +66,22 @@ impl FlowTable {
         self.flows.get(&cookie)
     }
 
+    pub fn get_mut(&mut self, cookie: u64) -> Option<&mut Flow> {
+        self.flows.get_mut(&cookie)
+    }
+
     /// Records `event` in its flow, and fills the event's owner and side from the flow when
     /// the kernel no longer had them (events after the kernel forgot the socket at close).
-    pub fn observe(&mut self, event: &mut Event) {
+    pub fn observe(&mut self, event: &mut Event) -> Option<&mut Flow> {
         if event.cookie == 0 {
-            return; // no socket: nothing to join
+            return None; // no socket: nothing to join
         }
         if !self.flows.contains_key(&event.cookie) && self.flows.len() >= self.capacity {
             self.make_room(event.boot_ns);
         }
         let flow = self.flows.entry(event.cookie).or_insert_with(|| Flow {
             local: event.local,
+            remote: event.remote,
             first_ns: event.boot_ns,
             last_ns: event.boot_ns,
             owner: None,
@@ -74,12 +90,19 @@ impl FlowTable {
             events: 0,
             retransmits: 0,
             closed_ns: None,
+            close_error: 0,
+            track: Track::default(),
         });
         flow.last_ns = flow.last_ns.max(event.boot_ns);
         if event.local.port() != 0 {
             flow.local = event.local;
         } else if flow.local.port() != 0 && flow.local.ip() == event.local.ip() {
             event.local = flow.local;
+        }
+        if event.remote.port() != 0 {
+            flow.remote = event.remote;
+        } else if flow.remote.port() != 0 && flow.remote.ip() == event.remote.ip() {
+            event.remote = flow.remote;
         }
         flow.events += 1;
         if event.kind == EventKind::Retransmit {
@@ -98,22 +121,49 @@ impl FlowTable {
             flow.state = event.new_state;
             if event.new_state == tcp_state::CLOSE {
                 flow.closed_ns = Some(event.boot_ns);
+                flow.close_error = event.detail;
             }
+        } else if event.kind == EventKind::SocketError && event.detail == 0 {
+            // The owner read (and cleared) the error before the report fired; the CLOSE
+            // transition recorded it.
+            event.detail = flow.close_error;
+        } else if event.kind == EventKind::SynackRetransmit {
+            flow.state = tcp_state::NEW_SYN_RECV;
         }
+        Some(flow)
     }
 
-    /// Drops flows closed longer than the linger time. Call periodically.
-    pub fn expire(&mut self, now_ns: u64) {
-        self.flows.retain(|_, flow| match flow.closed_ns {
-            Some(closed) => now_ns.saturating_sub(closed) < CLOSED_LINGER_NS,
-            None => true,
-        });
+    /// Removes flows closed longer than the linger time, and half-open requests idle too
+    /// long, and returns them (their findings may still owe an update). Call periodically.
+    pub fn expire(&mut self, now_ns: u64) -> Vec<Flow> {
+        let done: Vec<u64> = self
+            .flows
+            .iter()
+            .filter(|(_, flow)| match flow.closed_ns {
+                Some(closed) => now_ns.saturating_sub(closed) >= CLOSED_LINGER_NS,
+                None => {
+                    flow.state == tcp_state::NEW_SYN_RECV
+                        && now_ns.saturating_sub(flow.last_ns) >= REQUEST_IDLE_NS
+                }
+            })
+            .map(|(&cookie, _)| cookie)
+            .collect();
+        done.iter()
+            .filter_map(|cookie| self.flows.remove(cookie))
+            .collect()
+    }
+
+    /// Removes and returns every flow (at shutdown, so pending updates can be written).
+    pub fn drain(&mut self) -> Vec<Flow> {
+        self.flows.drain().map(|(_, flow)| flow).collect()
     }
 
     /// Frees at least one slot: closed flows first, then the least recently seen
     /// (a batch of 1/64 of capacity, so a full table is not scanned for every new flow).
     fn make_room(&mut self, now_ns: u64) {
-        self.expire(now_ns);
+        // Closed flows past their linger go first; their pending updates are dropped with
+        // them (the table is over capacity: an overflow, counted below when it bites).
+        let _ = self.expire(now_ns);
         if self.flows.len() < self.capacity {
             return;
         }
@@ -149,6 +199,9 @@ mod tests {
             new_state: new,
             detail: 0,
             no_socket: false,
+            soft_error: false,
+            ttl: None,
+            peer_ttl: None,
         }
     }
 
@@ -197,9 +250,9 @@ mod tests {
         let mut table = FlowTable::new(16);
         table.observe(&mut event(1, 0, EventKind::StateChange, 2, 7));
         table.observe(&mut event(2, 0, EventKind::StateChange, 2, 1));
-        table.expire(CLOSED_LINGER_NS - 1);
+        assert!(table.expire(CLOSED_LINGER_NS - 1).is_empty());
         assert_eq!(table.len(), 2);
-        table.expire(CLOSED_LINGER_NS);
+        assert_eq!(table.expire(CLOSED_LINGER_NS).len(), 1);
         assert_eq!(table.len(), 1);
         assert!(table.get(2).is_some());
         assert_eq!(table.evictions(), 0);

@@ -1,15 +1,17 @@
 //! shuffletrace: eBPF packet-path tracer for the network failures that break Spark.
 //!
 //! Data path: probes (kernel programs, `probes`) -> events (`events`) -> flows (`flows`) ->
-//! sinks (`sinks`).
+//! findings (`findings`, `remedies`) -> sinks (`sinks`).
 
 mod btf;
 mod cli;
 mod clock;
 mod events;
+mod findings;
 mod flows;
 mod offsets;
 mod probes;
+mod remedies;
 mod sinks;
 
 use std::{
@@ -32,7 +34,8 @@ use crate::{
     btf::Btf,
     cli::{Cli, Command, RunArgs, UsageError},
     clock::BootClock,
-    events::ResetReasons,
+    events::{Event, ResetReasons},
+    findings::{Aggregator, Correlator, Finding},
     flows::FlowTable,
     probes::{FatalError, KernelCounters, Probes},
     sinks::{Context, Output, Totals},
@@ -108,27 +111,60 @@ fn run(args: RunArgs) -> Result<()> {
     runtime.block_on(trace(args, &btf, &ports, duration))
 }
 
-/// Counts of everything the collector has seen, and the last loss counts it reported.
+/// The userspace half of the data path, and its counts.
 struct Collector<W: Write> {
     output: Output<W>,
     flows: FlowTable,
+    correlator: Correlator,
+    aggregator: Aggregator,
+    findings_only: bool,
     totals: Totals,
     reported: KernelCounters,
     /// Set when stdout is gone (a closed pipe): stop cleanly.
     output_closed: bool,
+    /// Scratch buffer for the findings of one event.
+    found: Vec<Finding>,
 }
 
 impl<W: Write> Collector<W> {
+    fn write_finding(&mut self, finding: &Finding) {
+        self.totals.finding_lines += 1;
+        self.totals.findings += finding.count;
+        if !self.output_closed && self.output.finding(finding).is_err() {
+            self.output_closed = true;
+        }
+    }
+
+    /// Aggregates and prints the findings in `self.found`.
+    fn publish(&mut self, cookie: u64) {
+        let found = std::mem::take(&mut self.found);
+        for finding in found {
+            let (lines, folded) = self.aggregator.offer(finding);
+            if let Some(id) = folded
+                && let Some(flow) = self.flows.get_mut(cookie)
+            {
+                Correlator::folded(flow, id);
+            }
+            for line in &lines {
+                self.write_finding(line);
+            }
+        }
+    }
+
+    fn process(&mut self, mut event: Event) {
+        self.totals.events += 1;
+        let flow = self.flows.observe(&mut event);
+        self.correlator.on_event(&event, flow, &mut self.found);
+        if !self.findings_only && !self.output_closed && self.output.event(&event).is_err() {
+            self.output_closed = true;
+        }
+        self.publish(event.cookie);
+    }
+
     fn drain(&mut self, ring: &mut RingBuf<MapData>) {
         while let Some(record) = ring.next() {
             match events::decode(&record) {
-                Ok(mut event) => {
-                    self.totals.events += 1;
-                    self.flows.observe(&mut event);
-                    if !self.output_closed && self.output.event(&event).is_err() {
-                        self.output_closed = true;
-                    }
-                }
+                Ok(event) => self.process(event),
                 Err(error) => {
                     self.totals.decode_errors += 1;
                     warn!("undecodable ring-buffer record: {error}");
@@ -158,9 +194,31 @@ impl<W: Write> Collector<W> {
             warn!("{skipped} kernel program runs skipped by the kernel (recursion on a CPU)");
         }
         self.reported = counters;
-        self.flows.expire(BootClock::now_boot_ns());
+        let now = BootClock::now_boot_ns();
+        for flow in self.flows.expire(now) {
+            self.correlator.on_flow_end(flow, now, &mut self.found);
+        }
+        self.publish(0);
+        for line in self.aggregator.due(now) {
+            self.write_finding(&line);
+        }
+        if !self.output_closed && self.output.flush().is_err() {
+            self.output_closed = true;
+        }
         self.totals.flows = self.flows.len();
         self.totals.flow_evictions = self.flows.evictions();
+    }
+
+    /// At shutdown: owed updates and pending aggregates go out; nothing detected is lost.
+    fn finish(&mut self) {
+        let now = BootClock::now_boot_ns();
+        for flow in self.flows.drain() {
+            self.correlator.on_flow_end(flow, now, &mut self.found);
+        }
+        self.publish(0);
+        for line in self.aggregator.flush() {
+            self.write_finding(&line);
+        }
     }
 }
 
@@ -186,18 +244,25 @@ async fn trace(args: RunArgs, btf: &Btf, ports: &[u16], duration: Option<Duratio
     let mut ring = readable(probes.take_events()?).context("polling the ring buffer")?;
 
     let kernel = kernel_release();
+    let reset_reasons = ResetReasons::new(offsets::reset_reasons(btf));
+    let context_reasons = reset_reasons.clone();
     let context = Context {
         node: node_name(),
         clock: BootClock::new(),
-        reset_reasons: ResetReasons::new(offsets::reset_reasons(btf)),
+        reset_reasons,
     };
     let output = Output::new(args.format, BufWriter::new(std::io::stdout()), context);
+    let config = args.findings.config()?;
     let mut collector = Collector {
         output,
         flows: FlowTable::new(args.max_flows as usize),
+        correlator: Correlator::new(config, context_reasons),
+        aggregator: Aggregator::new(config.aggregate_window_ns, args.max_flows as usize),
+        findings_only: args.findings.findings_only,
         totals: Totals::default(),
         reported: KernelCounters::default(),
         output_closed: false,
+        found: Vec::new(),
     };
     collector
         .output
@@ -210,11 +275,11 @@ async fn trace(args: RunArgs, btf: &Btf, ports: &[u16], duration: Option<Duratio
         );
     }
     info!(
-        "watching TCP ports {} on node {} (kernel {kernel}); attached {} of {} tracepoints",
+        "watching TCP ports {} on node {} (kernel {kernel}); attached {} of {} kernel programs",
         cli::format_ports(ports),
         collector.output.context().node,
         probes.attached.len(),
-        probes::PROGRAMS.len()
+        probes::PROGRAMS.len() + 1
     );
 
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -262,6 +327,7 @@ async fn trace(args: RunArgs, btf: &Btf, ports: &[u16], duration: Option<Duratio
     }
     let counters = probes.counters();
     collector.housekeeping(counters);
+    collector.finish();
     let totals = collector.totals;
     if !collector.output_closed {
         collector
@@ -271,9 +337,11 @@ async fn trace(args: RunArgs, btf: &Btf, ports: &[u16], duration: Option<Duratio
         collector.output.flush().context("writing to stdout")?;
     }
     info!(
-        "{} events, {} lost (ring buffer full), {} undecodable, {} program runs skipped, \
-         {} flows tracked, {} evicted",
+        "{} events, {} findings in {} lines, {} lost (ring buffer full), {} undecodable, \
+         {} program runs skipped, {} flows tracked, {} evicted",
         totals.events,
+        totals.findings,
+        totals.finding_lines,
         counters.ringbuf_full,
         totals.decode_errors,
         counters.recursion_misses,

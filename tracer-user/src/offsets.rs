@@ -41,6 +41,12 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets> {
         sk_protocol: protocol.byte_offset,
         sk_protocol_size: protocol.size,
         sk_err: offset(btf, "sock", "sk_err")?,
+        sk_err_soft: offset(btf, "sock", "sk_err_soft")?,
+        sk_error_queue: offset(btf, "sock", "sk_error_queue.next")?,
+        skb_ee_errno: extended_errno_offset(btf).unwrap_or_else(|e| {
+            tracing::debug!("queued socket errors not readable: {e:#}");
+            0
+        }),
         inet_sport: offset(btf, "inet_sock", "inet_sport")?,
         net_ns_inum,
         skb_head: offset(btf, "sk_buff", "head")?,
@@ -51,6 +57,14 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets> {
         retransmit_has_err: u32::from(btf.tracepoint_arg_count("tcp_retransmit_skb") >= Some(3)),
         send_reset_has_reason: u32::from(btf.tracepoint_arg_count("tcp_send_reset") >= Some(3)),
     })
+}
+
+/// Where a queued socket error keeps its errno: `skb->cb` holds a `struct sock_exterr_skb`.
+fn extended_errno_offset(btf: &Btf) -> Result<u32> {
+    let cb = offset(btf, "sk_buff", "cb")?;
+    let ee = offset(btf, "sock_exterr_skb", "ee")?;
+    let errno = offset(btf, "sock_extended_err", "ee_errno")?;
+    Ok(cb + ee + errno)
 }
 
 /// Names of `enum sk_rst_reason` values by number, from the running kernel (empty on kernels

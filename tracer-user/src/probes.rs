@@ -1,13 +1,17 @@
 //! Loading and attaching the kernel programs: privilege checks, BTF offsets, the watched-port
 //! set, and the loss counters the programs keep.
 
-use std::{fmt, os::fd::AsFd as _};
+use std::{
+    fmt,
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::BtfTracePoint,
+    programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType},
 };
 use tracer_ebpf::counter;
 
@@ -128,6 +132,7 @@ impl Probes {
     pub fn load(btf: &Btf, ports: &[u16], max_flows: u32) -> Result<Self> {
         raise_memlock_limit();
         let offsets = offsets::resolve(btf)?;
+        tracing::debug!("kernel offsets from BTF: {offsets:?}");
         let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offsets, true)
             .override_global("WAKEUP_BYTES", &WAKEUP_BYTES, true)
@@ -174,6 +179,16 @@ impl Probes {
                 }),
             }
         }
+        match attach_ingress(&mut ebpf) {
+            Ok(root) => {
+                tracing::debug!("cgroup_skb ingress attached at {}", root.display());
+                attached.push(INGRESS_PROGRAM);
+            }
+            Err(e) => missing.push(Missing {
+                tracepoint: INGRESS_PROGRAM,
+                reason: format!("{e:#}; middlebox resets cannot be told from the peer's"),
+            }),
+        }
         if attached.is_empty() {
             return Err(FatalError(format!(
                 "no tracepoint could be attached: {}",
@@ -203,6 +218,12 @@ impl Probes {
 
     /// Detaches every program: no new events after this returns.
     pub fn detach(&mut self) {
+        if let Some(prog) = self.ebpf.program_mut(INGRESS_PROGRAM)
+            && let Ok(prog) = <&mut CgroupSkb>::try_from(prog)
+            && prog.fd().is_ok()
+        {
+            let _ = prog.unload();
+        }
         for (program, _) in PROGRAMS {
             if let Some(prog) = self.ebpf.program_mut(program)
                 && let Ok(prog) = <&mut BtfTracePoint>::try_from(prog)
@@ -230,6 +251,14 @@ impl Probes {
             counters.listener_table_full = sum(counter::LISTENER_TABLE_FULL);
             counters.read_failed = sum(counter::READ_FAILED);
         }
+        let ingress = self
+            .ebpf
+            .program(INGRESS_PROGRAM)
+            .and_then(|p| <&CgroupSkb>::try_from(p).ok())
+            .and_then(|p| p.fd().ok())
+            .and_then(|fd| recursion_misses(fd.as_fd()))
+            .unwrap_or(0);
+        counters.recursion_misses += ingress;
         for (program, _) in PROGRAMS {
             counters.recursion_misses += self
                 .ebpf
@@ -241,6 +270,75 @@ impl Probes {
         }
         counters
     }
+}
+
+/// The cgroup_skb program that records TTLs of arriving segments (cgroup v2 root, ingress).
+pub const INGRESS_PROGRAM: &str = "ingress_ttl";
+
+/// The mount point of the cgroup v2 hierarchy, from a mountinfo text.
+pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (mount, filesystem) = line.split_once(" - ")?;
+        if filesystem.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        let mut fields = mount.split_whitespace();
+        let root = fields.nth(3)?;
+        let point = fields.next()?;
+        // Only a mount of the hierarchy's root covers every socket on the host.
+        (root == "/").then(|| PathBuf::from(point.replace("\\040", " ")))
+    })
+}
+
+/// Finds the cgroup v2 root, or mounts one (hosts with only v1 mounted still have v2).
+fn cgroup2_root() -> Result<PathBuf> {
+    let mountinfo =
+        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    if let Some(path) = cgroup2_mount(&mountinfo) {
+        return Ok(path);
+    }
+    let path = Path::new("/run/shuffletrace/cgroup2");
+    std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+    let target = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            c"cgroup2".as_ptr(),
+            target.as_ptr(),
+            c"cgroup2".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(anyhow!(
+            "no cgroup v2 hierarchy is mounted and mounting one at {} failed: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(path.to_path_buf())
+}
+
+fn attach_ingress(ebpf: &mut Ebpf) -> Result<PathBuf> {
+    let root = cgroup2_root()?;
+    let cgroup =
+        std::fs::File::open(&root).with_context(|| format!("opening cgroup {}", root.display()))?;
+    let prog: &mut CgroupSkb = ebpf
+        .program_mut(INGRESS_PROGRAM)
+        .ok_or_else(|| anyhow!("program {INGRESS_PROGRAM} not in the object"))?
+        .try_into()?;
+    prog.load()
+        .map_err(|e| anyhow!("{}", verifier_message(&e)))?;
+    // Attached through a BPF link (kernels >= 5.7), which takes no flags and always runs beside
+    // other programs on the same cgroup; "Single" is aya's flag-less mode.
+    prog.attach(
+        &cgroup,
+        CgroupSkbAttachType::Ingress,
+        CgroupAttachMode::Single,
+    )
+    .with_context(|| format!("attaching to cgroup {}", root.display()))?;
+    Ok(root)
 }
 
 /// `recursion_misses` of a loaded program, from its fdinfo (aya does not expose it).
@@ -276,6 +374,23 @@ mod tests {
         assert_eq!(missing_capabilities(1 << CAP_BPF), vec!["CAP_PERFMON"]);
         assert!(missing_capabilities((1 << CAP_BPF) | (1 << CAP_PERFMON)).is_empty());
         assert!(missing_capabilities(1 << CAP_SYS_ADMIN).is_empty());
+    }
+
+    #[test]
+    fn cgroup2_root_found_in_mountinfo() {
+        let hybrid = "30 23 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n\
+                      31 30 0:27 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw\n\
+                      32 30 0:28 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
+        assert_eq!(
+            cgroup2_mount(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        let container = "40 30 0:27 /kubepods/pod1 /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup2_mount(container), None, "a sub-tree is not the root");
+        assert_eq!(
+            cgroup2_mount("32 30 0:28 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw\n"),
+            None
+        );
     }
 
     #[test]

@@ -9,7 +9,9 @@ use crate::{
     cli::Format,
     clock::BootClock,
     events::{Event, EventKind, ResetReasons, Side, errno_name, tcp_state_name},
+    findings::Finding,
     probes::{KernelCounters, Missing},
+    remedies::service_name,
 };
 
 /// Version of the line schema; bumped on incompatible changes.
@@ -26,6 +28,9 @@ pub struct Context {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Totals {
     pub events: u64,
+    /// Finding lines written, and the occurrences they stand for (sum of counts).
+    pub finding_lines: u64,
+    pub findings: u64,
     pub decode_errors: u64,
     pub flows: usize,
     pub flow_evictions: u64,
@@ -60,6 +65,12 @@ struct EventLine<'a> {
     error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    soft_error: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ttl: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peer_ttl: Option<u8>,
 }
 
 #[derive(Serialize)]
@@ -90,6 +101,8 @@ struct StatsLine<'a> {
     ts: String,
     node: &'a str,
     events: u64,
+    findings: u64,
+    finding_lines: u64,
     decode_errors: u64,
     lost_events: u64,
     owner_table_full: u64,
@@ -98,6 +111,58 @@ struct StatsLine<'a> {
     recursion_misses: u64,
     flows: usize,
     flow_evictions: u64,
+}
+
+#[derive(Serialize)]
+struct EvidenceLine {
+    ts: String,
+    event: &'static str,
+    src: String,
+    dst: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    old_state: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    new_state: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ttl: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peer_ttl: Option<u8>,
+}
+
+#[derive(Serialize)]
+struct FindingLine<'a> {
+    #[serde(rename = "type")]
+    line_type: &'static str,
+    v: u32,
+    id: u64,
+    kind: &'static str,
+    severity: &'static str,
+    ts: String,
+    node: &'a str,
+    src: String,
+    dst: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service: Option<&'static str>,
+    netns: u32,
+    pid: Option<u32>,
+    comm: Option<&'a str>,
+    uid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    side: Option<&'static str>,
+    summary: &'a str,
+    evidence: Vec<EvidenceLine>,
+    remedy: &'a str,
+    count: u64,
+    first_ts: String,
+    last_ts: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    update_of: Option<u64>,
 }
 
 /// The parts of an event line that depend on its kind.
@@ -126,6 +191,9 @@ fn detail(event: &Event, reasons: &ResetReasons) -> Detail {
     }
     match event.kind {
         EventKind::SocketError => detail.error = Some(errno_name(event.detail)),
+        EventKind::StateChange if event.detail != 0 => {
+            detail.error = Some(errno_name(event.detail));
+        }
         EventKind::Retransmit if event.detail != 0 => detail.error = Some(errno_name(event.detail)),
         EventKind::ResetSent => {
             detail.reason = reasons.name(event.detail).map(str::to_owned);
@@ -227,6 +295,9 @@ impl<W: Write> Output<W> {
                     state: detail.state,
                     error: detail.error,
                     reason: detail.reason,
+                    soft_error: event.soft_error,
+                    ttl: event.ttl,
+                    peer_ttl: event.peer_ttl,
                 };
                 write_json(&mut self.out, &line)
             }
@@ -263,6 +334,118 @@ impl<W: Write> Output<W> {
         }
     }
 
+    fn evidence_line(&self, event: &Event) -> EvidenceLine {
+        let detail = detail(event, &self.context.reset_reasons);
+        EvidenceLine {
+            ts: self.context.clock.rfc3339(event.boot_ns),
+            event: event.kind.name(),
+            src: event.local.to_string(),
+            dst: event.remote.to_string(),
+            old_state: detail.old_state,
+            new_state: detail.new_state,
+            state: detail.state,
+            error: detail.error,
+            reason: detail.reason,
+            ttl: event.ttl,
+            peer_ttl: event.peer_ttl,
+        }
+    }
+
+    /// A finding: one JSON line, or a block that stands out from the event lines in text.
+    pub fn finding(&mut self, finding: &Finding) -> io::Result<()> {
+        let clock = self.context.clock;
+        // The service is named after the server's end.
+        let service_port = match finding.side {
+            Some(Side::Server) => finding.src.port(),
+            _ => finding.dst.port(),
+        };
+        let service = service_name(service_port);
+        match self.format {
+            Format::Json => {
+                let owner = finding.owner.as_ref();
+                let line = FindingLine {
+                    line_type: "finding",
+                    v: SCHEMA_VERSION,
+                    id: finding.id,
+                    kind: finding.kind.name(),
+                    severity: finding.severity.name(),
+                    ts: clock.rfc3339(finding.boot_ns),
+                    node: &self.context.node,
+                    src: finding.src.to_string(),
+                    dst: finding.dst.to_string(),
+                    service,
+                    netns: finding.netns,
+                    pid: owner.map(|o| o.pid),
+                    comm: owner.map(|o| o.comm.as_str()),
+                    uid: owner.map(|o| o.uid),
+                    side: side_name(finding.side),
+                    summary: &finding.summary,
+                    evidence: finding
+                        .evidence
+                        .iter()
+                        .map(|e| self.evidence_line(e))
+                        .collect(),
+                    remedy: &finding.remedy,
+                    count: finding.count,
+                    first_ts: clock.rfc3339(finding.first_ns),
+                    last_ts: clock.rfc3339(finding.last_ns),
+                    update_of: finding.update_of,
+                };
+                write_json(&mut self.out, &line)
+            }
+            Format::Text => {
+                let who = match &finding.owner {
+                    Some(o) => format!("pid={} comm={} uid={}", o.pid, o.comm, o.uid),
+                    None => "pid=?".into(),
+                };
+                let service = service.map(|s| format!(" ({s})")).unwrap_or_default();
+                let update = match finding.update_of {
+                    Some(id) => format!(" update of #{id}"),
+                    None => String::new(),
+                };
+                let mut block = format!(
+                    "\n>>> FINDING #{} {} {}{update}: {} -> {}{service} {who} netns={} count={}\n",
+                    finding.id,
+                    finding.severity.name().to_uppercase(),
+                    finding.kind.name(),
+                    finding.src,
+                    finding.dst,
+                    finding.netns,
+                    finding.count,
+                );
+                block.push_str(&format!("    what:     {}\n", finding.summary));
+                for event in &finding.evidence {
+                    let d = detail(event, &self.context.reset_reasons);
+                    let mut text = format!(
+                        "    evidence: {} {}",
+                        clock.rfc3339(event.boot_ns),
+                        event.kind.name()
+                    );
+                    match (d.old_state, d.new_state, d.state) {
+                        (Some(old), Some(new), _) => text.push_str(&format!(" {old} -> {new}")),
+                        (_, _, Some(state)) => text.push_str(&format!(" in {state}")),
+                        _ => {}
+                    }
+                    for (key, value) in [("error", d.error), ("reason", d.reason)] {
+                        if let Some(value) = value {
+                            text.push_str(&format!(" {key}={value}"));
+                        }
+                    }
+                    if let Some(ttl) = event.ttl {
+                        text.push_str(&format!(" ttl={ttl}"));
+                    }
+                    if let Some(ttl) = event.peer_ttl {
+                        text.push_str(&format!(" peer_ttl={ttl}"));
+                    }
+                    block.push_str(&text);
+                    block.push('\n');
+                }
+                block.push_str(&format!("    fix:      {}\n\n", finding.remedy));
+                self.out.write_all(block.as_bytes())
+            }
+        }
+    }
+
     /// Loss and size counters (JSON: a `stats` line; text: nothing, the log has them).
     pub fn stats(&mut self, kernel: &KernelCounters, totals: &Totals) -> io::Result<()> {
         if self.format != Format::Json {
@@ -274,6 +457,8 @@ impl<W: Write> Output<W> {
             ts: self.context.clock.rfc3339(BootClock::now_boot_ns()),
             node: &self.context.node,
             events: totals.events,
+            findings: totals.findings,
+            finding_lines: totals.finding_lines,
             decode_errors: totals.decode_errors,
             lost_events: kernel.ringbuf_full,
             owner_table_full: kernel.owner_table_full,
@@ -328,6 +513,9 @@ mod tests {
             new_state: 7,
             detail: libc::ECONNREFUSED,
             no_socket: false,
+            soft_error: false,
+            ttl: None,
+            peer_ttl: None,
         }
     }
 

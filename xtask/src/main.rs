@@ -222,12 +222,15 @@ fn test() -> Result<()> {
         );
     }
     ensure_command("ip", "iproute2")?;
+    ensure_command("iptables", "iptables")?;
     run_checked(cargo().args([
         "test",
         "--package",
         "tracer-user",
         "--test",
         "live",
+        "--test",
+        "findings",
         "--",
         "--test-threads=1",
     ]))

@@ -1,0 +1,504 @@
+//! Root integration tests of the findings: each failure mode reproduced for real in a client /
+//! router / server namespace chain with iptables rules, asserting on the finding lines the
+//! binary prints (kind, endpoints, process, evidence, remedy).
+
+mod support;
+
+use std::{
+    io::{ErrorKind, Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use support::{Routed, Tracer, connect, dump, exec_in, findings, settle};
+
+fn pid() -> u64 {
+    u64::from(std::process::id())
+}
+
+/// The one finding of `kind` whose `dst` (or, for server-side kinds, `src`) is `endpoint`.
+fn finding_for<'a>(lines: &'a [Value], kind: &str, field: &str, endpoint: &str) -> &'a Value {
+    let matching: Vec<&Value> = findings(lines, kind)
+        .into_iter()
+        .filter(|f| f[field] == endpoint && f["update_of"].is_null())
+        .collect();
+    assert_eq!(
+        matching.len(),
+        1,
+        "exactly one {kind} with {field}={endpoint}:\n{}",
+        dump(lines)
+    );
+    matching[0]
+}
+
+fn assert_actionable(finding: &Value, lines: &[Value]) {
+    assert!(
+        finding["remedy"].as_str().is_some_and(|r| r.len() > 40),
+        "a concrete remedy: {}",
+        dump(lines)
+    );
+    assert!(
+        finding["evidence"]
+            .as_array()
+            .is_some_and(|e| !e.is_empty()),
+        "evidence: {}",
+        dump(lines)
+    );
+}
+
+fn listen(
+    ns: &support::Netns,
+    comm: &str,
+    addr: SocketAddr,
+) -> (mpsc::Receiver<()>, std::thread::JoinHandle<TcpListener>) {
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let handle = ns.run(comm, move || {
+        let listener = TcpListener::bind(addr).expect("bind");
+        ready_tx.send(()).unwrap();
+        listener
+    });
+    (ready_rx, handle)
+}
+
+fn set_linger_zero(stream: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: valid socket and option struct.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+}
+
+#[test]
+fn closed_port_is_connect_refused_and_a_local_reset_on_the_server() {
+    let net = Routed::new();
+    let target = SocketAddr::new(net.server_ip, 7337);
+    let tracer = Tracer::start("7337");
+    let error = net
+        .client
+        .run("st-exec", move || {
+            connect(target).map(|_| ()).unwrap_err().kind()
+        })
+        .join()
+        .unwrap();
+    assert_eq!(error, ErrorKind::ConnectionRefused);
+    settle();
+    let lines = tracer.stop();
+    let refused = finding_for(&lines, "connect_refused", "dst", &target.to_string());
+    assert_eq!(refused["severity"], "error");
+    assert_eq!(refused["comm"], "st-exec");
+    assert_eq!(refused["pid"], pid());
+    assert_eq!(refused["netns"], net.client.inode());
+    assert_eq!(refused["service"], "Spark external shuffle service");
+    assert!(
+        refused["src"]
+            .as_str()
+            .unwrap()
+            .starts_with(&net.client_ip.to_string())
+    );
+    assert!(
+        refused["remedy"]
+            .as_str()
+            .unwrap()
+            .contains("spark.shuffle.service")
+    );
+    assert_actionable(refused, &lines);
+    // The server's own stack sent that RST: nothing listens.
+    let local = finding_for(&lines, "local_reset", "src", &target.to_string());
+    assert_eq!(local["netns"], net.server.inode());
+    assert!(
+        local["summary"].as_str().unwrap().contains("NO_SOCKET"),
+        "{}",
+        dump(&lines)
+    );
+    assert!(
+        findings(&lines, "middlebox_reset").is_empty(),
+        "{}",
+        dump(&lines)
+    );
+}
+
+#[test]
+fn dropped_syns_are_connect_timeout_updated_when_the_socket_gives_up() {
+    let net = Routed::new();
+    let target = SocketAddr::new(net.server_ip, 10001);
+    exec_in(
+        &net.server,
+        &[
+            "iptables", "-A", "INPUT", "-p", "tcp", "--dport", "10001", "-j", "DROP",
+        ],
+    );
+    // One SYN retransmit, then ETIMEDOUT after ~3 s instead of ~2 min.
+    exec_in(
+        &net.client,
+        &["sysctl", "-qw", "net.ipv4.tcp_syn_retries=1"],
+    );
+    let tracer = Tracer::start("10001");
+    let error = net
+        .client
+        .run("st-connect", move || {
+            TcpStream::connect_timeout(&target, Duration::from_secs(20))
+                .map(|_| ())
+                .unwrap_err()
+                .raw_os_error()
+        })
+        .join()
+        .unwrap();
+    assert_eq!(error, Some(libc::ETIMEDOUT));
+    settle();
+    let lines = tracer.stop();
+    let timeout = finding_for(&lines, "connect_timeout", "dst", &target.to_string());
+    assert_eq!(timeout["comm"], "st-connect");
+    assert_eq!(timeout["pid"], pid());
+    assert_eq!(timeout["count"], 1);
+    assert!(
+        timeout["remedy"]
+            .as_str()
+            .unwrap()
+            .contains("security group")
+    );
+    assert_actionable(timeout, &lines);
+    let update = findings(&lines, "connect_timeout")
+        .into_iter()
+        .find(|f| f["update_of"] == timeout["id"])
+        .unwrap_or_else(|| panic!("an update when the socket gave up:\n{}", dump(&lines)));
+    assert_eq!(update["count"], 0);
+    assert!(
+        update["summary"].as_str().unwrap().contains("ETIMEDOUT"),
+        "{}",
+        dump(&lines)
+    );
+    assert!(findings(&lines, "connect_refused").is_empty());
+}
+
+#[test]
+fn icmp_host_unreachable_from_a_router() {
+    let net = Routed::new();
+    let target = SocketAddr::new(net.server_ip, 9083);
+    exec_in(
+        &net.router,
+        &[
+            "iptables",
+            "-A",
+            "FORWARD",
+            "-p",
+            "tcp",
+            "--dport",
+            "9083",
+            "-j",
+            "REJECT",
+            "--reject-with",
+            "icmp-host-unreachable",
+        ],
+    );
+    let tracer = Tracer::start("9083");
+    let error = net
+        .client
+        .run("st-metastore", move || {
+            connect(target).map(|_| ()).unwrap_err().raw_os_error()
+        })
+        .join()
+        .unwrap();
+    assert_eq!(error, Some(libc::EHOSTUNREACH));
+    settle();
+    let lines = tracer.stop();
+    let unreachable = finding_for(&lines, "host_unreachable", "dst", &target.to_string());
+    assert_eq!(unreachable["comm"], "st-metastore");
+    assert!(
+        unreachable["evidence"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["error"] == "EHOSTUNREACH"),
+        "{}",
+        dump(&lines)
+    );
+    assert_actionable(unreachable, &lines);
+    assert!(findings(&lines, "connect_refused").is_empty());
+}
+
+#[test]
+fn reset_from_a_router_is_a_middlebox_reset() {
+    let net = Routed::new();
+    let target = SocketAddr::new(net.server_ip, 7337);
+    let tracer = Tracer::start("7337");
+    let (ready, server) = listen(&net.server, "st-shuffle", target);
+    ready.recv_timeout(Duration::from_secs(10)).unwrap();
+    let listener = server.join().unwrap();
+    // A good flow first: the client learns the TTL the server's packets arrive with.
+    let first = net
+        .client
+        .run("st-exec", move || {
+            let mut stream = connect(target).expect("first connect");
+            stream.write_all(b"ping").unwrap();
+            stream.local_addr().unwrap()
+        })
+        .join()
+        .unwrap();
+    let (mut accepted, _) = listener.accept().unwrap();
+    let mut buf = [0u8; 4];
+    accepted.read_exact(&mut buf).unwrap();
+    // Now the router answers new connections to 7337 with a RST of its own.
+    exec_in(
+        &net.router,
+        &[
+            "iptables",
+            "-I",
+            "FORWARD",
+            "-p",
+            "tcp",
+            "--dport",
+            "7337",
+            "--syn",
+            "-j",
+            "REJECT",
+            "--reject-with",
+            "tcp-reset",
+        ],
+    );
+    let error = net
+        .client
+        .run("st-exec", move || {
+            connect(target).map(|_| ()).unwrap_err().kind()
+        })
+        .join()
+        .unwrap();
+    assert_eq!(error, ErrorKind::ConnectionRefused);
+    settle();
+    let lines = tracer.stop();
+    let forged = finding_for(&lines, "middlebox_reset", "dst", &target.to_string());
+    assert_eq!(forged["comm"], "st-exec");
+    assert_ne!(forged["src"], first.to_string().as_str(), "the second flow");
+    let rst = forged["evidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event"] == "reset_received")
+        .unwrap_or_else(|| panic!("RST in evidence: {}", dump(&lines)));
+    assert_eq!(rst["ttl"], 64, "the router's own RST: {}", dump(&lines));
+    assert_eq!(
+        rst["peer_ttl"],
+        63,
+        "the server, one hop away: {}",
+        dump(&lines)
+    );
+    assert_actionable(forged, &lines);
+    assert!(
+        findings(&lines, "connect_refused").is_empty(),
+        "{}",
+        dump(&lines)
+    );
+}
+
+#[test]
+fn dropped_synacks_are_return_path_blocked_on_the_server() {
+    let net = Routed::new();
+    let target = SocketAddr::new(net.server_ip, 10000);
+    exec_in(
+        &net.router,
+        &[
+            "iptables",
+            "-A",
+            "FORWARD",
+            "-p",
+            "tcp",
+            "--sport",
+            "10000",
+            "--tcp-flags",
+            "SYN,ACK",
+            "SYN,ACK",
+            "-j",
+            "DROP",
+        ],
+    );
+    let tracer = Tracer::start("10000");
+    let (ready, server) = listen(&net.server, "st-hs2", target);
+    ready.recv_timeout(Duration::from_secs(10)).unwrap();
+    let _listener = server.join().unwrap();
+    let error = net
+        .client
+        .run("st-beeline", move || {
+            TcpStream::connect_timeout(&target, Duration::from_secs(4))
+                .map(|_| ())
+                .unwrap_err()
+                .kind()
+        })
+        .join()
+        .unwrap();
+    assert_eq!(error, ErrorKind::TimedOut);
+    settle();
+    let lines = tracer.stop();
+    let blocked = finding_for(&lines, "return_path_blocked", "src", &target.to_string());
+    assert_eq!(blocked["netns"], net.server.inode());
+    assert_eq!(blocked["side"], "server");
+    assert_eq!(
+        blocked["comm"],
+        "st-hs2",
+        "the listening process: {}",
+        dump(&lines)
+    );
+    assert!(
+        blocked["dst"]
+            .as_str()
+            .unwrap()
+            .starts_with(&net.client_ip.to_string())
+    );
+    assert_actionable(blocked, &lines);
+    // The client, for its part, sees its SYNs go unanswered.
+    let timeout = finding_for(&lines, "connect_timeout", "dst", &target.to_string());
+    assert_eq!(timeout["comm"], "st-beeline");
+}
+
+#[test]
+fn random_loss_on_an_established_flow_is_a_retransmit_storm() {
+    let net = Routed::new();
+    let target = SocketAddr::new(net.server_ip, 7337);
+    let tracer = Tracer::start_with(&[
+        "--ports",
+        "7337",
+        "--storm-retransmits",
+        "5",
+        "--storm-window",
+        "10s",
+    ]);
+    let (ready, server) = listen(&net.server, "st-shuffle", target);
+    ready.recv_timeout(Duration::from_secs(10)).unwrap();
+    let listener = server.join().unwrap();
+    let reader = net.server.run("st-shuffle", move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut total = 0usize;
+        let mut buf = vec![0u8; 65536];
+        loop {
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => break total,
+                Ok(n) => total += n,
+            }
+        }
+    });
+    let (connected_tx, connected_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let writer = net.client.run("st-fetch", move || {
+        let mut stream = connect(target).expect("connect");
+        connected_tx.send(stream.local_addr().unwrap()).unwrap();
+        go_rx.recv().unwrap();
+        let chunk = vec![7u8; 64 * 1024];
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut sent = 0usize;
+        while sent < 8 * 1024 * 1024 && Instant::now() < deadline {
+            stream.write_all(&chunk).unwrap();
+            sent += chunk.len();
+        }
+        sent
+    });
+    let local = connected_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    // Loss only once the connection is up: a quarter of the data segments vanish.
+    exec_in(
+        &net.router,
+        &[
+            "iptables",
+            "-A",
+            "FORWARD",
+            "-p",
+            "tcp",
+            "--dport",
+            "7337",
+            "-m",
+            "statistic",
+            "--mode",
+            "random",
+            "--probability",
+            "0.25",
+            "-j",
+            "DROP",
+        ],
+    );
+    go_tx.send(()).unwrap();
+    let sent = writer.join().unwrap();
+    assert!(sent > 0);
+    assert_eq!(reader.join().unwrap(), sent);
+    settle();
+    let lines = tracer.stop();
+    let storm = finding_for(&lines, "retransmit_storm", "src", &local.to_string());
+    assert_eq!(storm["dst"], target.to_string().as_str());
+    assert_eq!(storm["comm"], "st-fetch");
+    assert_eq!(storm["pid"], pid());
+    assert_eq!(storm["severity"], "warning");
+    assert_actionable(storm, &lines);
+}
+
+#[test]
+fn server_abort_is_a_peer_reset() {
+    let net = Routed::new();
+    let target = SocketAddr::new(net.server_ip, 7337);
+    let tracer = Tracer::start("7337");
+    let (ready, server) = listen(&net.server, "st-shuffle", target);
+    ready.recv_timeout(Duration::from_secs(10)).unwrap();
+    let listener = server.join().unwrap();
+    let aborter = net.server.run("st-shuffle", move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 4];
+        conn.read_exact(&mut buf).unwrap();
+        conn.write_all(b"ok").unwrap();
+        set_linger_zero(&conn);
+        drop(conn); // RST
+    });
+    let error = net
+        .client
+        .run("st-exec", move || {
+            let mut stream = connect(target).expect("connect");
+            stream.write_all(b"open").unwrap();
+            let mut buf = [0u8; 2];
+            stream.read_exact(&mut buf).unwrap();
+            let mut rest = [0u8; 16];
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match stream.read(&mut rest) {
+                    Err(e) => break e.kind(),
+                    Ok(_) if Instant::now() > deadline => panic!("no reset"),
+                    Ok(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        })
+        .join()
+        .unwrap();
+    aborter.join().unwrap();
+    assert_eq!(error, ErrorKind::ConnectionReset);
+    settle();
+    let lines = tracer.stop();
+    let reset = finding_for(&lines, "peer_reset", "dst", &target.to_string());
+    assert_eq!(reset["comm"], "st-exec");
+    assert_eq!(reset["netns"], net.client.inode());
+    let rst = reset["evidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event"] == "reset_received")
+        .unwrap_or_else(|| panic!("RST in evidence: {}", dump(&lines)));
+    assert_eq!(
+        rst["ttl"],
+        rst["peer_ttl"],
+        "the peer's own RST: {}",
+        dump(&lines)
+    );
+    assert_actionable(reset, &lines);
+    assert!(
+        findings(&lines, "middlebox_reset").is_empty(),
+        "{}",
+        dump(&lines)
+    );
+    // The server side says who aborted: its own application.
+    let local = finding_for(&lines, "local_reset", "src", &target.to_string());
+    assert_eq!(local["comm"], "st-shuffle");
+}

@@ -1,0 +1,350 @@
+//! Shared by the root integration tests: network namespaces, threads inside them, and the
+//! real `shuffletrace` binary whose JSON lines are validated against the schema.
+#![allow(dead_code)] // each test target uses a different part
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::{IpAddr, SocketAddr, TcpStream},
+    os::unix::fs::MetadataExt as _,
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        mpsc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+static NEXT_TOPOLOGY: AtomicU32 = AtomicU32::new(0);
+
+pub fn ip(args: &[&str]) {
+    let status = Command::new("ip")
+        .args(args)
+        .status()
+        .expect("running ip (iproute2)");
+    assert!(status.success(), "ip {} failed", args.join(" "));
+}
+
+/// A named network namespace, deleted on drop (with the veth end inside it).
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(name: String) -> Self {
+        // A namespace left over by a killed run of the same name.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
+        ip(&["netns", "add", &name]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        Self { name }
+    }
+
+    pub fn path(&self) -> String {
+        format!("/var/run/netns/{}", self.name)
+    }
+
+    /// The namespace inode, as the tracer reports it.
+    pub fn inode(&self) -> u64 {
+        std::fs::metadata(self.path()).expect("netns file").ino()
+    }
+
+    /// Runs `f` on a new thread named `comm` (the kernel's comm for it) inside this namespace.
+    pub fn run<T: Send + 'static>(
+        &self,
+        comm: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> thread::JoinHandle<T> {
+        let path = self.path();
+        thread::Builder::new()
+            .name(comm.to_owned())
+            .spawn(move || {
+                let file = std::fs::File::open(&path).expect("open netns");
+                // SAFETY: setns on this thread only; the fd is valid.
+                let rc = unsafe {
+                    libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET)
+                };
+                assert_eq!(rc, 0, "setns {path}");
+                f()
+            })
+            .expect("spawn thread")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A client and a server namespace joined by a veth pair, IPv4 and IPv6.
+pub struct Topology {
+    pub client: Netns,
+    pub server: Netns,
+    pub server_v4: IpAddr,
+    pub server_v6: IpAddr,
+}
+
+impl Topology {
+    pub fn new() -> Self {
+        let n = NEXT_TOPOLOGY.fetch_add(1, Ordering::SeqCst);
+        let tag = format!("{}{}", std::process::id() % 100_000, n);
+        let client = Netns::new(format!("st-c{tag}"));
+        let server = Netns::new(format!("st-s{tag}"));
+        let (veth_c, veth_s) = (format!("stc{tag}"), format!("sts{tag}"));
+        ip(&[
+            "link", "add", &veth_c, "type", "veth", "peer", "name", &veth_s,
+        ]);
+        ip(&["link", "set", &veth_c, "netns", &client.name]);
+        ip(&["link", "set", &veth_s, "netns", &server.name]);
+        let subnet = 10 + (n % 200);
+        let v4 = |host: u8| format!("10.213.{subnet}.{host}/24");
+        let v6 = |host: u8| format!("fd00:213:{subnet}::{host}/64");
+        for (ns, dev, host) in [(&client, &veth_c, 1), (&server, &veth_s, 2)] {
+            ip(&["-n", &ns.name, "addr", "add", &v4(host), "dev", dev]);
+            ip(&[
+                "-n",
+                &ns.name,
+                "addr",
+                "add",
+                &v6(host),
+                "dev",
+                dev,
+                "nodad",
+            ]);
+            ip(&["-n", &ns.name, "link", "set", dev, "up"]);
+        }
+        Self {
+            client,
+            server,
+            server_v4: format!("10.213.{subnet}.2").parse().unwrap(),
+            server_v6: format!("fd00:213:{subnet}::2").parse().unwrap(),
+        }
+    }
+}
+
+/// The shuffletrace binary running with `--format json`.
+pub struct Tracer {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Tracer {
+    pub fn start(ports: &str) -> Self {
+        Self::start_with(&["--ports", ports])
+    }
+
+    /// Starts `shuffletrace --format json ARGS` and waits until it is attached.
+    pub fn start_with(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shuffletrace"))
+            .args(["--format", "json"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start shuffletrace");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut tracer = Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        };
+        // Attached once the start line is out.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = tracer
+                .lines
+                .recv_timeout(left)
+                .expect("shuffletrace printed no start line within 30 s");
+            let value: Value = serde_json::from_str(&line).expect("start line is JSON");
+            tracer.seen.push(line);
+            if value["type"] == "start" {
+                assert_eq!(
+                    value["missing"],
+                    Value::Array(vec![]),
+                    "all tracepoints attach here"
+                );
+                break;
+            }
+        }
+        tracer
+    }
+
+    /// SIGINT, wait for a clean exit, and return every line, each validated against the schema.
+    pub fn stop(mut self) -> Vec<Value> {
+        // SAFETY: plain kill(2) on our child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let status = self.child.wait().expect("wait for shuffletrace");
+        assert!(status.success(), "shuffletrace exited with {status}");
+        self.seen.extend(self.lines.iter());
+        let schema: Value =
+            serde_json::from_str(include_str!("../../schema/shuffletrace.schema.json")).unwrap();
+        let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+        let values: Vec<Value> = self
+            .seen
+            .iter()
+            .map(|line| {
+                let value: Value =
+                    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                if let Err(error) = validator.validate(&value) {
+                    panic!("line does not match the schema: {error}\n{line}");
+                }
+                value
+            })
+            .collect();
+        assert_eq!(
+            values.last().map(|v| v["type"].clone()),
+            Some(Value::from("stats")),
+            "the last line is the stats line"
+        );
+        values
+    }
+}
+
+pub fn events<'a>(lines: &'a [Value], event: &str) -> Vec<&'a Value> {
+    lines
+        .iter()
+        .filter(|v| v["type"] == "event" && v["event"] == event)
+        .collect()
+}
+
+pub fn mentions(value: &Value, endpoint: &SocketAddr) -> bool {
+    let text = endpoint.to_string();
+    value["src"] == text.as_str() || value["dst"] == text.as_str()
+}
+
+pub fn dump(lines: &[Value]) -> String {
+    lines.iter().map(|v| format!("{v}\n")).collect()
+}
+
+pub fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+}
+
+/// Lets the last kernel events of the connections (FIN handshakes finish asynchronously)
+/// happen before the tracer is stopped; stopping drains everything already recorded.
+pub fn settle() {
+    thread::sleep(Duration::from_millis(300));
+}
+
+/// Runs a command inside a namespace (`ip netns exec`), failing the test if it fails.
+pub fn exec_in(ns: &Netns, args: &[&str]) {
+    let status = Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .args(args)
+        .status()
+        .expect("ip netns exec");
+    assert!(
+        status.success(),
+        "in {}: {} failed",
+        ns.name,
+        args.join(" ")
+    );
+}
+
+/// client -- router -- server, each its own namespace, IPv4, with forwarding in the router:
+/// packets from the server reach the client one hop down (TTL 63), which is what tells a
+/// router-made RST (TTL 64) from the server's own.
+pub struct Routed {
+    pub client: Netns,
+    pub router: Netns,
+    pub server: Netns,
+    pub client_ip: IpAddr,
+    pub server_ip: IpAddr,
+}
+
+impl Routed {
+    pub fn new() -> Self {
+        let n = NEXT_TOPOLOGY.fetch_add(1, Ordering::SeqCst);
+        let tag = format!("{}{}", std::process::id() % 100_000, n);
+        let client = Netns::new(format!("st-c{tag}"));
+        let router = Netns::new(format!("st-r{tag}"));
+        let server = Netns::new(format!("st-s{tag}"));
+        let subnet = 10 + (n % 100) * 2;
+        let (left, right) = (subnet, subnet + 1);
+        let links = [
+            (
+                &client,
+                &router,
+                format!("stc{tag}"),
+                format!("stl{tag}"),
+                left,
+            ),
+            (
+                &server,
+                &router,
+                format!("sts{tag}"),
+                format!("str{tag}"),
+                right,
+            ),
+        ];
+        for (host, router_ns, host_dev, router_dev, net) in &links {
+            ip(&[
+                "link", "add", host_dev, "type", "veth", "peer", "name", router_dev,
+            ]);
+            ip(&["link", "set", host_dev, "netns", &host.name]);
+            ip(&["link", "set", router_dev, "netns", &router_ns.name]);
+            ip(&[
+                "-n",
+                &host.name,
+                "addr",
+                "add",
+                &format!("10.214.{net}.2/24"),
+                "dev",
+                host_dev,
+            ]);
+            ip(&[
+                "-n",
+                &router_ns.name,
+                "addr",
+                "add",
+                &format!("10.214.{net}.1/24"),
+                "dev",
+                router_dev,
+            ]);
+            ip(&["-n", &host.name, "link", "set", host_dev, "up"]);
+            ip(&["-n", &router_ns.name, "link", "set", router_dev, "up"]);
+            ip(&[
+                "-n",
+                &host.name,
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("10.214.{net}.1"),
+            ]);
+        }
+        exec_in(&router, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        Self {
+            client_ip: format!("10.214.{left}.2").parse().unwrap(),
+            server_ip: format!("10.214.{right}.2").parse().unwrap(),
+            client,
+            router,
+            server,
+        }
+    }
+}
+
+pub fn findings<'a>(lines: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    lines
+        .iter()
+        .filter(|v| v["type"] == "finding" && v["kind"] == kind)
+        .collect()
+}

@@ -1,0 +1,586 @@
+//! The correlation engine: turns kernel events, joined per flow, into findings: what broke,
+//! where, who was affected, the evidence, and what to change.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::{IpAddr, SocketAddr},
+};
+
+use tracer_ebpf::tcp_state;
+
+use crate::{
+    events::{Event, EventKind, Owner, ResetReasons, Side, errno_name, tcp_state_name},
+    flows::Flow,
+    remedies,
+};
+
+/// Most kernel events kept as evidence of one flow (the first ones: the connect, then what
+/// went wrong).
+pub const MAX_EVIDENCE: usize = 8;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FindingKind {
+    ConnectRefused,
+    ConnectTimeout,
+    HostUnreachable,
+    PeerReset,
+    MiddleboxReset,
+    LocalReset,
+    ReturnPathBlocked,
+    RetransmitStorm,
+}
+
+impl FindingKind {
+    /// Stable identifier used in output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ConnectRefused => "connect_refused",
+            Self::ConnectTimeout => "connect_timeout",
+            Self::HostUnreachable => "host_unreachable",
+            Self::PeerReset => "peer_reset",
+            Self::MiddleboxReset => "middlebox_reset",
+            Self::LocalReset => "local_reset",
+            Self::ReturnPathBlocked => "return_path_blocked",
+            Self::RetransmitStorm => "retransmit_storm",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Info,
+    Warning,
+    Error,
+}
+
+impl Severity {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Info => "info",
+            Self::Warning => "warning",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// One finding line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    /// Unique within a run; an update line names the finding it updates.
+    pub id: u64,
+    pub kind: FindingKind,
+    pub severity: Severity,
+    /// When the line was produced (boot ns of the event that triggered it).
+    pub boot_ns: u64,
+    /// This host's end and the peer.
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub netns: u32,
+    pub owner: Option<Owner>,
+    pub side: Option<Side>,
+    pub summary: String,
+    pub remedy: String,
+    pub evidence: Vec<Event>,
+    /// New occurrences this line reports: the sum over a kind's lines is the exact total. An
+    /// update of an occurrence already reported counts 0.
+    pub count: u64,
+    pub first_ns: u64,
+    pub last_ns: u64,
+    pub update_of: Option<u64>,
+}
+
+/// Thresholds, from the command line.
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    /// `retransmit_storm`: at least this many retransmits of an established flow ...
+    pub storm_retransmits: u32,
+    /// ... within this window.
+    pub storm_window_ns: u64,
+    /// `return_path_blocked`: SYN-ACK retransmits of one request without the final ACK.
+    pub synack_retransmits: u32,
+    /// Identical findings within this window are folded into one line with a count.
+    pub aggregate_window_ns: u64,
+}
+
+/// Per-flow correlation state, kept in the flow table.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Track {
+    /// The flow's first events, bounded by MAX_EVIDENCE.
+    evidence: Vec<Event>,
+    syn_retransmits: u32,
+    first_syn_retransmit_ns: u64,
+    /// The connect_timeout finding printed on its own line, whose update is still owed.
+    timeout_id: Option<u64>,
+    timeout_reported: bool,
+    /// A refused / unreachable / reset verdict was given: the flow's end is explained.
+    verdict_given: bool,
+    /// Times of recent retransmits of the established flow (at most storm_retransmits).
+    retransmits: VecDeque<u64>,
+    storm_quiet_until_ns: u64,
+    synack_retransmits: u32,
+    return_path_reported: bool,
+}
+
+impl Track {
+    fn remember(&mut self, event: &Event) {
+        if self.evidence.len() < MAX_EVIDENCE {
+            self.evidence.push(event.clone());
+        } else if let Some(last) = self.evidence.last_mut() {
+            // Keep the first events and the most recent one.
+            *last = event.clone();
+        }
+    }
+}
+
+/// The engine. Feed it events in order; it returns findings (before aggregation).
+pub struct Correlator {
+    config: Config,
+    reasons: ResetReasons,
+    next_id: u64,
+}
+
+impl Correlator {
+    pub fn new(config: Config, reasons: ResetReasons) -> Self {
+        Self {
+            config,
+            reasons,
+            next_id: 1,
+        }
+    }
+
+    fn finding(&mut self, kind: FindingKind, severity: Severity, event: &Event) -> Finding {
+        let id = self.next_id;
+        self.next_id += 1;
+        Finding {
+            id,
+            kind,
+            severity,
+            boot_ns: event.boot_ns,
+            src: event.local,
+            dst: event.remote,
+            netns: event.netns,
+            owner: event.owner.clone(),
+            side: event.side,
+            summary: String::new(),
+            remedy: String::new(),
+            evidence: Vec::new(),
+            count: 1,
+            first_ns: event.boot_ns,
+            last_ns: event.boot_ns,
+            update_of: None,
+        }
+    }
+
+    /// Correlates one event (already joined to its flow, when it has one).
+    pub fn on_event(&mut self, event: &Event, flow: Option<&mut Flow>, out: &mut Vec<Finding>) {
+        let Some(flow) = flow else {
+            // No socket: a RST this host sent for a segment that matched nothing.
+            if event.kind == EventKind::ResetSent {
+                out.push(self.local_reset(event, &[]));
+            }
+            return;
+        };
+        flow.track.remember(event);
+        match event.kind {
+            EventKind::ResetReceived => self.reset_received(event, flow, out),
+            EventKind::SocketError => self.socket_error(event, flow, out),
+            EventKind::Retransmit => self.retransmit(event, flow, out),
+            EventKind::SynackRetransmit => self.synack_retransmit(event, flow, out),
+            EventKind::ResetSent => {
+                let finding = self.local_reset(event, &flow.track.evidence);
+                out.push(finding);
+            }
+            // A close with an error is as good as the error report, which can come too late
+            // to carry it (see the kernel program); verdicts are given once per flow.
+            EventKind::StateChange if event.new_state == tcp_state::CLOSE && event.detail != 0 => {
+                self.socket_error(event, flow, out)
+            }
+            EventKind::StateChange => {}
+        }
+    }
+
+    fn reset_received(&mut self, event: &Event, flow: &mut Flow, out: &mut Vec<Finding>) {
+        flow.track.verdict_given = true;
+        let in_connect = event.new_state == tcp_state::SYN_SENT;
+        let forged = matches!((event.ttl, event.peer_ttl), (Some(rst), Some(peer)) if rst != peer);
+        let mut finding = if forged {
+            let (rst, peer) = (event.ttl.unwrap_or(0), event.peer_ttl.unwrap_or(0));
+            let mut f = self.finding(FindingKind::MiddleboxReset, Severity::Error, event);
+            f.summary = format!(
+                "A RST {} {} did not come from the peer: it arrived with TTL {rst}, while {}'s own \
+                 packets arrive with TTL {peer} (a device in between sent it).",
+                if in_connect {
+                    "answering the SYN to"
+                } else {
+                    "ended the connection to"
+                },
+                event.remote,
+                event.remote.ip()
+            );
+            f.remedy = remedies::middlebox_reset(event.remote, rst, peer);
+            f
+        } else if in_connect {
+            let mut f = self.finding(FindingKind::ConnectRefused, Severity::Error, event);
+            f.summary = format!(
+                "Connection refused: {} answered the SYN with a RST (nothing listens on port {}, \
+                 or a firewall rejects it).",
+                event.remote,
+                event.remote.port()
+            );
+            f.remedy = remedies::connect_refused(event.remote);
+            f
+        } else {
+            let mut f = self.finding(FindingKind::PeerReset, Severity::Error, event);
+            f.summary = format!(
+                "The peer {} reset the connection while it was {}.",
+                event.remote,
+                tcp_state_name(event.new_state)
+            );
+            f.remedy = remedies::peer_reset(event.remote, flow.side);
+            f
+        };
+        finding.evidence = flow.track.evidence.clone();
+        finding.first_ns = flow.first_ns;
+        out.push(finding);
+    }
+
+    fn socket_error(&mut self, event: &Event, flow: &mut Flow, out: &mut Vec<Finding>) {
+        match event.detail {
+            libc::ECONNREFUSED if !flow.track.verdict_given => {
+                // The RST itself was not seen (lost or arrived before tracing): the error says it.
+                flow.track.verdict_given = true;
+                let mut f = self.finding(FindingKind::ConnectRefused, Severity::Error, event);
+                f.summary = format!(
+                    "Connection refused: connect() to {} failed with ECONNREFUSED.",
+                    event.remote
+                );
+                f.remedy = remedies::connect_refused(event.remote);
+                f.evidence = flow.track.evidence.clone();
+                f.first_ns = flow.first_ns;
+                out.push(f);
+            }
+            libc::EHOSTUNREACH | libc::ENETUNREACH if !flow.track.verdict_given => {
+                flow.track.verdict_given = true;
+                let error = errno_name(event.detail);
+                let mut f = self.finding(FindingKind::HostUnreachable, Severity::Error, event);
+                f.summary = format!(
+                    "{} is unreachable: an ICMP error ({error}) ended the connection{}.",
+                    event.remote,
+                    if flow.track.syn_retransmits > 0 || event.new_state != tcp_state::ESTABLISHED {
+                        " attempt"
+                    } else {
+                        ""
+                    }
+                );
+                f.remedy = remedies::host_unreachable(event.remote, &error);
+                f.evidence = flow.track.evidence.clone();
+                f.first_ns = flow.first_ns;
+                out.push(f);
+            }
+            libc::ETIMEDOUT if flow.track.timeout_id.is_some() => {
+                if let Some(update) = self.timeout_update(flow, event.boot_ns, true) {
+                    out.push(update);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn retransmit(&mut self, event: &Event, flow: &mut Flow, out: &mut Vec<Finding>) {
+        if event.new_state == tcp_state::SYN_SENT && event.soft_error && event.detail != 0 {
+            // The SYN is retried after an ICMP error: the error, not a drop, is the verdict.
+            flow.track.syn_retransmits += 1;
+            return self.socket_error(event, flow, out);
+        }
+        if event.new_state == tcp_state::SYN_SENT {
+            flow.track.syn_retransmits += 1;
+            // An ICMP error already explained this connect: the kernel retries regardless.
+            if flow.track.timeout_reported || flow.track.verdict_given {
+                return;
+            }
+            flow.track.timeout_reported = true;
+            flow.track.first_syn_retransmit_ns = event.boot_ns;
+            let waited = event.boot_ns.saturating_sub(flow.first_ns) as f64 / 1e9;
+            let mut f = self.finding(FindingKind::ConnectTimeout, Severity::Error, event);
+            f.summary = format!(
+                "No answer from {}: the SYN was retransmitted after {waited:.1} s without a SYN-ACK \
+                 or RST (packets are dropped on the way: firewall, security group or network ACL).",
+                event.remote
+            );
+            f.remedy = remedies::connect_timeout(event.remote);
+            f.evidence = flow.track.evidence.clone();
+            f.first_ns = flow.first_ns;
+            // The id is kept only if this line is printed on its own (see `Aggregator::offer`).
+            flow.track.timeout_id = Some(f.id);
+            out.push(f);
+            return;
+        }
+        let window = self.config.storm_window_ns;
+        let threshold = self.config.storm_retransmits.max(1) as usize;
+        let track = &mut flow.track;
+        track.retransmits.push_back(event.boot_ns);
+        while track.retransmits.len() > threshold {
+            track.retransmits.pop_front();
+        }
+        let oldest = *track.retransmits.front().unwrap_or(&event.boot_ns);
+        let in_window = event.boot_ns.saturating_sub(oldest) <= window;
+        if track.retransmits.len() >= threshold
+            && in_window
+            && event.boot_ns >= track.storm_quiet_until_ns
+        {
+            // One finding per flow per window; a storm that goes on reports again after it.
+            track.storm_quiet_until_ns = event.boot_ns + window;
+            let span = event.boot_ns.saturating_sub(oldest) as f64 / 1e9;
+            let total = flow.retransmits;
+            let mut f = self.finding(FindingKind::RetransmitStorm, Severity::Warning, event);
+            f.summary = format!(
+                "The {} flow with {} retransmitted {threshold} segments in {span:.1} s ({total} \
+                 since it was seen): packets are being lost on the path.",
+                tcp_state_name(event.new_state),
+                event.remote
+            );
+            f.remedy = remedies::retransmit_storm(event.remote);
+            f.evidence = flow.track.evidence.clone();
+            f.first_ns = oldest;
+            out.push(f);
+        }
+    }
+
+    fn synack_retransmit(&mut self, event: &Event, flow: &mut Flow, out: &mut Vec<Finding>) {
+        flow.track.synack_retransmits += 1;
+        if flow.track.return_path_reported
+            || flow.track.synack_retransmits < self.config.synack_retransmits.max(1)
+        {
+            return;
+        }
+        flow.track.return_path_reported = true;
+        let mut f = self.finding(FindingKind::ReturnPathBlocked, Severity::Error, event);
+        f.side = Some(Side::Server);
+        f.summary = format!(
+            "{} reached {} (SYN arrived) but the handshake never completes: {} SYN-ACKs were \
+             sent without the final ACK coming back. The return path is blocked.",
+            event.remote.ip(),
+            event.local,
+            flow.track.synack_retransmits + 1
+        );
+        f.remedy = remedies::return_path_blocked(event.local, event.remote.ip());
+        f.evidence = flow.track.evidence.clone();
+        f.first_ns = flow.first_ns;
+        out.push(f);
+    }
+
+    fn local_reset(&mut self, event: &Event, evidence: &[Event]) -> Finding {
+        let reason = self
+            .reasons
+            .name(event.detail)
+            .unwrap_or("NOT_SPECIFIED")
+            .to_owned();
+        let no_socket = event.no_socket || reason == "NO_SOCKET";
+        let severity = if no_socket {
+            Severity::Warning
+        } else {
+            Severity::Info
+        };
+        let mut f = self.finding(FindingKind::LocalReset, severity, event);
+        if no_socket {
+            f.side = Some(Side::Server);
+        }
+        f.summary = format!(
+            "This host sent a RST to {} from {}: {}.",
+            event.remote,
+            event.local,
+            remedies::reset_reason_meaning(&reason, event.local.port())
+        );
+        f.remedy = remedies::local_reset(&reason, event.local);
+        f.evidence = if evidence.is_empty() {
+            vec![event.clone()]
+        } else {
+            evidence.to_vec()
+        };
+        f
+    }
+
+    /// The update line of a connect_timeout printed on its own: the socket gave up
+    /// (ETIMEDOUT) or the application closed it.
+    fn timeout_update(&mut self, flow: &mut Flow, now_ns: u64, gave_up: bool) -> Option<Finding> {
+        let original = flow.track.timeout_id.take()?;
+        let last = flow.track.evidence.last()?.clone();
+        let mut f = self.finding(FindingKind::ConnectTimeout, Severity::Error, &last);
+        f.boot_ns = now_ns;
+        f.src = flow.local;
+        f.dst = flow.remote;
+        f.owner = flow.owner.clone();
+        f.count = 0;
+        f.update_of = Some(original);
+        f.first_ns = flow.first_ns;
+        let waited = now_ns.saturating_sub(flow.first_ns) as f64 / 1e9;
+        let retries = flow.track.syn_retransmits;
+        f.summary = if gave_up {
+            format!(
+                "The connection to {} timed out (ETIMEDOUT): {retries} SYN retransmits over \
+                 {waited:.1} s went unanswered.",
+                flow.remote
+            )
+        } else {
+            format!(
+                "The application gave up on {} after {retries} unanswered SYN retransmits over \
+                 {waited:.1} s and closed the socket.",
+                flow.remote
+            )
+        };
+        f.remedy = remedies::connect_timeout(flow.remote);
+        f.evidence = flow.track.evidence.clone();
+        Some(f)
+    }
+
+    /// A flow left the table (closed and lingered, or at shutdown): owed updates are written.
+    pub fn on_flow_end(&mut self, mut flow: Flow, now_ns: u64, out: &mut Vec<Finding>) {
+        if flow.track.timeout_id.is_some() && flow.closed_ns.is_some() {
+            let closed = flow.closed_ns.unwrap_or(now_ns);
+            if let Some(update) = self.timeout_update(&mut flow, closed, false) {
+                out.push(update);
+            }
+        }
+    }
+
+    /// Forget the id of a connect_timeout that was folded into an aggregate line: no update
+    /// line will follow it.
+    pub fn folded(flow: &mut Flow, id: u64) {
+        if flow.track.timeout_id == Some(id) {
+            flow.track.timeout_id = None;
+        }
+    }
+}
+
+/// Words for an aggregate line: how many occurrences it stands for.
+fn close_aggregate(mut f: Finding) -> Finding {
+    if f.count > 1 {
+        let span = f.last_ns.saturating_sub(f.first_ns) as f64 / 1e9;
+        f.summary = format!("{} ({} more times within {span:.1} s.)", f.summary, f.count);
+    } else {
+        f.summary = format!("{} (Once more.)", f.summary);
+    }
+    f
+}
+
+/// Which end serves: findings about the same service from the same client fold together,
+/// whatever the client's ephemeral port.
+fn aggregation_key(f: &Finding) -> (FindingKind, SocketAddr, IpAddr, Option<u32>, u32) {
+    let (service, client) = match f.side {
+        Some(Side::Server) => (f.src, f.dst.ip()),
+        _ => (f.dst, f.src.ip()),
+    };
+    (
+        f.kind,
+        service,
+        client,
+        f.owner.as_ref().map(|o| o.pid),
+        f.netns,
+    )
+}
+
+struct Window {
+    opened_ns: u64,
+    /// Occurrences seen since the last line, not yet printed.
+    pending: Option<Finding>,
+}
+
+/// Folds identical findings within a window: the first is printed at once, the rest are
+/// counted and printed as one line when the window closes. Counts are exact.
+pub struct Aggregator {
+    window_ns: u64,
+    windows: HashMap<(FindingKind, SocketAddr, IpAddr, Option<u32>, u32), Window>,
+    /// Most distinct keys held at once; past it the oldest window is flushed early (printed,
+    /// not dropped), so memory is bounded and nothing is lost.
+    capacity: usize,
+}
+
+impl Aggregator {
+    pub fn new(window_ns: u64, capacity: usize) -> Self {
+        Self {
+            window_ns,
+            windows: HashMap::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Offers a finding. Returns the lines to print now (the finding itself when it opens a
+    /// window, plus any aggregate flushed to make room) and, when the finding was folded into
+    /// a pending aggregate instead, its id.
+    pub fn offer(&mut self, finding: Finding) -> (Vec<Finding>, Option<u64>) {
+        if finding.update_of.is_some() {
+            return (vec![finding], None);
+        }
+        let key = aggregation_key(&finding);
+        let now = finding.boot_ns;
+        let mut print = Vec::new();
+        let full = self.windows.len() >= self.capacity;
+        match self.windows.get_mut(&key) {
+            Some(window) if now.saturating_sub(window.opened_ns) < self.window_ns => {
+                let id = finding.id;
+                match &mut window.pending {
+                    Some(pending) => {
+                        pending.count += finding.count;
+                        pending.first_ns = pending.first_ns.min(finding.first_ns);
+                        pending.last_ns = pending.last_ns.max(finding.last_ns);
+                        pending.boot_ns = now;
+                    }
+                    None => window.pending = Some(finding),
+                }
+                return (print, Some(id));
+            }
+            Some(window) => {
+                // Expired but not flushed yet: its aggregate goes out before the new line.
+                print.extend(window.pending.take().map(close_aggregate));
+            }
+            None if full => {
+                print.extend(self.evict_oldest().map(close_aggregate));
+            }
+            None => {}
+        }
+        self.windows.insert(
+            key,
+            Window {
+                opened_ns: now,
+                pending: None,
+            },
+        );
+        print.push(finding);
+        (print, None)
+    }
+
+    fn evict_oldest(&mut self) -> Option<Finding> {
+        let key = *self
+            .windows
+            .iter()
+            .min_by_key(|(_, w)| w.opened_ns)
+            .map(|(k, _)| k)?;
+        self.windows.remove(&key).and_then(|w| w.pending)
+    }
+
+    /// Closes windows older than the window length: returns their aggregate lines.
+    pub fn due(&mut self, now_ns: u64) -> Vec<Finding> {
+        let window_ns = self.window_ns;
+        let mut lines = Vec::new();
+        self.windows.retain(|_, w| {
+            if now_ns.saturating_sub(w.opened_ns) < window_ns {
+                return true;
+            }
+            lines.extend(w.pending.take().map(close_aggregate));
+            false
+        });
+        lines.sort_by_key(|f| f.first_ns);
+        lines
+    }
+
+    /// Everything still pending (at shutdown).
+    pub fn flush(&mut self) -> Vec<Finding> {
+        let mut lines: Vec<Finding> = self
+            .windows
+            .drain()
+            .filter_map(|(_, w)| w.pending.map(close_aggregate))
+            .collect();
+        lines.sort_by_key(|f| f.first_ns);
+        lines
+    }
+}

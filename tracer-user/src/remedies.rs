@@ -1,0 +1,202 @@
+//! What to change: remedy text per finding, written from the field knowledge of each Spark
+//! port and failure mode (security groups vs. stateless ACLs, peering routes vs. NAT gateways,
+//! services that must listen, meshes that intercept).
+
+use std::net::{IpAddr, SocketAddr};
+
+use crate::events::Side;
+
+/// The Spark-side service behind a well-known port.
+pub fn service_name(port: u16) -> Option<&'static str> {
+    Some(match port {
+        443 => "UI / API (HTTPS)",
+        8443 => "REST API (HTTPS, alt)",
+        10000 => "HiveServer2 / Thrift",
+        10001 => "Spark Connect",
+        4040 => "Spark driver UI",
+        7337 => "Spark external shuffle service",
+        9083 => "Hive metastore (Thrift)",
+        _ => return None,
+    })
+}
+
+/// What must be running on the server side for a port to answer.
+fn listener_hint(port: u16) -> &'static str {
+    match port {
+        7337 => {
+            "the external shuffle service must run on that node and listen on 7337 \
+             (spark.shuffle.service.enabled=true, spark.shuffle.service.port=7337; the YARN \
+             NodeManager aux-service spark_shuffle, or the shuffle-service DaemonSet on \
+             Kubernetes) - an executor or node that was restarted loses it"
+        }
+        10000 => {
+            "HiveServer2 / the Spark Thrift server must be running and bound to a reachable \
+             address (hive.server2.thrift.port=10000, hive.server2.thrift.bind.host not 127.0.0.1)"
+        }
+        10001 => {
+            "the Spark Connect server must be running (start-connect-server.sh) and bound to a \
+             reachable address (spark.connect.grpc.binding.port=10001)"
+        }
+        4040 => {
+            "the driver UI only listens while the application runs (spark.ui.port=4040; a second \
+             driver on the same host takes 4041)"
+        }
+        9083 => {
+            "the Hive metastore must be running (hive.metastore.uris=thrift://HOST:9083); check \
+             the load balancer's health-check target port"
+        }
+        443 | 8443 => "the HTTPS listener (load balancer, ingress or gateway) must be up",
+        _ => "the service must be running and listening on that port",
+    }
+}
+
+fn check_listener(dst: SocketAddr) -> String {
+    format!(
+        "On {}: `ss -ltnp 'sport = :{}'` must show a listener; {}.",
+        dst.ip(),
+        dst.port(),
+        listener_hint(dst.port())
+    )
+}
+
+pub fn connect_refused(dst: SocketAddr) -> String {
+    format!(
+        "{} If it listens, a host firewall on {} rejects with tcp-reset: check `iptables -S` / \
+         `nft list ruleset` for REJECT rules on port {}.",
+        check_listener(dst),
+        dst.ip(),
+        dst.port()
+    )
+}
+
+fn firewall_rules(dst: SocketAddr) -> String {
+    let port = dst.port();
+    format!(
+        "Allow TCP {port} to {ip} from the client's subnet: AWS security group inbound rule \
+         (stateful) and network ACL inbound TCP {port} plus outbound 1024-65535 (stateless); \
+         Azure NSG / GCP firewall rule for tcp:{port} in both directions where they are \
+         stateless. For cross-VPC traffic, the client subnet's route table must send {ip} over \
+         the VPC peering connection, not the NAT gateway. Verify from the client with \
+         `nc -vz {ip} {port}`: a hang is a drop, 'refused' is a RST.",
+        ip = dst.ip()
+    )
+}
+
+pub fn connect_timeout(dst: SocketAddr) -> String {
+    format!(
+        "SYNs to {dst} are dropped before they get an answer. {}",
+        firewall_rules(dst)
+    )
+}
+
+pub fn host_unreachable(dst: SocketAddr, error: &str) -> String {
+    format!(
+        "A router or firewall answered with ICMP {error}: check the client's route table for \
+         {ip} (a VPC peering route, not via the NAT gateway), that the host is up, and REJECT \
+         rules (--reject-with icmp-host-unreachable / icmp-net-unreachable) on the path. \
+         `ip route get {ip}` on the client shows the route taken.",
+        ip = dst.ip()
+    )
+}
+
+pub fn peer_reset(dst: SocketAddr, side: Option<Side>) -> String {
+    let who = match side {
+        Some(Side::Server) => "the client",
+        _ => "the server",
+    };
+    format!(
+        "The peer's stack aborted the connection: check {who}'s logs at {ip} around this time \
+         (an application crash or restart, a close with unread data, an OOM kill - for \
+         executors raise spark.executor.memoryOverhead). If it follows an idle period, a NAT \
+         gateway or load balancer forgot the flow (AWS NAT 350 s, Azure NAT 4 min): set \
+         net.ipv4.tcp_keepalive_time below that. For port {port}: {}.",
+        listener_hint(dst.port()),
+        ip = dst.ip(),
+        port = dst.port()
+    )
+}
+
+pub fn middlebox_reset(dst: SocketAddr, rst_ttl: u8, peer_ttl: u8) -> String {
+    format!(
+        "Find the device between this host and {ip} that sends resets (TTL {rst_ttl} vs. \
+         {peer_ttl}: about {hops} hop(s) from the peer): a stateful firewall or IPS with a \
+         REJECT --reject-with tcp-reset rule for port {port}, a load balancer or NAT gateway \
+         that dropped the flow's state (idle timeout), or a proxy / service-mesh sidecar. \
+         `traceroute -T -p {port} {ip}` shows the path; the firewall's logs show the rule.",
+        ip = dst.ip(),
+        port = dst.port(),
+        hops = rst_ttl.abs_diff(peer_ttl)
+    )
+}
+
+/// Plain words for the kernel's reset reasons (`enum sk_rst_reason`).
+pub fn reset_reason_meaning(reason: &str, local_port: u16) -> String {
+    match reason {
+        "NO_SOCKET" => format!("nothing listens on port {local_port} here (NO_SOCKET)"),
+        "TCP_ABORT_ON_CLOSE" => {
+            "the application closed the socket with unread data (TCP_ABORT_ON_CLOSE)".into()
+        }
+        "TCP_ABORT_ON_LINGER" | "TCP_STATE" => {
+            format!("the application aborted the connection (SO_LINGER 0 or disconnect; {reason})")
+        }
+        "TCP_ABORT_ON_DATA" => {
+            "data arrived for a socket already closed (TCP_ABORT_ON_DATA)".into()
+        }
+        "TCP_ABORT_ON_MEMORY" => "the kernel ran out of socket memory (TCP_ABORT_ON_MEMORY)".into(),
+        "TCP_KEEPALIVE_TIMEOUT" => {
+            "keepalive probes went unanswered (TCP_KEEPALIVE_TIMEOUT)".into()
+        }
+        "TCP_TIMEWAIT_SOCKET" => "a segment arrived for a connection in TIME_WAIT".into(),
+        "TCP_INVALID_ACK_SEQUENCE" | "TCP_TOO_OLD_ACK" | "TCP_OLD_ACK" | "TCP_RFC7323_PAWS" => {
+            format!("a segment did not match the connection's sequence space ({reason})")
+        }
+        "TCP_FLAGS" | "INVALID_SYN" => format!("an invalid segment arrived ({reason})"),
+        other => format!("reason {other}"),
+    }
+}
+
+pub fn local_reset(reason: &str, local: SocketAddr) -> String {
+    match reason {
+        "NO_SOCKET" => format!(
+            "Clients are connecting to {local} but nothing listens: {}.",
+            listener_hint(local.port())
+        ),
+        "TCP_ABORT_ON_CLOSE" | "TCP_ABORT_ON_LINGER" | "TCP_STATE" => format!(
+            "The local application on port {} aborted the connection: check its logs and its \
+             SO_LINGER / close-on-error handling.",
+            local.port()
+        ),
+        "TCP_ABORT_ON_MEMORY" => "Raise net.ipv4.tcp_mem / check socket memory pressure \
+                                  (`ss -tm`, /proc/net/sockstat)."
+            .into(),
+        "TCP_KEEPALIVE_TIMEOUT" => "The peer stopped answering keepalives: it is gone, or a \
+                                    NAT/firewall in between dropped the flow's state."
+            .into(),
+        _ => "Segments arrived that do not belong to a live connection here: often the far end \
+              of a half-open connection (state lost in a NAT gateway or after a restart). Check \
+              idle timeouts on the path and keepalive settings."
+            .into(),
+    }
+}
+
+pub fn return_path_blocked(server: SocketAddr, client: IpAddr) -> String {
+    format!(
+        "SYN-ACKs from {server} do not reach {client}, or its ACKs do not come back. A stateless \
+         ACL must allow the return traffic: outbound from port {port} to the client's \
+         ephemeral ports 1024-65535 (Azure NSG / GCP firewall rules, AWS network ACLs), and \
+         the route back to {client} must exist and be symmetric (VPN or peering route on this \
+         side; asymmetric routing through a stateful firewall drops it). `ip route get \
+         {client}` here shows the way back.",
+        port = server.port()
+    )
+}
+
+pub fn retransmit_storm(dst: SocketAddr) -> String {
+    format!(
+        "Packets to or from {} are lost: check interface drops (`ip -s link`, `ethtool -S`), an \
+         MTU mismatch on VPN / overlay paths (lower the MTU or clamp the MSS), congested or \
+         cross-AZ links. For shuffle, spark.shuffle.io.maxRetries and spark.shuffle.io.retryWait \
+         buy time but do not fix the loss.",
+        dst.ip()
+    )
+}
