@@ -502,3 +502,97 @@ fn server_abort_is_a_peer_reset() {
     let local = finding_for(&lines, "local_reset", "src", &target.to_string());
     assert_eq!(local["comm"], "st-shuffle");
 }
+
+fn probe(net: &Routed, args: &[&str]) -> (Option<i32>, Vec<Value>) {
+    let output = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &net.client.name,
+            env!("CARGO_BIN_EXE_shuffletrace"),
+            "probe",
+        ])
+        .args(args)
+        .output()
+        .expect("run shuffletrace probe");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let lines = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    (output.status.code(), lines)
+}
+
+#[test]
+fn probe_reports_every_port_with_its_finding() {
+    let net = Routed::new();
+    let server = net.server_ip.to_string();
+    exec_in(
+        &net.server,
+        &[
+            "iptables", "-A", "INPUT", "-p", "tcp", "--dport", "10001", "-j", "DROP",
+        ],
+    );
+    exec_in(
+        &net.router,
+        &[
+            "iptables",
+            "-A",
+            "FORWARD",
+            "-p",
+            "tcp",
+            "--dport",
+            "9083",
+            "-j",
+            "REJECT",
+            "--reject-with",
+            "icmp-host-unreachable",
+        ],
+    );
+    let (ready, listener) = listen(&net.server, "st-hs2", SocketAddr::new(net.server_ip, 10000));
+    ready.recv_timeout(Duration::from_secs(10)).unwrap();
+    let _listener = listener.join().unwrap();
+    let (code, lines) = probe(
+        &net,
+        &[
+            &server,
+            "--ports",
+            "7337,9083,10000,10001",
+            "--timeout",
+            "3s",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(code, Some(1), "a port is not open: {}", dump(&lines));
+    let schema: Value =
+        serde_json::from_str(include_str!("../schema/shuffletrace.schema.json")).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    for line in &lines {
+        assert!(validator.is_valid(line), "schema: {line}");
+    }
+    let by_port = |port: u64| {
+        lines
+            .iter()
+            .find(|l| l["port"] == port)
+            .unwrap_or_else(|| panic!("port {port}: {}", dump(&lines)))
+    };
+    let expect = [
+        (7337, "refused", Some("connect_refused")),
+        (9083, "unreachable", Some("host_unreachable")),
+        (10000, "open", None),
+        (10001, "timeout", Some("connect_timeout")),
+    ];
+    for (port, result, finding) in expect {
+        let line = by_port(port);
+        assert_eq!(line["result"], result, "{}", dump(&lines));
+        assert_eq!(line["finding"].as_str(), finding, "{}", dump(&lines));
+        if finding.is_some() {
+            assert!(line["remedy"].as_str().is_some_and(|r| !r.is_empty()));
+        }
+    }
+    assert_eq!(by_port(7337)["service"], "Spark external shuffle service");
+
+    let (code, lines) = probe(&net, &[&server, "--ports", "10000", "--format", "json"]);
+    assert_eq!(code, Some(0), "all open: {}", dump(&lines));
+}

@@ -28,8 +28,29 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Trace live: print one line per kernel event on the watched ports (the default).
+    /// Trace live: print kernel events and findings on the watched ports (the default).
     Run(RunArgs),
+    /// Connect to each port of HOST while tracing, and say for each: open, refused, timeout
+    /// or unreachable, with the finding and its remedy. Exit 0 when all are open, else 1.
+    Probe(ProbeArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ProbeArgs {
+    /// Host name or IP address to probe.
+    pub host: String,
+
+    /// Ports to try (same syntax as `run --ports`).
+    #[arg(long, value_name = "LIST", default_value = DEFAULT_PORTS)]
+    pub ports: String,
+
+    /// How long each connection attempt may take before it counts as a timeout.
+    #[arg(long, value_name = "D", default_value = "5s")]
+    pub timeout: String,
+
+    /// `text` (a table) or `json` (one NDJSON line per port).
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
 }
 
 #[derive(Args, Debug, Clone)]

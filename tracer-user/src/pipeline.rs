@@ -1,0 +1,156 @@
+//! The collector: decoded events through the flow table and the correlator to the output.
+
+use std::io::Write;
+
+use aya::maps::{MapData, RingBuf};
+use tracing::warn;
+
+use crate::{
+    clock::BootClock,
+    events::{self, Event, ResetReasons},
+    findings::{Aggregator, Config, Correlator, Finding},
+    flows::FlowTable,
+    probes::KernelCounters,
+    sinks::{Output, Totals},
+};
+
+/// The userspace half of the data path (events -> flows -> findings -> sinks), and its
+/// counts.
+pub struct Pipeline<W: Write> {
+    pub output: Output<W>,
+    pub flows: FlowTable,
+    pub correlator: Correlator,
+    pub aggregator: Aggregator,
+    pub findings_only: bool,
+    pub totals: Totals,
+    pub reported: KernelCounters,
+    /// Set when stdout is gone (a closed pipe): stop cleanly.
+    pub output_closed: bool,
+    /// Scratch buffer for the findings of one event.
+    found: Vec<Finding>,
+    /// When set, every finding line is also kept here (`shuffletrace probe` reads them).
+    captured: Option<Vec<Finding>>,
+}
+
+impl<W: Write> Pipeline<W> {
+    pub fn new(output: Output<W>, config: Config, reasons: ResetReasons, max_flows: usize) -> Self {
+        Self {
+            output,
+            flows: FlowTable::new(max_flows),
+            correlator: Correlator::new(config, reasons),
+            aggregator: Aggregator::new(config.aggregate_window_ns, max_flows),
+            findings_only: false,
+            totals: Totals::default(),
+            reported: KernelCounters::default(),
+            output_closed: false,
+            found: Vec::new(),
+            captured: None,
+        }
+    }
+
+    /// Keeps every finding line in memory as well (see `take_captured`).
+    pub fn capture(&mut self) {
+        self.captured = Some(Vec::new());
+    }
+
+    pub fn take_captured(&mut self) -> Vec<Finding> {
+        self.captured.take().unwrap_or_default()
+    }
+
+    fn write_finding(&mut self, finding: &Finding) {
+        self.totals.finding_lines += 1;
+        self.totals.findings += finding.count;
+        if let Some(captured) = &mut self.captured {
+            captured.push(finding.clone());
+        }
+        if !self.output_closed && self.output.finding(finding).is_err() {
+            self.output_closed = true;
+        }
+    }
+
+    /// Aggregates and prints the findings in `self.found`.
+    fn publish(&mut self, cookie: u64) {
+        let found = std::mem::take(&mut self.found);
+        for finding in found {
+            let (lines, folded) = self.aggregator.offer(finding);
+            if let Some(id) = folded
+                && let Some(flow) = self.flows.get_mut(cookie)
+            {
+                Correlator::folded(flow, id);
+            }
+            for line in &lines {
+                self.write_finding(line);
+            }
+        }
+    }
+
+    fn process(&mut self, mut event: Event) {
+        self.totals.events += 1;
+        let flow = self.flows.observe(&mut event);
+        self.correlator.on_event(&event, flow, &mut self.found);
+        if !self.findings_only && !self.output_closed && self.output.event(&event).is_err() {
+            self.output_closed = true;
+        }
+        self.publish(event.cookie);
+    }
+
+    pub fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+        while let Some(record) = ring.next() {
+            match events::decode(&record) {
+                Ok(event) => self.process(event),
+                Err(error) => {
+                    self.totals.decode_errors += 1;
+                    warn!("undecodable ring-buffer record: {error}");
+                }
+            }
+        }
+        if !self.output_closed && self.output.flush().is_err() {
+            self.output_closed = true;
+        }
+    }
+
+    /// Warns about new losses since the last check, and ages out closed flows.
+    pub fn housekeeping(&mut self, counters: KernelCounters) {
+        let new = |now: u64, before: u64| now.saturating_sub(before);
+        let lost = new(counters.ringbuf_full, self.reported.ringbuf_full);
+        if lost > 0 {
+            warn!("{lost} events lost: the ring buffer was full (counted in the stats line)");
+        }
+        let unowned = new(counters.owner_table_full, self.reported.owner_table_full);
+        if unowned > 0 {
+            warn!(
+                "{unowned} flows lost process attribution: socket owner table full (--max-flows)"
+            );
+        }
+        let skipped = new(counters.recursion_misses, self.reported.recursion_misses);
+        if skipped > 0 {
+            warn!("{skipped} kernel program runs skipped by the kernel (recursion on a CPU)");
+        }
+        self.reported = counters;
+        let now = BootClock::now_boot_ns();
+        for flow in self.flows.expire(now) {
+            self.correlator.on_flow_end(flow, now, &mut self.found);
+        }
+        self.publish(0);
+        for line in self.aggregator.due(now) {
+            self.write_finding(&line);
+        }
+        if !self.output_closed && self.output.flush().is_err() {
+            self.output_closed = true;
+        }
+        self.totals.flows = self.flows.len();
+        self.totals.flow_evictions = self.flows.evictions();
+    }
+
+    /// At shutdown: owed updates and pending aggregates go out; nothing detected is lost.
+    pub fn finish(&mut self) {
+        let now = BootClock::now_boot_ns();
+        for flow in self.flows.drain() {
+            self.correlator.on_flow_end(flow, now, &mut self.found);
+        }
+        self.publish(0);
+        for line in self.aggregator.flush() {
+            self.write_finding(&line);
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! A tracing session: the kernel programs loaded and attached, the ring buffer and the kernel
+//! log drained into the pipeline until the caller's stop condition, then a clean shutdown that
+//! loses nothing already recorded.
+
+use std::{future::Future, io::Write, os::fd::AsRawFd, time::Duration};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{MapData, RingBuf};
+use tokio::io::{Interest, unix::AsyncFd};
+use tracing::{info, warn};
+
+use crate::{
+    btf::Btf,
+    cli::{self, Format},
+    clock::BootClock,
+    events::ResetReasons,
+    findings::Config,
+    offsets,
+    pipeline::Pipeline,
+    probes::{self, KernelCounters, Probes},
+    sinks::{Context, Output, Totals},
+};
+
+/// How often the collector drains the ring buffer when no wakeup came (records are submitted
+/// without wakeups; see the kernel program).
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// How often loss counters are checked, closed flows aged out and aggregates closed.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
+
+type KernelLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
+/// Registers a ring buffer (events or logs) with the runtime for readability.
+fn readable<T: AsRawFd>(ring: T) -> Result<AsyncFd<T>> {
+    // SAFETY: the ring buffer owns its map fd and keeps it open and unchanged for as long as
+    // the AsyncFd that owns the ring buffer lives.
+    unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn node_name() -> String {
+    std::env::var("NODE_NAME")
+        .ok()
+        .filter(|name| !name.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|name| name.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|release| release.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// What a session needs to start.
+pub struct Settings<'a> {
+    pub ports: &'a [u16],
+    pub max_flows: u32,
+    pub findings: Config,
+    pub format: Format,
+    pub findings_only: bool,
+}
+
+pub struct Session<W: Write> {
+    probes: Probes,
+    ring: AsyncFd<RingBuf<MapData>>,
+    /// Kernel-side log records (rare: the first overflow of a table). Dropping the logger
+    /// would close the map the programs write to, so it lives as long as the programs.
+    logger: Option<AsyncFd<KernelLogger>>,
+    pub pipeline: Pipeline<W>,
+}
+
+impl<W: Write> Session<W> {
+    /// Loads and attaches the programs and writes the start line. Must run inside the runtime.
+    pub fn start(btf: &Btf, settings: &Settings<'_>, out: W) -> Result<Self> {
+        let mut probes = Probes::load(btf, settings.ports, settings.max_flows)?;
+        let logger = match aya_log::EbpfLogger::init(&mut probes.ebpf) {
+            Ok(logger) => Some(readable(logger).context("polling the eBPF log buffer")?),
+            Err(error) => {
+                warn!("kernel-side logging unavailable: {error}");
+                None
+            }
+        };
+        let ring = readable(probes.take_events()?).context("polling the ring buffer")?;
+
+        let kernel = kernel_release();
+        let reasons = ResetReasons::new(offsets::reset_reasons(btf));
+        let context = Context {
+            node: node_name(),
+            clock: BootClock::new(),
+            reset_reasons: reasons.clone(),
+        };
+        let output = Output::new(settings.format, out, context);
+        let mut pipeline = Pipeline::new(
+            output,
+            settings.findings,
+            reasons,
+            settings.max_flows as usize,
+        );
+        pipeline.findings_only = settings.findings_only;
+        pipeline
+            .output
+            .start(&kernel, settings.ports, &probes.attached, &probes.missing)
+            .context("writing to stdout")?;
+        for missing in &probes.missing {
+            warn!(
+                "{} not attached ({}); running with the rest",
+                missing.tracepoint, missing.reason
+            );
+        }
+        info!(
+            "watching TCP ports {} on node {} (kernel {kernel}); attached {} of {} kernel programs",
+            cli::format_ports(settings.ports),
+            pipeline.output.context().node,
+            probes.attached.len(),
+            probes::PROGRAMS.len() + 1
+        );
+        Ok(Self {
+            probes,
+            ring,
+            logger,
+            pipeline,
+        })
+    }
+
+    /// Feeds kernel events to the pipeline until `stop` completes (its output is returned), or
+    /// until the output is gone (None).
+    pub async fn pump_until<F: Future>(&mut self, stop: F) -> Result<Option<F::Output>> {
+        let Self {
+            probes,
+            ring,
+            logger,
+            pipeline,
+        } = self;
+        tokio::pin!(stop);
+        let mut poll = tokio::time::interval(POLL_INTERVAL);
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+        loop {
+            tokio::select! {
+                output = &mut stop => return Ok(Some(output)),
+                _ = poll.tick() => pipeline.drain(ring.get_mut()),
+                guard = ring.readable_mut() => {
+                    let mut guard = guard.context("waiting on the ring buffer")?;
+                    pipeline.drain(guard.get_inner_mut());
+                    guard.clear_ready();
+                }
+                guard = async { logger.as_mut().expect("guarded").readable_mut().await },
+                    if logger.is_some() => {
+                    let mut guard = guard.context("waiting on the eBPF log buffer")?;
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+                _ = housekeeping.tick() => pipeline.housekeeping(probes.counters()),
+            }
+            if pipeline.output_closed {
+                info!("stdout closed: stopping");
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Detaches the programs, drains what the kernel already wrote, writes the owed findings
+    /// and the stats line, and flushes.
+    pub fn finish(mut self) -> Result<(Pipeline<W>, Totals, KernelCounters)> {
+        self.probes.detach();
+        self.pipeline.drain(self.ring.get_mut());
+        if let Some(logger) = self.logger.as_mut() {
+            logger.get_mut().flush();
+        }
+        let counters = self.probes.counters();
+        self.pipeline.housekeeping(counters);
+        self.pipeline.finish();
+        let totals = self.pipeline.totals;
+        if !self.pipeline.output_closed {
+            self.pipeline
+                .output
+                .stats(&counters, &totals)
+                .context("writing to stdout")?;
+            self.pipeline.output.flush().context("writing to stdout")?;
+        }
+        info!(
+            "{} events, {} findings in {} lines, {} lost (ring buffer full), {} undecodable, \
+             {} program runs skipped, {} flows tracked, {} evicted",
+            totals.events,
+            totals.findings,
+            totals.finding_lines,
+            counters.ringbuf_full,
+            totals.decode_errors,
+            counters.recursion_misses,
+            totals.flows,
+            totals.flow_evictions
+        );
+        Ok((self.pipeline, totals, counters))
+    }
+}
