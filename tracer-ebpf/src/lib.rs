@@ -41,8 +41,10 @@ pub mod counter {
     pub const LISTENER_TABLE_FULL: u32 = 2;
     /// A kernel read through a BTF offset failed: the event was dropped.
     pub const READ_FAILED: u32 = 3;
+    /// The flow-activity table was full: an established flow is not idle-tracked.
+    pub const ACTIVITY_TABLE_FULL: u32 = 4;
     /// Number of counters.
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 /// Address families as the kernel spells them.
@@ -101,6 +103,53 @@ pub struct FlowEvent {
     pub remote_addr: [u8; 16],
     /// Owning thread's comm, NUL padded.
     pub comm: [u8; 16],
+    /// For events of an idle-tracked (established, watched) flow: milliseconds since its last
+    /// data segment in either direction, the length of the last idle period that ended, and
+    /// how long ago it ended; `u32::MAX` when unknown.
+    pub idle_ms: u32,
+    pub gap_ms: u32,
+    pub resumed_ms: u32,
+    pub _pad: u32,
+}
+
+/// Keepalive configuration of a socket, raw from the kernel (jiffies; 0 = the network
+/// namespace's default, which is carried alongside).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Keepalive {
+    /// `tcp_sock.keepalive_time` / `keepalive_intvl` in jiffies (0: use the netns sysctl).
+    pub time: u32,
+    pub intvl: u32,
+    /// The netns's `net.ipv4.tcp_keepalive_time` / `_intvl` in jiffies.
+    pub netns_time: u32,
+    pub netns_intvl: u32,
+    /// `tcp_sock.keepalive_probes` (0: netns default) and the netns's `_probes`.
+    pub probes: u8,
+    pub netns_probes: u8,
+    /// SO_KEEPALIVE is set.
+    pub enabled: u8,
+    pub _pad: u8,
+}
+
+/// Per-flow activity kept in the kernel for idle tracking (`ACTIVITY` map, by socket cookie):
+/// updated by the cgroup_skb programs on every data segment of a watched established flow,
+/// read by userspace only when a flow is due for an idle check (see tracer-user's flows.rs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowActivity {
+    /// CLOCK_BOOTTIME ns of the last data segment received and sent.
+    pub last_rx_ns: u64,
+    pub last_tx_ns: u64,
+    /// Of the last segment of any kind either way (keepalive probes and ACKs too: any packet
+    /// refreshes a NAT's idle timer).
+    pub last_packet_ns: u64,
+    /// The last idle period (no data either way) longer than the idle mark: its length and
+    /// when it ended.
+    pub gap_ns: u64,
+    pub resumed_ns: u64,
+    /// When the keepalive snapshot was last refreshed.
+    pub keepalive_ns: u64,
+    pub keepalive: Keepalive,
 }
 
 /// The process that owns a socket, remembered at `connect()`/`listen()` (process context) and
@@ -171,10 +220,20 @@ pub struct KernelOffsets {
     pub retransmit_has_err: u32,
     /// Non-zero when `tcp_send_reset` has its third argument (`enum sk_rst_reason`, 6.10+).
     pub send_reset_has_reason: u32,
+    // keepalive: struct sock `sk_flags` and the SOCK_KEEPOPEN bit; struct tcp_sock fields;
+    // struct net `ipv4.sysctl_tcp_keepalive_*`.
+    pub sk_flags: u32,
+    pub sock_keepopen_bit: u32,
+    pub tp_keepalive_time: u32,
+    pub tp_keepalive_intvl: u32,
+    pub tp_keepalive_probes: u32,
+    pub net_keepalive_time: u32,
+    pub net_keepalive_intvl: u32,
+    pub net_keepalive_probes: u32,
 }
 
 // The ring-buffer record size is part of the contract with the decoder; keep it 8-aligned.
-const _: () = assert!(size_of::<FlowEvent>() == 104);
+const _: () = assert!(size_of::<FlowEvent>() == 120);
 const _: () = assert!(size_of::<SockOwner>() == 40);
 
 #[cfg(feature = "user")]
@@ -184,4 +243,5 @@ mod user {
     unsafe impl aya::Pod for super::SockOwner {}
     unsafe impl aya::Pod for super::ListenerKey {}
     unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::FlowActivity {}
 }

@@ -15,7 +15,7 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_uid_gid, bpf_get_socket_cookie, bpf_ktime_get_boot_ns,
-        bpf_probe_read_kernel,
+        bpf_probe_read_kernel, bpf_skc_to_tcp_sock,
     },
     macros::{btf_tracepoint, cgroup_skb, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -23,8 +23,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use tracer_ebpf::{
-    AF_INET, AF_INET6, FlowEvent, KernelOffsets, ListenerKey, SockOwner, counter, flag, kind,
-    tcp_state,
+    AF_INET, AF_INET6, FlowActivity, FlowEvent, Keepalive, KernelOffsets, ListenerKey, SockOwner,
+    counter, flag, kind, tcp_state,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -41,6 +41,11 @@ static OFFSETS: KernelOffsets = unsafe { core::mem::zeroed() };
 /// submitted without a wakeup (a wakeup per event costs ~9 µs) and userspace polls on a timer.
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: u64 = 0;
+
+/// A data segment after at least this long without data either way ends an idle period,
+/// whose length is recorded (half the NAT idle threshold; set by userspace).
+#[unsafe(no_mangle)]
+static IDLE_MARK_NS: u64 = 0;
 
 /// The watched-port set: index = port, non-zero = watched. An array lookup is the cheapest
 /// check for unwatched traffic and holds any mix of single ports and ranges.
@@ -69,6 +74,12 @@ static PEER_TTL: LruHashMap<[u8; 16], u8> = LruHashMap::with_max_entries(16384, 
 /// consumed by tcp_receive_reset a moment later). LRU-bounded.
 #[map]
 static RST_TTL: LruHashMap<u64, u8> = LruHashMap::with_max_entries(4096, 0);
+
+/// Socket cookie -> activity of a watched established flow (idle tracking). Inserted at
+/// ESTABLISHED, removed at CLOSE; the cgroup_skb programs only update existing entries.
+/// Bounded like OWNERS; a full table is counted (ACTIVITY_TABLE_FULL).
+#[map]
+static ACTIVITY: HashMap<u64, FlowActivity> = HashMap::with_max_entries(131072, 0);
 
 /// Per-CPU loss and overflow counters, indexed by `tracer_ebpf::counter`.
 #[map]
@@ -218,26 +229,24 @@ struct Record {
 }
 
 #[inline(always)]
-fn emit(ctx: &BtfTracePointContext, record: Record, tuple: &Tuple, owner: Option<&SockOwner>) {
+fn emit(ctx: &BtfTracePointContext, record: Record, tuple: &Tuple, owner: &SockOwner) {
     let Some(mut entry) = EVENTS.reserve::<FlowEvent>(0) else {
         if count(counter::RINGBUF_FULL) {
             warn!(ctx, "ring buffer full: events are being lost (counted)");
         }
         return;
     };
-    let (cgroup_id, pid, tid, uid, owner_flags, comm) = match owner {
-        Some(o) => (o.cgroup_id, o.pid, o.tid, o.uid, o.flags, o.comm),
-        None => (0, 0, 0, 0, 0, [0; 16]),
-    };
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let (idle_ms, gap_ms, resumed_ms) = idle_times(record.cookie, now);
     entry.write(FlowEvent {
-        // SAFETY: helper without arguments.
-        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
+        ts_ns: now,
         cookie: record.cookie,
-        cgroup_id,
+        cgroup_id: owner.cgroup_id,
         netns: record.netns,
-        pid,
-        tid,
-        uid,
+        pid: owner.pid,
+        tid: owner.tid,
+        uid: owner.uid,
         detail: record.detail,
         kind: record.kind,
         family: tuple.family as u8,
@@ -245,12 +254,16 @@ fn emit(ctx: &BtfTracePointContext, record: Record, tuple: &Tuple, owner: Option
         new_state: record.new_state,
         local_port: tuple.local_port,
         remote_port: tuple.remote_port,
-        flags: record.flags | owner_flags,
+        flags: record.flags | owner.flags,
         ttl: record.ttl,
         peer_ttl: record.peer_ttl,
         local_addr: tuple.local_addr,
         remote_addr: tuple.remote_addr,
-        comm,
+        comm: owner.comm,
+        idle_ms,
+        gap_ms,
+        resumed_ms,
+        _pad: 0,
     });
     // SAFETY: reading our own read-only global.
     let wakeup_bytes = unsafe { core::ptr::read_volatile(&raw const WAKEUP_BYTES) };
@@ -276,19 +289,28 @@ fn watched_tuple(sk: *const u8) -> Option<Tuple> {
     Some(tuple)
 }
 
-fn owner_of(cookie: u64) -> Option<SockOwner> {
+// Owners are passed as plain values, zeroed (no OWNER_KNOWN flag) when unknown: an
+// Option<struct> copies undefined bytes on its None path, which the verifier rejects.
+
+fn owner_of(cookie: u64) -> SockOwner {
     // SAFETY: the value is copied out at once.
-    unsafe { OWNERS.get(&cookie) }.copied()
+    match unsafe { OWNERS.get(&cookie) } {
+        Some(owner) => *owner,
+        None => SockOwner::default(),
+    }
 }
 
-fn listener_owner(netns: u32, port: u16) -> Option<SockOwner> {
+fn listener_owner(netns: u32, port: u16) -> SockOwner {
     let key = ListenerKey {
         netns,
         port,
         _pad: 0,
     };
     // SAFETY: the value is copied out at once.
-    unsafe { LISTENERS.get(&key) }.copied()
+    match unsafe { LISTENERS.get(&key) } {
+        Some(owner) => *owner,
+        None => SockOwner::default(),
+    }
 }
 
 fn remember_owner(ctx: &BtfTracePointContext, cookie: u64, owner: &SockOwner) {
@@ -323,7 +345,7 @@ fn on_state_change(ctx: &BtfTracePointContext, sk: *const u8, old_state: u8, new
         // connect(): process context, the caller owns the socket.
         let owner = current_owner(0);
         remember_owner(ctx, cookie, &owner);
-        Some(owner)
+        owner
     } else if old_state == tcp_state::CLOSE && new_state == tcp_state::LISTEN {
         // listen(): remember the server process for the sockets it will accept.
         let owner = current_owner(0);
@@ -338,17 +360,15 @@ fn on_state_change(ctx: &BtfTracePointContext, sk: *const u8, old_state: u8, new
                 "listener table full: accepted sockets lose attribution"
             );
         }
-        Some(owner)
+        owner
     } else if new_state == tcp_state::SYN_RECV {
         // A child socket cloned from a listener (softirq; reported as LISTEN -> SYN_RECV on
         // current kernels, CLOSE -> SYN_RECV on older ones): inherit the listener's owner.
         flags = flag::ACCEPTED;
-        let owner = listener_owner(netns, tuple.local_port).map(|mut owner| {
+        let mut owner = listener_owner(netns, tuple.local_port);
+        if owner.flags & flag::OWNER_KNOWN != 0 {
             owner.flags |= flag::ACCEPTED;
-            owner
-        });
-        if let Some(owner) = &owner {
-            remember_owner(ctx, cookie, owner);
+            remember_owner(ctx, cookie, &owner);
         }
         owner
     } else {
@@ -381,8 +401,12 @@ fn on_state_change(ctx: &BtfTracePointContext, sk: *const u8, old_state: u8, new
         flags,
         ..Default::default()
     };
-    emit(ctx, record, &tuple, owner.as_ref());
+    if new_state == tcp_state::ESTABLISHED {
+        track_activity(ctx, sk, cookie);
+    }
+    emit(ctx, record, &tuple, &owner);
     if new_state == tcp_state::CLOSE {
+        let _ = ACTIVITY.remove(&cookie);
         if old_state == tcp_state::LISTEN {
             let key = ListenerKey {
                 netns,
@@ -392,6 +416,76 @@ fn on_state_change(ctx: &BtfTracePointContext, sk: *const u8, old_state: u8, new
             let _ = LISTENERS.remove(&key);
         }
         let _ = OWNERS.remove(&cookie);
+    }
+}
+
+/// Idle times of a tracked flow for an event (see `FlowEvent::idle_ms`); `u32::MAX` each
+/// when the flow is not tracked.
+#[inline(always)]
+fn idle_times(cookie: u64, now: u64) -> (u32, u32, u32) {
+    let ms = |ns: u64| (ns / 1_000_000).min(u64::from(u32::MAX - 1)) as u32;
+    if cookie == 0 {
+        return (u32::MAX, u32::MAX, u32::MAX);
+    }
+    // SAFETY: fields are read at once.
+    let Some(a) = (unsafe { ACTIVITY.get(&cookie) }) else {
+        return (u32::MAX, u32::MAX, u32::MAX);
+    };
+    let idle = ms(now.saturating_sub(a.last_rx_ns.max(a.last_tx_ns)));
+    if a.resumed_ns == 0 {
+        (idle, u32::MAX, u32::MAX)
+    } else {
+        (idle, ms(a.gap_ns), ms(now.saturating_sub(a.resumed_ns)))
+    }
+}
+
+/// The socket's keepalive settings and its netns defaults (see `tracer_ebpf::Keepalive`).
+#[inline(always)]
+fn read_keepalive(sk: *const u8) -> Keepalive {
+    let flags: u64 = read(sk, offset!(sk_flags)).unwrap_or(0);
+    let net: *const u8 = read(sk, offset!(skc_net)).unwrap_or(core::ptr::null());
+    let (netns_time, netns_intvl, netns_probes) = if net.is_null() {
+        (0, 0, 0)
+    } else {
+        (
+            read::<u32>(net, offset!(net_keepalive_time)).unwrap_or(0),
+            read::<u32>(net, offset!(net_keepalive_intvl)).unwrap_or(0),
+            read::<u8>(net, offset!(net_keepalive_probes)).unwrap_or(0),
+        )
+    };
+    Keepalive {
+        time: read(sk, offset!(tp_keepalive_time)).unwrap_or(0),
+        intvl: read(sk, offset!(tp_keepalive_intvl)).unwrap_or(0),
+        netns_time,
+        netns_intvl,
+        probes: read(sk, offset!(tp_keepalive_probes)).unwrap_or(0),
+        netns_probes,
+        enabled: ((flags >> (offset!(sock_keepopen_bit) & 63)) & 1) as u8,
+        _pad: 0,
+    }
+}
+
+/// Starts idle tracking of an established watched flow. Not inlined: it keeps the state
+/// change program's register pressure down (the verifier rejects spills of clobbered
+/// registers that LLVM emits otherwise).
+#[inline(never)]
+fn track_activity(ctx: &BtfTracePointContext, sk: *const u8, cookie: u64) {
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let activity = FlowActivity {
+        last_rx_ns: now,
+        last_tx_ns: now,
+        last_packet_ns: now,
+        gap_ns: 0,
+        resumed_ns: 0,
+        keepalive_ns: now,
+        keepalive: read_keepalive(sk),
+    };
+    if ACTIVITY.insert(&cookie, &activity, 0).is_err() && count(counter::ACTIVITY_TABLE_FULL) {
+        warn!(
+            ctx,
+            "flow activity table full: idle tracking lost (raise --max-flows)"
+        );
     }
 }
 
@@ -431,7 +525,7 @@ fn emit_for_sock(
         flags,
         ..Default::default()
     };
-    emit(ctx, record, &tuple, owner_of(cookie).as_ref());
+    emit(ctx, record, &tuple, &owner_of(cookie));
 }
 
 #[btf_tracepoint(function = "tcp_retransmit_skb")]
@@ -532,7 +626,7 @@ pub fn tcp_retransmit_synack(ctx: BtfTracePointContext) -> i32 {
         flags: flag::ACCEPTED,
         ..Default::default()
     };
-    emit(&ctx, record, &tuple, owner.as_ref());
+    emit(&ctx, record, &tuple, &owner);
     0
 }
 
@@ -565,7 +659,7 @@ pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
             flags: flag::NO_SOCKET,
             ..Default::default()
         };
-        emit(&ctx, record, &tuple, None);
+        emit(&ctx, record, &tuple, &SockOwner::default());
     }
     0
 }
@@ -639,6 +733,113 @@ const TCP_FLAG_RST: u8 = 0x04;
 /// TTL / hop limit each peer's packets arrive with, and the TTL of each RST, so a RST forged
 /// by a middlebox (a TTL that differs from the peer's own) can be told from the peer's own.
 /// Never drops anything; unwatched traffic costs two packet loads and one array lookup.
+/// A TCP segment as the cgroup_skb programs see it (the IP header at offset 0).
+struct Segment {
+    ttl: u8,
+    source_port: u16,
+    dest_port: u16,
+    flags: u8,
+    payload: u32,
+    /// Offsets and length of the source and destination addresses in the packet.
+    source_addr: usize,
+    dest_addr: usize,
+    v6: bool,
+}
+
+#[inline(always)]
+fn parse_segment(ctx: &SkBuffContext) -> Option<Segment> {
+    let first: u8 = ctx.load(0).ok()?;
+    let (ttl, l4, l3_payload, source_addr, dest_addr, v6) = match first >> 4 {
+        4 => {
+            if ctx.load::<u8>(9).ok()? != IPPROTO_TCP as u8 {
+                return None;
+            }
+            let ihl = usize::from(first & 0x0f) * 4;
+            let total = u16::from_be(ctx.load::<u16>(2).ok()?);
+            (
+                ctx.load(8).ok()?,
+                ihl,
+                u32::from(total).saturating_sub(ihl as u32),
+                12,
+                16,
+                false,
+            )
+        }
+        6 => {
+            // Only a TCP header right after the fixed header (no extension headers).
+            if ctx.load::<u8>(6).ok()? != IPPROTO_TCP as u8 {
+                return None;
+            }
+            let payload = u16::from_be(ctx.load::<u16>(4).ok()?);
+            (ctx.load(7).ok()?, 40, u32::from(payload), 8, 24, true)
+        }
+        _ => return None,
+    };
+    let ports: [u8; 4] = ctx.load(l4).ok()?;
+    let offset_flags: [u8; 2] = ctx.load(l4 + 12).ok()?;
+    let tcp_header = u32::from(offset_flags[0] >> 4) * 4;
+    Some(Segment {
+        ttl,
+        source_port: u16::from_be_bytes([ports[0], ports[1]]),
+        dest_port: u16::from_be_bytes([ports[2], ports[3]]),
+        flags: offset_flags[1],
+        payload: l3_payload.saturating_sub(tcp_header),
+        source_addr,
+        dest_addr,
+        v6,
+    })
+}
+
+#[inline(always)]
+fn load_addr(ctx: &SkBuffContext, offset: usize, v6: bool) -> Option<[u8; 16]> {
+    if v6 {
+        return ctx.load(offset).ok();
+    }
+    let v4: [u8; 4] = ctx.load(offset).ok()?;
+    let mut addr = [0u8; 16];
+    addr[..4].copy_from_slice(&v4);
+    Some(addr)
+}
+
+#[inline(always)]
+fn skb_cookie(ctx: &SkBuffContext) -> u64 {
+    // SAFETY: the program's own skb; the helper reads skb->sk.
+    unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut c_void) }
+}
+
+/// Records a segment in the flow's activity (data segments also as data); returns the
+/// record for further updates, None when the flow is not tracked.
+#[inline(always)]
+fn note_segment(cookie: u64, payload: u32, received: bool) -> Option<&'static mut FlowActivity> {
+    let activity = ACTIVITY.get_ptr_mut(&cookie)?;
+    // SAFETY: a live map value; concurrent writers only store timestamps.
+    let activity = unsafe { &mut *activity };
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    activity.last_packet_ns = now;
+    if payload == 0 {
+        return Some(activity);
+    }
+    let last = activity.last_rx_ns.max(activity.last_tx_ns);
+    // SAFETY: reading our own read-only global.
+    let mark = unsafe { core::ptr::read_volatile(&raw const IDLE_MARK_NS) };
+    if mark != 0 && now > last && now - last >= mark {
+        activity.gap_ns = now - last;
+        activity.resumed_ns = now;
+    }
+    if received {
+        activity.last_rx_ns = now;
+    } else {
+        activity.last_tx_ns = now;
+    }
+    Some(activity)
+}
+
+/// cgroup_skb ingress on the cgroup v2 root, watched ports only: remembers the TTL / hop
+/// limit each peer's packets arrive with and the TTL of each RST, so a RST forged by a
+/// middlebox (a TTL that differs from the peer's own) can be told from the peer's own; and
+/// records data segments for idle tracking. Never drops anything; unwatched traffic costs a
+/// few packet loads and one array lookup.
 #[cgroup_skb(ingress)]
 pub fn ingress_ttl(ctx: SkBuffContext) -> i32 {
     let _ = observe_ingress(&ctx);
@@ -647,46 +848,59 @@ pub fn ingress_ttl(ctx: SkBuffContext) -> i32 {
 
 #[inline(always)]
 fn observe_ingress(ctx: &SkBuffContext) -> Option<()> {
-    let first: u8 = ctx.load(0).ok()?;
-    let mut remote = [0u8; 16];
-    let (ttl, l4): (u8, usize) = match first >> 4 {
-        4 => {
-            if ctx.load::<u8>(9).ok()? != IPPROTO_TCP as u8 {
-                return None;
-            }
-            let saddr: [u8; 4] = ctx.load(12).ok()?;
-            remote[..4].copy_from_slice(&saddr);
-            (ctx.load(8).ok()?, usize::from(first & 0x0f) * 4)
-        }
-        6 => {
-            // Only a TCP header right after the fixed header (no extension headers).
-            if ctx.load::<u8>(6).ok()? != IPPROTO_TCP as u8 {
-                return None;
-            }
-            remote = ctx.load(8).ok()?;
-            (ctx.load(7).ok()?, 40)
-        }
-        _ => return None,
-    };
-    let ports: [u8; 4] = ctx.load(l4).ok()?;
-    let remote_port = u16::from_be_bytes([ports[0], ports[1]]);
-    let local_port = u16::from_be_bytes([ports[2], ports[3]]);
-    if !is_watched(local_port) && !is_watched(remote_port) {
+    let segment = parse_segment(ctx)?;
+    if !is_watched(segment.dest_port) && !is_watched(segment.source_port) {
         return None;
     }
-    let flags: u8 = ctx.load(l4 + 13).ok()?;
-    if flags & TCP_FLAG_RST != 0 {
-        // SAFETY: the program's own skb; the helper reads skb->sk.
-        let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut c_void) };
+    if segment.flags & TCP_FLAG_RST != 0 {
+        let cookie = skb_cookie(ctx);
         if cookie != 0 {
-            let _ = RST_TTL.insert(&cookie, &ttl, 0);
+            let _ = RST_TTL.insert(&cookie, &segment.ttl, 0);
         }
-    } else {
-        // Write only on change: the common case is a lookup and nothing else.
-        // SAFETY: the value is copied out at once.
-        let known = unsafe { PEER_TTL.get(&remote) }.copied();
-        if known != Some(ttl) {
-            let _ = PEER_TTL.insert(&remote, &ttl, 0);
+        return Some(());
+    }
+    let remote = load_addr(ctx, segment.source_addr, segment.v6)?;
+    // Write only on change: the common case is a lookup and nothing else.
+    // SAFETY: the value is copied out at once.
+    let known = unsafe { PEER_TTL.get(&remote) }.copied();
+    if known != Some(segment.ttl) {
+        let _ = PEER_TTL.insert(&remote, &segment.ttl, 0);
+    }
+    note_segment(skb_cookie(ctx), segment.payload, true);
+    Some(())
+}
+
+/// cgroup_skb egress on the cgroup v2 root, watched ports only: records segments sent for
+/// idle tracking and, at most once a second per flow, refreshes the socket's keepalive
+/// settings (an application may set SO_KEEPALIVE after connect()). Never drops anything.
+#[cgroup_skb(egress)]
+pub fn egress_activity(ctx: SkBuffContext) -> i32 {
+    let _ = observe_egress(&ctx);
+    1
+}
+
+#[inline(always)]
+fn observe_egress(ctx: &SkBuffContext) -> Option<()> {
+    let segment = parse_segment(ctx)?;
+    if !is_watched(segment.source_port) && !is_watched(segment.dest_port) {
+        return None;
+    }
+    let activity = note_segment(skb_cookie(ctx), segment.payload, false)?;
+    // Keepalive probes are segments too: a socket that turned keepalive on gets re-read.
+    if activity
+        .last_packet_ns
+        .saturating_sub(activity.keepalive_ns)
+        >= 1_000_000_000
+    {
+        activity.keepalive_ns = activity.last_packet_ns;
+        // SAFETY: reading the skb's socket pointer from the program's own context.
+        let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+        if !sk.is_null() {
+            // SAFETY: the helper checks the socket type and returns NULL for non-TCP.
+            let tp = unsafe { bpf_skc_to_tcp_sock(sk as *mut c_void) };
+            if !tp.is_null() {
+                activity.keepalive = read_keepalive(tp as *const u8);
+            }
         }
     }
     Some(())

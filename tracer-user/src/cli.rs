@@ -101,6 +101,13 @@ pub struct FindingArgs {
     /// printed once, then as one line with their exact count when the window closes.
     #[arg(long, value_name = "D", default_value = "10s")]
     pub aggregate_window: String,
+
+    /// NAT idle timeout that watched established flows are checked against: `aws` (350 s),
+    /// `azure` (4 min), `gcp` (1200 s), or a duration like `4s`. A flow idle for 80% of it
+    /// without keepalive protection is `idle_at_risk`; one that breaks after it is
+    /// `nat_idle_timeout` (client) or `half_open` (server).
+    #[arg(long, value_name = "PROFILE_OR_DURATION", default_value = "aws")]
+    pub nat_idle: String,
 }
 
 impl FindingArgs {
@@ -125,6 +132,8 @@ impl FindingArgs {
             storm_window_ns: nanos("--storm-window", &self.storm_window)?,
             synack_retransmits: self.synack_retransmits,
             aggregate_window_ns: nanos("--aggregate-window", &self.aggregate_window)?,
+            nat_idle: crate::idle::NatIdle::parse(&self.nat_idle)?,
+            hz: 0,
         })
     }
 }

@@ -86,6 +86,30 @@ pub struct Event {
     /// For reset_received: TTL / hop limit of the RST, and of the peer's own packets.
     pub ttl: Option<u8>,
     pub peer_ttl: Option<u8>,
+    /// For an idle-tracked flow: how long it had been idle (see [`Idle`]).
+    pub idle: Option<Idle>,
+}
+
+/// Idle state of a flow when the event happened, from the kernel's activity record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Idle {
+    /// Milliseconds since the last data segment either way.
+    pub since_data_ms: u32,
+    /// The last idle period that ended (its length, and how long ago it ended), if any.
+    pub last_gap_ms: Option<u32>,
+    pub resumed_ago_ms: Option<u32>,
+}
+
+impl Idle {
+    /// How long the flow had been idle before the current burst of activity: the idle period
+    /// that ended within `recent_ms`, or the one still going on.
+    pub fn before_ms(&self, recent_ms: u32) -> u32 {
+        let gap = match (self.last_gap_ms, self.resumed_ago_ms) {
+            (Some(gap), Some(ago)) if ago <= recent_ms => gap,
+            _ => 0,
+        };
+        gap.max(self.since_data_ms)
+    }
 }
 
 /// A record that does not decode: counted, never fatal.
@@ -174,6 +198,11 @@ pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
         soft_error: raw.flags & flag::SOFT_ERROR != 0,
         ttl: (raw.ttl != 0).then_some(raw.ttl),
         peer_ttl: (raw.peer_ttl != 0).then_some(raw.peer_ttl),
+        idle: (raw.idle_ms != u32::MAX).then(|| Idle {
+            since_data_ms: raw.idle_ms,
+            last_gap_ms: (raw.gap_ms != u32::MAX).then_some(raw.gap_ms),
+            resumed_ago_ms: (raw.resumed_ms != u32::MAX).then_some(raw.resumed_ms),
+        }),
     })
 }
 
@@ -274,6 +303,10 @@ mod tests {
             local_addr,
             remote_addr,
             comm,
+            idle_ms: u32::MAX,
+            gap_ms: u32::MAX,
+            resumed_ms: u32::MAX,
+            _pad: 0,
         }
     }
 

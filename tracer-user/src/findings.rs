@@ -11,6 +11,7 @@ use tracer_ebpf::tcp_state;
 use crate::{
     events::{Event, EventKind, Owner, ResetReasons, Side, errno_name, tcp_state_name},
     flows::Flow,
+    idle::{KeepaliveSettings, NatIdle},
     remedies,
 };
 
@@ -28,6 +29,9 @@ pub enum FindingKind {
     LocalReset,
     ReturnPathBlocked,
     RetransmitStorm,
+    IdleAtRisk,
+    NatIdleTimeout,
+    HalfOpen,
 }
 
 impl FindingKind {
@@ -42,6 +46,9 @@ impl FindingKind {
             Self::LocalReset => "local_reset",
             Self::ReturnPathBlocked => "return_path_blocked",
             Self::RetransmitStorm => "retransmit_storm",
+            Self::IdleAtRisk => "idle_at_risk",
+            Self::NatIdleTimeout => "nat_idle_timeout",
+            Self::HalfOpen => "half_open",
         }
     }
 }
@@ -87,7 +94,19 @@ pub struct Finding {
     pub first_ns: u64,
     pub last_ns: u64,
     pub update_of: Option<u64>,
+    /// For idle findings: how long the flow was idle, against which threshold, and its
+    /// keepalive as the kernel last saw it.
+    pub idle: Option<IdleDetail>,
 }
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct IdleDetail {
+    pub idle_s: f64,
+    pub threshold_s: f64,
+    pub keepalive: Option<KeepaliveSettings>,
+}
+
+impl Eq for IdleDetail {}
 
 /// Thresholds, from the command line.
 #[derive(Clone, Copy, Debug)]
@@ -100,6 +119,10 @@ pub struct Config {
     pub synack_retransmits: u32,
     /// Identical findings within this window are folded into one line with a count.
     pub aggregate_window_ns: u64,
+    /// The NAT idle timeout flows are checked against.
+    pub nat_idle: NatIdle,
+    /// The kernel's tick rate (keepalive settings are in jiffies); set at session start.
+    pub hz: u32,
 }
 
 /// Per-flow correlation state, kept in the flow table.
@@ -119,6 +142,9 @@ pub struct Track {
     storm_quiet_until_ns: u64,
     synack_retransmits: u32,
     return_path_reported: bool,
+    /// Retransmits since the flow came back from an idle period past the NAT threshold.
+    retransmits_after_idle: u32,
+    idle_break_reported: bool,
 }
 
 impl Track {
@@ -168,6 +194,7 @@ impl Correlator {
             first_ns: event.boot_ns,
             last_ns: event.boot_ns,
             update_of: None,
+            idle: None,
         }
     }
 
@@ -186,6 +213,11 @@ impl Correlator {
             EventKind::SocketError => self.socket_error(event, flow, out),
             EventKind::Retransmit => self.retransmit(event, flow, out),
             EventKind::SynackRetransmit => self.synack_retransmit(event, flow, out),
+            EventKind::ResetSent
+                if self.reasons.name(event.detail) == Some("TCP_KEEPALIVE_TIMEOUT") =>
+            {
+                self.idle_break(event, flow, "its keepalive probes went unanswered", out);
+            }
             EventKind::ResetSent => {
                 let finding = self.local_reset(event, &flow.track.evidence);
                 out.push(finding);
@@ -203,8 +235,17 @@ impl Correlator {
         if flow.track.verdict_given {
             return; // the error report came first and was already explained
         }
-        flow.track.verdict_given = true;
         let in_connect = event.new_state == tcp_state::SYN_SENT;
+        if !in_connect && self.idle_broke(event).is_some() {
+            let how = match (event.ttl, event.peer_ttl) {
+                (Some(rst), Some(peer)) if rst != peer => format!(
+                    "a RST came back from a device in between (TTL {rst}, the peer's is {peer})"
+                ),
+                _ => "a RST came back".to_owned(),
+            };
+            return self.idle_break(event, flow, &how, out);
+        }
+        flow.track.verdict_given = true;
         let forged = matches!((event.ttl, event.peer_ttl), (Some(rst), Some(peer)) if rst != peer);
         let mut finding = if forged {
             let (rst, peer) = (event.ttl.unwrap_or(0), event.peer_ttl.unwrap_or(0));
@@ -280,6 +321,13 @@ impl Correlator {
                 f.first_ns = flow.first_ns;
                 out.push(f);
             }
+            libc::ETIMEDOUT
+                if event.old_state != tcp_state::SYN_SENT
+                    && flow.track.timeout_id.is_none()
+                    && self.idle_broke(event).is_some() =>
+            {
+                self.idle_break(event, flow, "the kernel gave up on it (ETIMEDOUT)", out);
+            }
             libc::ETIMEDOUT if flow.track.timeout_id.is_some() => {
                 if let Some(update) = self.timeout_update(flow, event.boot_ns, true) {
                     out.push(update);
@@ -316,6 +364,19 @@ impl Correlator {
             // The id is kept only if this line is printed on its own (see `Aggregator::offer`).
             flow.track.timeout_id = Some(f.id);
             out.push(f);
+            return;
+        }
+        if self.idle_broke(event).is_some() {
+            // The first data after an idle period past the NAT threshold is not acknowledged:
+            // the NAT forgot the flow and drops it. A second retransmit makes it certain.
+            flow.track.retransmits_after_idle += 1;
+            if flow.track.retransmits_after_idle >= 2 {
+                let how = format!(
+                    "the first data after it was retransmitted {} times without an ACK",
+                    flow.track.retransmits_after_idle
+                );
+                self.idle_break(event, flow, &how, out);
+            }
             return;
         }
         let window = self.config.storm_window_ns;
@@ -370,6 +431,110 @@ impl Correlator {
         f.evidence = flow.track.evidence.clone();
         f.first_ns = flow.first_ns;
         out.push(f);
+    }
+
+    /// The idle period (ms) before this event, if it was past the NAT idle threshold.
+    fn idle_broke(&self, event: &Event) -> Option<u32> {
+        // An idle period that ended within the last two minutes still explains a break: the
+        // first data after it is retransmitted for a while before anything gives up.
+        let idle_ms = event.idle?.before_ms(120_000);
+        (u128::from(idle_ms) * 1_000_000 >= self.config.nat_idle.threshold.as_nanos())
+            .then_some(idle_ms)
+    }
+
+    fn idle_detail(&self, idle_ms: u32, flow: &Flow) -> IdleDetail {
+        IdleDetail {
+            idle_s: f64::from(idle_ms) / 1000.0,
+            threshold_s: self.config.nat_idle.threshold.as_secs_f64(),
+            keepalive: flow.keepalive,
+        }
+    }
+
+    /// A flow idle past the NAT threshold broke on next use: `nat_idle_timeout` on the client
+    /// side, `half_open` on the server side (the peer is gone; this end kept the socket).
+    fn idle_break(&mut self, event: &Event, flow: &mut Flow, how: &str, out: &mut Vec<Finding>) {
+        if flow.track.idle_break_reported {
+            return;
+        }
+        flow.track.idle_break_reported = true;
+        flow.track.verdict_given = true;
+        let idle_ms = event.idle.map_or(0, |i| i.before_ms(120_000));
+        let detail = self.idle_detail(idle_ms, flow);
+        let nat = self.config.nat_idle;
+        let server = flow.side == Some(Side::Server);
+        let mut f = if server {
+            let mut f = self.finding(FindingKind::HalfOpen, Severity::Warning, event);
+            f.summary = format!(
+                "The client {} is gone: after {:.0} s idle (NAT idle timeout {nat}), {how}. \
+                 This server held a half-open connection.",
+                flow.remote, detail.idle_s
+            );
+            f
+        } else {
+            let mut f = self.finding(FindingKind::NatIdleTimeout, Severity::Error, event);
+            f.summary = format!(
+                "The connection to {} sat idle for {:.0} s, past the NAT idle timeout of \
+                 {nat}, and broke on next use: {how}.",
+                flow.remote, detail.idle_s
+            );
+            f
+        };
+        f.src = flow.local;
+        f.dst = flow.remote;
+        f.remedy = remedies::nat_idle(flow.remote, nat.threshold, flow.keepalive.as_ref(), server);
+        f.evidence = flow.track.evidence.clone();
+        f.first_ns = flow.first_ns;
+        f.idle = Some(detail);
+        out.push(f);
+    }
+
+    /// A scheduled check found the flow idle for 80% of the threshold without keepalive
+    /// protection (see `idle::check`).
+    pub fn idle_at_risk(&mut self, flow: &Flow, netns: u32, idle_ns: u64, now_ns: u64) -> Finding {
+        let id = self.next_id;
+        self.next_id += 1;
+        let nat = self.config.nat_idle;
+        let idle_s = idle_ns as f64 / 1e9;
+        let keepalive = match &flow.keepalive {
+            Some(k) if k.enabled => format!(
+                "keepalive is on but first probes after {:.0} s, too late",
+                k.idle_s
+            ),
+            Some(_) => "SO_KEEPALIVE is off".to_owned(),
+            None => "keepalive state unknown".to_owned(),
+        };
+        Finding {
+            id,
+            kind: FindingKind::IdleAtRisk,
+            severity: Severity::Warning,
+            boot_ns: now_ns,
+            src: flow.local,
+            dst: flow.remote,
+            netns,
+            owner: flow.owner.clone(),
+            side: flow.side,
+            summary: format!(
+                "The connection to {} has been idle for {idle_s:.0} s: at {nat} the NAT will \
+                 forget it, and {keepalive}.",
+                flow.remote
+            ),
+            remedy: remedies::nat_idle(
+                flow.remote,
+                nat.threshold,
+                flow.keepalive.as_ref(),
+                flow.side == Some(Side::Server),
+            ),
+            evidence: flow.track.evidence.clone(),
+            count: 1,
+            first_ns: now_ns.saturating_sub(idle_ns),
+            last_ns: now_ns,
+            update_of: None,
+            idle: Some(IdleDetail {
+                idle_s,
+                threshold_s: nat.threshold.as_secs_f64(),
+                keepalive: flow.keepalive,
+            }),
+        }
     }
 
     fn local_reset(&mut self, event: &Event, evidence: &[Event]) -> Finding {
@@ -601,6 +766,8 @@ mod tests {
             storm_window_ns: 10 * SEC,
             synack_retransmits: 2,
             aggregate_window_ns: 10 * SEC,
+            nat_idle: NatIdle::parse("10s").unwrap(),
+            hz: 250,
         }
     }
 
@@ -659,6 +826,7 @@ mod tests {
             soft_error: false,
             ttl: None,
             peer_ttl: None,
+            idle: None,
         }
     }
 

@@ -2,11 +2,15 @@
 //! same flow need (its owner, state and counts). Bounded: past `capacity` the closed flows go
 //! first, then the least recently seen; every eviction is counted.
 
-use std::{collections::HashMap, net::SocketAddr};
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::SocketAddr,
+};
 
 use crate::{
     events::{Event, EventKind, Owner, Side},
     findings::Track,
+    idle::KeepaliveSettings,
 };
 use tracer_ebpf::tcp_state;
 
@@ -16,7 +20,7 @@ const CLOSED_LINGER_NS: u64 = 5_000_000_000;
 /// How long a half-open request (seen only through SYN-ACK retransmits) stays without news.
 const REQUEST_IDLE_NS: u64 = 120_000_000_000;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Flow {
     /// This host's end, with its port once known (a connecting socket has none at SYN_SENT).
     pub local: SocketAddr,
@@ -32,6 +36,12 @@ pub struct Flow {
     pub closed_ns: Option<u64>,
     /// The socket error that closed the flow (errno; 0 for a clean close).
     pub close_error: i32,
+    pub netns: u32,
+    /// Idle tracking: the next scheduled check, the last data time of the idle period already
+    /// reported, and the keepalive settings the kernel last saw.
+    pub idle_due_ns: Option<u64>,
+    pub idle_reported_for: Option<u64>,
+    pub keepalive: Option<KeepaliveSettings>,
     /// Correlation state of the findings engine.
     pub track: Track,
 }
@@ -39,6 +49,8 @@ pub struct Flow {
 #[derive(Debug)]
 pub struct FlowTable {
     flows: HashMap<u64, Flow>,
+    /// (due time, cookie) of scheduled idle checks; one entry per flow at most.
+    idle_checks: BTreeSet<(u64, u64)>,
     capacity: usize,
     evictions: u64,
 }
@@ -47,6 +59,7 @@ impl FlowTable {
     pub fn new(capacity: usize) -> Self {
         Self {
             flows: HashMap::new(),
+            idle_checks: BTreeSet::new(),
             capacity: capacity.max(1),
             evictions: 0,
         }
@@ -91,6 +104,10 @@ impl FlowTable {
             retransmits: 0,
             closed_ns: None,
             close_error: 0,
+            netns: event.netns,
+            idle_due_ns: None,
+            idle_reported_for: None,
+            keepalive: None,
             track: Track::default(),
         });
         flow.last_ns = flow.last_ns.max(event.boot_ns);
@@ -149,13 +166,49 @@ impl FlowTable {
             .map(|(&cookie, _)| cookie)
             .collect();
         done.iter()
-            .filter_map(|cookie| self.flows.remove(cookie))
+            .filter_map(|&cookie| self.remove(cookie))
             .collect()
+    }
+
+    fn remove(&mut self, cookie: u64) -> Option<Flow> {
+        let flow = self.flows.remove(&cookie)?;
+        if let Some(due) = flow.idle_due_ns {
+            self.idle_checks.remove(&(due, cookie));
+        }
+        Some(flow)
     }
 
     /// Removes and returns every flow (at shutdown, so pending updates can be written).
     pub fn drain(&mut self) -> Vec<Flow> {
+        self.idle_checks.clear();
         self.flows.drain().map(|(_, flow)| flow).collect()
+    }
+
+    /// Schedules (or moves) the idle check of a flow.
+    pub fn schedule_idle_check(&mut self, cookie: u64, due_ns: u64) {
+        let Some(flow) = self.flows.get_mut(&cookie) else {
+            return;
+        };
+        if let Some(previous) = flow.idle_due_ns.replace(due_ns) {
+            self.idle_checks.remove(&(previous, cookie));
+        }
+        self.idle_checks.insert((due_ns, cookie));
+    }
+
+    /// Flows whose idle check is due, unscheduled (the caller reschedules them).
+    pub fn take_due_idle_checks(&mut self, now_ns: u64) -> Vec<u64> {
+        let mut due = Vec::new();
+        while let Some(&(when, cookie)) = self.idle_checks.first() {
+            if when > now_ns {
+                break;
+            }
+            self.idle_checks.pop_first();
+            if let Some(flow) = self.flows.get_mut(&cookie) {
+                flow.idle_due_ns = None;
+            }
+            due.push(cookie);
+        }
+        due
     }
 
     /// Frees at least one slot: closed flows first, then the least recently seen
@@ -175,7 +228,7 @@ impl FlowTable {
             .collect();
         by_age.select_nth_unstable(batch - 1);
         for &(_, cookie) in &by_age[..batch] {
-            self.flows.remove(&cookie);
+            self.remove(cookie);
         }
         self.evictions += batch as u64;
     }
@@ -202,6 +255,7 @@ mod tests {
             soft_error: false,
             ttl: None,
             peer_ttl: None,
+            idle: None,
         }
     }
 

@@ -10,6 +10,7 @@ mod clock;
 mod events;
 mod findings;
 mod flows;
+mod idle;
 mod offsets;
 mod pipeline;
 mod probe;

@@ -56,6 +56,20 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets> {
         dev_nd_net: offset(btf, "net_device", "nd_net")?,
         retransmit_has_err: u32::from(btf.tracepoint_arg_count("tcp_retransmit_skb") >= Some(3)),
         send_reset_has_reason: u32::from(btf.tracepoint_arg_count("tcp_send_reset") >= Some(3)),
+        // Moved into sock_common as skc_flags on recent kernels.
+        sk_flags: offset(btf, "sock", "sk_flags")
+            .or_else(|_| offset(btf, "sock", "__sk_common.skc_flags"))?,
+        sock_keepopen_bit: btf
+            .enum_values("sock_flags")
+            .and_then(|values| values.into_iter().find(|(name, _)| name == "SOCK_KEEPOPEN"))
+            .map(|(_, value)| value as u32)
+            .ok_or_else(|| anyhow::anyhow!("kernel BTF has no SOCK_KEEPOPEN in enum sock_flags"))?,
+        tp_keepalive_time: offset(btf, "tcp_sock", "keepalive_time")?,
+        tp_keepalive_intvl: offset(btf, "tcp_sock", "keepalive_intvl")?,
+        tp_keepalive_probes: offset(btf, "tcp_sock", "keepalive_probes")?,
+        net_keepalive_time: offset(btf, "net", "ipv4.sysctl_tcp_keepalive_time")?,
+        net_keepalive_intvl: offset(btf, "net", "ipv4.sysctl_tcp_keepalive_intvl")?,
+        net_keepalive_probes: offset(btf, "net", "ipv4.sysctl_tcp_keepalive_probes")?,
     })
 }
 

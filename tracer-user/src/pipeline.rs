@@ -3,13 +3,15 @@
 use std::io::Write;
 
 use aya::maps::{MapData, RingBuf};
+use tracer_ebpf::tcp_state;
 use tracing::warn;
 
 use crate::{
     clock::BootClock,
-    events::{self, Event, ResetReasons},
+    events::{self, Event, EventKind, ResetReasons},
     findings::{Aggregator, Config, Correlator, Finding},
     flows::FlowTable,
+    idle::{self, ActivitySource, Check, KeepaliveSettings},
     probes::KernelCounters,
     sinks::{Output, Totals},
 };
@@ -17,6 +19,7 @@ use crate::{
 /// The userspace half of the data path (events -> flows -> findings -> sinks), and its
 /// counts.
 pub struct Pipeline<W: Write> {
+    config: Config,
     pub output: Output<W>,
     pub flows: FlowTable,
     pub correlator: Correlator,
@@ -35,6 +38,7 @@ pub struct Pipeline<W: Write> {
 impl<W: Write> Pipeline<W> {
     pub fn new(output: Output<W>, config: Config, reasons: ResetReasons, max_flows: usize) -> Self {
         Self {
+            config,
             output,
             flows: FlowTable::new(max_flows),
             correlator: Correlator::new(config, reasons),
@@ -88,6 +92,13 @@ impl<W: Write> Pipeline<W> {
         self.totals.events += 1;
         let flow = self.flows.observe(&mut event);
         self.correlator.on_event(&event, flow, &mut self.found);
+        if event.kind == EventKind::StateChange && event.new_state == tcp_state::ESTABLISHED {
+            // The kernel tracks the flow's activity from now on; the first check is due when
+            // it could first have been idle for 80% of the NAT threshold.
+            let warn_at = self.config.nat_idle.threshold_ns() / 5 * 4;
+            self.flows
+                .schedule_idle_check(event.cookie, event.boot_ns + warn_at);
+        }
         if !self.findings_only && !self.output_closed && self.output.event(&event).is_err() {
             self.output_closed = true;
         }
@@ -110,7 +121,46 @@ impl<W: Write> Pipeline<W> {
     }
 
     /// Warns about new losses since the last check, and ages out closed flows.
-    pub fn housekeeping(&mut self, counters: KernelCounters) {
+    /// Runs the idle checks that are due (one kernel map lookup per flow due).
+    fn idle_checks(&mut self, now: u64, activity: &dyn ActivitySource) {
+        for cookie in self.flows.take_due_idle_checks(now) {
+            let Some(record) = activity.activity(cookie) else {
+                continue; // closed, or never tracked by the kernel
+            };
+            let Some(flow) = self.flows.get_mut(cookie) else {
+                continue;
+            };
+            flow.keepalive = Some(KeepaliveSettings::from_kernel(
+                &record.keepalive,
+                self.config.hz,
+            ));
+            let next = match idle::check(
+                &record,
+                now,
+                &self.config.nat_idle,
+                self.config.hz,
+                flow.idle_reported_for,
+            ) {
+                Check::Later(next) | Check::Quiet(next) => next,
+                Check::AtRisk {
+                    idle_ns,
+                    last_data_ns,
+                    next,
+                    ..
+                } => {
+                    flow.idle_reported_for = Some(last_data_ns);
+                    let netns = flow.netns;
+                    let finding = self.correlator.idle_at_risk(flow, netns, idle_ns, now);
+                    self.found.push(finding);
+                    next
+                }
+            };
+            self.flows.schedule_idle_check(cookie, next);
+        }
+        self.publish(0);
+    }
+
+    pub fn housekeeping(&mut self, counters: KernelCounters, activity: &dyn ActivitySource) {
         let new = |now: u64, before: u64| now.saturating_sub(before);
         let lost = new(counters.ringbuf_full, self.reported.ringbuf_full);
         if lost > 0 {
@@ -128,6 +178,7 @@ impl<W: Write> Pipeline<W> {
         }
         self.reported = counters;
         let now = BootClock::now_boot_ns();
+        self.idle_checks(now, activity);
         for flow in self.flows.expire(now) {
             self.correlator.on_flow_end(flow, now, &mut self.found);
         }

@@ -118,6 +118,8 @@ pub fn run(args: ProbeArgs) -> Result<bool> {
             synack_retransmits: 2,
             // Every port is its own finding: nothing to fold.
             aggregate_window_ns: 1,
+            nat_idle: crate::idle::NatIdle::parse("aws")?,
+            hz: 0,
         },
         format: Format::Json,
         findings_only: true,

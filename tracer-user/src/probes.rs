@@ -13,7 +13,7 @@ use aya::{
     maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType},
 };
-use tracer_ebpf::counter;
+use tracer_ebpf::{FlowActivity, counter};
 
 use crate::{btf::Btf, offsets};
 
@@ -103,6 +103,12 @@ pub struct Probes {
     pub missing: Vec<Missing>,
 }
 
+impl crate::idle::ActivitySource for Probes {
+    fn activity(&self, cookie: u64) -> Option<FlowActivity> {
+        Probes::activity(self, cookie)
+    }
+}
+
 /// Loss and overflow counts summed over CPUs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct KernelCounters {
@@ -110,6 +116,7 @@ pub struct KernelCounters {
     pub owner_table_full: u64,
     pub listener_table_full: u64,
     pub read_failed: u64,
+    pub activity_table_full: u64,
     /// Runs the kernel skipped because a program was already running on that CPU.
     pub recursion_misses: u64,
 }
@@ -129,14 +136,16 @@ fn raise_memlock_limit() {
 impl Probes {
     /// Loads the programs with offsets from `btf`, fills the watched-port set, and attaches
     /// every tracepoint this kernel has. Tracepoints it lacks are reported in `missing`.
-    pub fn load(btf: &Btf, ports: &[u16], max_flows: u32) -> Result<Self> {
+    pub fn load(btf: &Btf, ports: &[u16], max_flows: u32, idle_mark_ns: u64) -> Result<Self> {
         raise_memlock_limit();
         let offsets = offsets::resolve(btf)?;
         tracing::debug!("kernel offsets from BTF: {offsets:?}");
         let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offsets, true)
             .override_global("WAKEUP_BYTES", &WAKEUP_BYTES, true)
+            .override_global("IDLE_MARK_NS", &idle_mark_ns, true)
             .map_max_entries("OWNERS", max_flows.max(1))
+            .map_max_entries("ACTIVITY", max_flows.max(1))
             .load(TRACER_OBJECT)
             .context("loading the eBPF object")?;
 
@@ -179,15 +188,30 @@ impl Probes {
                 }),
             }
         }
-        match attach_ingress(&mut ebpf) {
-            Ok(root) => {
-                tracing::debug!("cgroup_skb ingress attached at {}", root.display());
-                attached.push(INGRESS_PROGRAM);
+        let root = cgroup2_root();
+        for (program, direction, without) in [
+            (
+                INGRESS_PROGRAM,
+                CgroupSkbAttachType::Ingress,
+                "middlebox resets cannot be told from the peer's, and idle flows are not tracked",
+            ),
+            (
+                EGRESS_PROGRAM,
+                CgroupSkbAttachType::Egress,
+                "idle flows are not tracked",
+            ),
+        ] {
+            let result = root
+                .as_ref()
+                .map_err(|e| anyhow!("{e:#}"))
+                .and_then(|root| attach_cgroup_skb(&mut ebpf, program, root, direction));
+            match result {
+                Ok(()) => attached.push(program),
+                Err(e) => missing.push(Missing {
+                    tracepoint: program,
+                    reason: format!("{e:#}; {without}"),
+                }),
             }
-            Err(e) => missing.push(Missing {
-                tracepoint: INGRESS_PROGRAM,
-                reason: format!("{e:#}; middlebox resets cannot be told from the peer's"),
-            }),
         }
         if attached.is_empty() {
             return Err(FatalError(format!(
@@ -218,11 +242,13 @@ impl Probes {
 
     /// Detaches every program: no new events after this returns.
     pub fn detach(&mut self) {
-        if let Some(prog) = self.ebpf.program_mut(INGRESS_PROGRAM)
-            && let Ok(prog) = <&mut CgroupSkb>::try_from(prog)
-            && prog.fd().is_ok()
-        {
-            let _ = prog.unload();
+        for program in [INGRESS_PROGRAM, EGRESS_PROGRAM] {
+            if let Some(prog) = self.ebpf.program_mut(program)
+                && let Ok(prog) = <&mut CgroupSkb>::try_from(prog)
+                && prog.fd().is_ok()
+            {
+                let _ = prog.unload();
+            }
         }
         for (program, _) in PROGRAMS {
             if let Some(prog) = self.ebpf.program_mut(program)
@@ -232,6 +258,13 @@ impl Probes {
                 let _ = prog.unload();
             }
         }
+    }
+
+    /// The kernel's activity record of an idle-tracked flow (one map lookup).
+    pub fn activity(&self, cookie: u64) -> Option<FlowActivity> {
+        let map = self.ebpf.map("ACTIVITY")?;
+        let activity = aya::maps::HashMap::<_, u64, FlowActivity>::try_from(map).ok()?;
+        activity.get(&cookie, 0).ok()
     }
 
     /// Reads the per-CPU loss counters and each program's recursion misses.
@@ -250,15 +283,17 @@ impl Probes {
             counters.owner_table_full = sum(counter::OWNER_TABLE_FULL);
             counters.listener_table_full = sum(counter::LISTENER_TABLE_FULL);
             counters.read_failed = sum(counter::READ_FAILED);
+            counters.activity_table_full = sum(counter::ACTIVITY_TABLE_FULL);
         }
-        let ingress = self
-            .ebpf
-            .program(INGRESS_PROGRAM)
-            .and_then(|p| <&CgroupSkb>::try_from(p).ok())
-            .and_then(|p| p.fd().ok())
-            .and_then(|fd| recursion_misses(fd.as_fd()))
-            .unwrap_or(0);
-        counters.recursion_misses += ingress;
+        for program in [INGRESS_PROGRAM, EGRESS_PROGRAM] {
+            counters.recursion_misses += self
+                .ebpf
+                .program(program)
+                .and_then(|p| <&CgroupSkb>::try_from(p).ok())
+                .and_then(|p| p.fd().ok())
+                .and_then(|fd| recursion_misses(fd.as_fd()))
+                .unwrap_or(0);
+        }
         for (program, _) in PROGRAMS {
             counters.recursion_misses += self
                 .ebpf
@@ -272,8 +307,12 @@ impl Probes {
     }
 }
 
-/// The cgroup_skb program that records TTLs of arriving segments (cgroup v2 root, ingress).
+/// The cgroup_skb programs on the cgroup v2 root: TTLs and data of arriving segments, and
+/// data of departing ones.
 pub const INGRESS_PROGRAM: &str = "ingress_ttl";
+pub const EGRESS_PROGRAM: &str = "egress_activity";
+/// Number of kernel programs in all.
+pub const PROGRAM_COUNT: usize = PROGRAMS.len() + 2;
 
 /// The mount point of the cgroup v2 hierarchy, from a mountinfo text.
 pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
@@ -320,25 +359,25 @@ fn cgroup2_root() -> Result<PathBuf> {
     Ok(path.to_path_buf())
 }
 
-fn attach_ingress(ebpf: &mut Ebpf) -> Result<PathBuf> {
-    let root = cgroup2_root()?;
+fn attach_cgroup_skb(
+    ebpf: &mut Ebpf,
+    program: &str,
+    root: &Path,
+    direction: CgroupSkbAttachType,
+) -> Result<()> {
     let cgroup =
-        std::fs::File::open(&root).with_context(|| format!("opening cgroup {}", root.display()))?;
+        std::fs::File::open(root).with_context(|| format!("opening cgroup {}", root.display()))?;
     let prog: &mut CgroupSkb = ebpf
-        .program_mut(INGRESS_PROGRAM)
-        .ok_or_else(|| anyhow!("program {INGRESS_PROGRAM} not in the object"))?
+        .program_mut(program)
+        .ok_or_else(|| anyhow!("program {program} not in the object"))?
         .try_into()?;
     prog.load()
         .map_err(|e| anyhow!("{}", verifier_message(&e)))?;
     // Attached through a BPF link (kernels >= 5.7), which takes no flags and always runs beside
     // other programs on the same cgroup; "Single" is aya's flag-less mode.
-    prog.attach(
-        &cgroup,
-        CgroupSkbAttachType::Ingress,
-        CgroupAttachMode::Single,
-    )
-    .with_context(|| format!("attaching to cgroup {}", root.display()))?;
-    Ok(root)
+    prog.attach(&cgroup, direction, CgroupAttachMode::Single)
+        .with_context(|| format!("attaching to cgroup {}", root.display()))?;
+    Ok(())
 }
 
 /// `recursion_misses` of a loaded program, from its fdinfo (aya does not expose it).

@@ -191,6 +191,49 @@ pub fn return_path_blocked(server: SocketAddr, client: IpAddr) -> String {
     )
 }
 
+/// Keepalive settings that keep a flow alive through a NAT with this idle timeout.
+pub fn nat_idle(
+    peer: SocketAddr,
+    threshold: std::time::Duration,
+    keepalive: Option<&crate::idle::KeepaliveSettings>,
+    server: bool,
+) -> String {
+    let t = threshold.as_secs_f64();
+    // The runbook's 240 s for the common gateways; half the timeout for shorter ones.
+    let idle = if t > 300.0 {
+        240.0
+    } else {
+        (t / 2.0).floor().max(1.0)
+    };
+    let interval = (idle / 8.0).clamp(1.0, 30.0).floor();
+    let now = match keepalive {
+        Some(k) if k.enabled => format!(
+            "now: SO_KEEPALIVE on, first probe after {:.0} s, every {:.0} s, {} probes",
+            k.idle_s, k.interval_s, k.probes
+        ),
+        Some(k) => format!(
+            "now: SO_KEEPALIVE off (the host default would probe after {:.0} s)",
+            k.idle_s
+        ),
+        None => "now: unknown".to_owned(),
+    };
+    let side = if server {
+        "the server cannot tell a silent client from a gone one: with keepalive below the \
+         timeout it finds out and frees the session"
+    } else {
+        "the client must send something before the NAT's timer runs out"
+    };
+    format!(
+        "Keep the connection to {peer} alive below the {t:.0} s NAT idle timeout ({side}; \
+         {now}): `sysctl -w net.ipv4.tcp_keepalive_time={idle:.0} \
+         net.ipv4.tcp_keepalive_intvl={interval:.0} net.ipv4.tcp_keepalive_probes=5` (persist \
+         in /etc/sysctl.d), and enable SO_KEEPALIVE in the client; for JDBC/ODBC to \
+         HiveServer2 add `KeepAlive=true;KeepAliveInterval={interval2:.0}` to the connection \
+         string. Or route this traffic around the NAT (VPC peering).",
+        interval2 = (idle / 2.0).floor().max(1.0),
+    )
+}
+
 pub fn retransmit_storm(dst: SocketAddr) -> String {
     format!(
         "Packets to or from {} are lost: check interface drops (`ip -s link`, `ethtool -S`), an \

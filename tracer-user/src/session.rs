@@ -15,7 +15,7 @@ use crate::{
     clock::BootClock,
     events::ResetReasons,
     findings::Config,
-    offsets,
+    idle, offsets,
     pipeline::Pipeline,
     probes::{self, KernelCounters, Probes},
     sinks::{Context, Output, Totals},
@@ -24,8 +24,11 @@ use crate::{
 /// How often the collector drains the ring buffer when no wakeup came (records are submitted
 /// without wakeups; see the kernel program).
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
-/// How often loss counters are checked, closed flows aged out and aggregates closed.
-const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
+/// How often loss counters are checked, closed flows aged out, aggregates closed and idle
+/// checks run (more often for short NAT thresholds: a tenth of it, at least every 100 ms).
+fn housekeeping_interval(nat_idle: Duration) -> Duration {
+    (nat_idle / 10).clamp(Duration::from_millis(100), Duration::from_secs(1))
+}
 
 type KernelLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
 
@@ -71,12 +74,18 @@ pub struct Session<W: Write> {
     /// would close the map the programs write to, so it lives as long as the programs.
     logger: Option<AsyncFd<KernelLogger>>,
     pub pipeline: Pipeline<W>,
+    housekeeping_every: Duration,
 }
 
 impl<W: Write> Session<W> {
     /// Loads and attaches the programs and writes the start line. Must run inside the runtime.
     pub fn start(btf: &Btf, settings: &Settings<'_>, out: W) -> Result<Self> {
-        let mut probes = Probes::load(btf, settings.ports, settings.max_flows)?;
+        let mut probes = Probes::load(
+            btf,
+            settings.ports,
+            settings.max_flows,
+            settings.findings.nat_idle.threshold_ns() / 2,
+        )?;
         let logger = match aya_log::EbpfLogger::init(&mut probes.ebpf) {
             Ok(logger) => Some(readable(logger).context("polling the eBPF log buffer")?),
             Err(error) => {
@@ -88,22 +97,34 @@ impl<W: Write> Session<W> {
 
         let kernel = kernel_release();
         let reasons = ResetReasons::new(offsets::reset_reasons(btf));
+        let mut findings = settings.findings;
+        findings.hz = match idle::kernel_hz(&kernel) {
+            Ok((hz, source)) => {
+                tracing::debug!("kernel HZ {hz} (from {source})");
+                hz
+            }
+            Err(error) => {
+                warn!("kernel tick rate unknown ({error}); assuming 250 for keepalive times");
+                250
+            }
+        };
         let context = Context {
             node: node_name(),
             clock: BootClock::new(),
             reset_reasons: reasons.clone(),
         };
         let output = Output::new(settings.format, out, context);
-        let mut pipeline = Pipeline::new(
-            output,
-            settings.findings,
-            reasons,
-            settings.max_flows as usize,
-        );
+        let mut pipeline = Pipeline::new(output, findings, reasons, settings.max_flows as usize);
         pipeline.findings_only = settings.findings_only;
         pipeline
             .output
-            .start(&kernel, settings.ports, &probes.attached, &probes.missing)
+            .start(
+                &kernel,
+                settings.ports,
+                &probes.attached,
+                &probes.missing,
+                &findings.nat_idle,
+            )
             .context("writing to stdout")?;
         for missing in &probes.missing {
             warn!(
@@ -112,17 +133,20 @@ impl<W: Write> Session<W> {
             );
         }
         info!(
-            "watching TCP ports {} on node {} (kernel {kernel}); attached {} of {} kernel programs",
+            "watching TCP ports {} on node {} (kernel {kernel}); attached {} of {} kernel \
+             programs; NAT idle timeout {}",
             cli::format_ports(settings.ports),
             pipeline.output.context().node,
             probes.attached.len(),
-            probes::PROGRAMS.len() + 1
+            probes::PROGRAM_COUNT,
+            findings.nat_idle
         );
         Ok(Self {
             probes,
             ring,
             logger,
             pipeline,
+            housekeeping_every: housekeeping_interval(settings.findings.nat_idle.threshold),
         })
     }
 
@@ -134,10 +158,11 @@ impl<W: Write> Session<W> {
             ring,
             logger,
             pipeline,
+            housekeeping_every,
         } = self;
         tokio::pin!(stop);
         let mut poll = tokio::time::interval(POLL_INTERVAL);
-        let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+        let mut housekeeping = tokio::time::interval(*housekeeping_every);
         loop {
             tokio::select! {
                 output = &mut stop => return Ok(Some(output)),
@@ -153,7 +178,7 @@ impl<W: Write> Session<W> {
                     guard.get_inner_mut().flush();
                     guard.clear_ready();
                 }
-                _ = housekeeping.tick() => pipeline.housekeeping(probes.counters()),
+                _ = housekeeping.tick() => pipeline.housekeeping(probes.counters(), &*probes),
             }
             if pipeline.output_closed {
                 info!("stdout closed: stopping");
@@ -171,7 +196,7 @@ impl<W: Write> Session<W> {
             logger.get_mut().flush();
         }
         let counters = self.probes.counters();
-        self.pipeline.housekeeping(counters);
+        self.pipeline.housekeeping(counters, &self.probes);
         self.pipeline.finish();
         let totals = self.pipeline.totals;
         if !self.pipeline.output_closed {

@@ -10,6 +10,7 @@ use crate::{
     clock::BootClock,
     events::{Event, EventKind, ResetReasons, Side, errno_name, tcp_state_name},
     findings::Finding,
+    idle::NatIdle,
     probes::{KernelCounters, Missing},
     remedies::service_name,
 };
@@ -91,6 +92,8 @@ struct StartLine<'a> {
     ports: &'a [u16],
     attached: &'a [&'static str],
     missing: Vec<MissingLine<'a>>,
+    nat_idle_s: f64,
+    nat_idle_profile: &'static str,
 }
 
 #[derive(Serialize)]
@@ -108,6 +111,7 @@ struct StatsLine<'a> {
     owner_table_full: u64,
     listener_table_full: u64,
     read_failed: u64,
+    activity_table_full: u64,
     recursion_misses: u64,
     flows: usize,
     flow_evictions: u64,
@@ -163,6 +167,20 @@ struct FindingLine<'a> {
     last_ts: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     update_of: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idle_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    threshold_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    keepalive: Option<KeepaliveLine>,
+}
+
+#[derive(Serialize)]
+struct KeepaliveLine {
+    enabled: bool,
+    idle_s: f64,
+    interval_s: f64,
+    probes: u32,
 }
 
 /// The parts of an event line that depend on its kind.
@@ -243,6 +261,7 @@ impl<W: Write> Output<W> {
         ports: &[u16],
         attached: &[&'static str],
         missing: &[Missing],
+        nat_idle: &NatIdle,
     ) -> io::Result<()> {
         if self.format != Format::Json {
             return Ok(());
@@ -263,6 +282,8 @@ impl<W: Write> Output<W> {
                     reason: &m.reason,
                 })
                 .collect(),
+            nat_idle_s: nat_idle.threshold.as_secs_f64(),
+            nat_idle_profile: nat_idle.profile,
         };
         write_json(&mut self.out, &line)?;
         self.out.flush()
@@ -390,6 +411,19 @@ impl<W: Write> Output<W> {
                     first_ts: clock.rfc3339(finding.first_ns),
                     last_ts: clock.rfc3339(finding.last_ns),
                     update_of: finding.update_of,
+                    idle_s: finding
+                        .idle
+                        .as_ref()
+                        .map(|i| (i.idle_s * 10.0).round() / 10.0),
+                    threshold_s: finding.idle.as_ref().map(|i| i.threshold_s),
+                    keepalive: finding.idle.as_ref().and_then(|i| i.keepalive).map(|k| {
+                        KeepaliveLine {
+                            enabled: k.enabled,
+                            idle_s: k.idle_s,
+                            interval_s: k.interval_s,
+                            probes: k.probes,
+                        }
+                    }),
                 };
                 write_json(&mut self.out, &line)
             }
@@ -464,6 +498,7 @@ impl<W: Write> Output<W> {
             owner_table_full: kernel.owner_table_full,
             listener_table_full: kernel.listener_table_full,
             read_failed: kernel.read_failed,
+            activity_table_full: kernel.activity_table_full,
             recursion_misses: kernel.recursion_misses,
             flows: totals.flows,
             flow_evictions: totals.flow_evictions,
@@ -516,6 +551,7 @@ mod tests {
             soft_error: false,
             ttl: None,
             peer_ttl: None,
+            idle: None,
         }
     }
 

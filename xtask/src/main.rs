@@ -231,6 +231,8 @@ fn test() -> Result<()> {
         "live",
         "--test",
         "findings",
+        "--test",
+        "idle",
         "--",
         "--test-threads=1",
     ]))
