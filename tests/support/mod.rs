@@ -204,7 +204,10 @@ impl Tracer {
                 let value: Value =
                     serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
                 if let Err(error) = validator.validate(&value) {
-                    panic!("line does not match the schema: {error}\n{line}");
+                    panic!(
+                        "line does not match the schema at {} ({}): {error}\n{line}",
+                        error.instance_path, error.schema_path
+                    );
                 }
                 value
             })

@@ -17,6 +17,112 @@ pub mod kind {
     pub const RESET_RECEIVED: u8 = 5;
     /// `sock:inet_sk_error_report`: an error was reported to the socket's owner.
     pub const SOCKET_ERROR: u8 = 6;
+    /// cgroup_skb: the first data segment of a flow in one direction; `detail` holds its
+    /// [`payload_class`](crate::payload_class), flag [`RECEIVED`](crate::flag::RECEIVED) the
+    /// direction. Only the class leaves the kernel, never payload bytes.
+    pub const FIRST_PAYLOAD: u8 = 7;
+}
+
+/// What the first bytes of a flow's first data segment in one direction look like.
+pub mod payload_class {
+    pub const NONE: u8 = 0;
+    pub const TLS_CLIENT_HELLO: u8 = 1;
+    pub const TLS_SERVER_HELLO: u8 = 2;
+    pub const TLS_ALERT: u8 = 3;
+    /// Any other TLS record (change cipher spec, application data, other handshakes).
+    pub const TLS_RECORD: u8 = 4;
+    pub const HTTP: u8 = 5;
+    /// Spark's transport frame: 8-byte big-endian length that includes itself, then the
+    /// message type byte.
+    pub const SPARK_RPC: u8 = 6;
+    /// HiveServer2's Thrift SASL start: a status byte, a 4-byte big-endian length, then the
+    /// mechanism name (PLAIN, GSSAPI, ...).
+    pub const THRIFT_SASL: u8 = 7;
+    pub const OTHER: u8 = 8;
+
+    /// Bytes the classifier looks at, at most.
+    pub const HEAD: usize = 16;
+
+    /// Whether a class is a TLS record of any kind.
+    pub const fn is_tls(class: u8) -> bool {
+        matches!(
+            class,
+            TLS_CLIENT_HELLO | TLS_SERVER_HELLO | TLS_ALERT | TLS_RECORD
+        )
+    }
+
+    const fn starts_with(head: &[u8; HEAD], len: usize, prefix: &[u8]) -> bool {
+        if len < prefix.len() {
+            return false;
+        }
+        let mut i = 0;
+        while i < prefix.len() {
+            if head[i] != prefix[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
+
+    /// Classifies the first `len` (at most [`HEAD`]) bytes of a flow's first data segment.
+    /// Shared by the kernel program and the userspace tests: one definition.
+    pub const fn classify(head: &[u8; HEAD], len: usize) -> u8 {
+        if len == 0 {
+            return NONE;
+        }
+        // TLS record: content type, version 3.x (SSL 3.0 to TLS 1.3 all say 3.0-3.4).
+        if len >= 3 && head[1] == 3 && head[2] <= 4 {
+            match head[0] {
+                0x16 if len >= 6 && head[5] == 1 => return TLS_CLIENT_HELLO,
+                0x16 if len >= 6 && head[5] == 2 => return TLS_SERVER_HELLO,
+                0x15 => return TLS_ALERT,
+                0x14 | 0x16 | 0x17 => return TLS_RECORD,
+                _ => {}
+            }
+        }
+        const METHODS: [&[u8]; 10] = [
+            b"GET ", b"POST", b"PUT ", b"HEAD", b"HTTP", b"DELE", b"OPTI", b"PATC", b"CONN",
+            b"PRI ",
+        ];
+        let mut m = 0;
+        while m < METHODS.len() {
+            if starts_with(head, len, METHODS[m]) {
+                return HTTP;
+            }
+            m += 1;
+        }
+        // Spark frame: 8-byte length >= 9 (it counts itself and the type byte), below 2 GiB,
+        // then a known message type (ChunkFetchRequest = 0 ... MergedBlockMetaSuccess = 12).
+        if len >= 9
+            && head[0] == 0
+            && head[1] == 0
+            && head[2] == 0
+            && head[3] == 0
+            && head[4] < 0x80
+        {
+            let frame = ((head[4] as u32) << 24)
+                | ((head[5] as u32) << 16)
+                | ((head[6] as u32) << 8)
+                | head[7] as u32;
+            if frame >= 9 && head[8] <= 12 {
+                return SPARK_RPC;
+            }
+        }
+        // Thrift SASL: START (1) or OK (2), a short length, then an upper-case mechanism.
+        if len >= 6
+            && (head[0] == 1 || head[0] == 2)
+            && head[1] == 0
+            && head[2] == 0
+            && head[3] == 0
+        {
+            let name = head[4] as usize;
+            if name >= 4 && name <= 20 && head[5] >= b'A' && head[5] <= b'Z' {
+                return THRIFT_SASL;
+            }
+        }
+        OTHER
+    }
 }
 
 /// Bits of [`FlowEvent::flags`] and [`SockOwner::flags`].
@@ -29,6 +135,8 @@ pub mod flag {
     pub const NO_SOCKET: u16 = 1 << 2;
     /// The error is a soft one (`sk_err_soft`: an ICMP error the kernel did not act on yet).
     pub const SOFT_ERROR: u16 = 1 << 3;
+    /// `FIRST_PAYLOAD`: the segment was received (else sent).
+    pub const RECEIVED: u16 = 1 << 4;
 }
 
 /// Indexes of the per-CPU loss and overflow counters (`COUNTERS` map).
@@ -57,6 +165,7 @@ pub mod tcp_state {
     pub const SYN_SENT: u8 = 2;
     pub const SYN_RECV: u8 = 3;
     pub const CLOSE: u8 = 7;
+    pub const CLOSE_WAIT: u8 = 8;
     pub const LISTEN: u8 = 10;
     pub const NEW_SYN_RECV: u8 = 12;
 }
@@ -150,6 +259,10 @@ pub struct FlowActivity {
     /// When the keepalive snapshot was last refreshed.
     pub keepalive_ns: u64,
     pub keepalive: Keepalive,
+    /// Payload class of the first data segment sent and received (0: none yet).
+    pub tx_class: u8,
+    pub rx_class: u8,
+    pub _pad: [u8; 6],
 }
 
 /// The process that owns a socket, remembered at `connect()`/`listen()` (process context) and

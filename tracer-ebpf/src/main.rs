@@ -12,6 +12,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
+    EbpfContext,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_uid_gid, bpf_get_socket_cookie, bpf_ktime_get_boot_ns,
@@ -24,7 +25,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use tracer_ebpf::{
     AF_INET, AF_INET6, FlowActivity, FlowEvent, Keepalive, KernelOffsets, ListenerKey, SockOwner,
-    counter, flag, kind, tcp_state,
+    counter, flag, kind, payload_class, tcp_state,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -229,7 +230,7 @@ struct Record {
 }
 
 #[inline(always)]
-fn emit(ctx: &BtfTracePointContext, record: Record, tuple: &Tuple, owner: &SockOwner) {
+fn emit<C: EbpfContext>(ctx: &C, record: Record, tuple: &Tuple, owner: &SockOwner) {
     let Some(mut entry) = EVENTS.reserve::<FlowEvent>(0) else {
         if count(counter::RINGBUF_FULL) {
             warn!(ctx, "ring buffer full: events are being lost (counted)");
@@ -480,6 +481,9 @@ fn track_activity(ctx: &BtfTracePointContext, sk: *const u8, cookie: u64) {
         resumed_ns: 0,
         keepalive_ns: now,
         keepalive: read_keepalive(sk),
+        tx_class: payload_class::NONE,
+        rx_class: payload_class::NONE,
+        _pad: [0; 6],
     };
     if ACTIVITY.insert(&cookie, &activity, 0).is_err() && count(counter::ACTIVITY_TABLE_FULL) {
         warn!(
@@ -740,6 +744,8 @@ struct Segment {
     dest_port: u16,
     flags: u8,
     payload: u32,
+    /// Offset of the TCP payload in the packet.
+    payload_offset: usize,
     /// Offsets and length of the source and destination addresses in the packet.
     source_addr: usize,
     dest_addr: usize,
@@ -784,6 +790,7 @@ fn parse_segment(ctx: &SkBuffContext) -> Option<Segment> {
         dest_port: u16::from_be_bytes([ports[2], ports[3]]),
         flags: offset_flags[1],
         payload: l3_payload.saturating_sub(tcp_header),
+        payload_offset: l4 + tcp_header as usize,
         source_addr,
         dest_addr,
         v6,
@@ -835,6 +842,102 @@ fn note_segment(cookie: u64, payload: u32, received: bool) -> Option<&'static mu
     Some(activity)
 }
 
+/// Classifies the first bytes of a segment's payload (see `tracer_ebpf::payload_class`);
+/// the bytes stay in this function's stack.
+#[inline(always)]
+fn classify_payload(ctx: &SkBuffContext, segment: &Segment) -> u8 {
+    let mut head = [0u8; payload_class::HEAD];
+    let at = segment.payload_offset;
+    let len = if segment.payload >= 16 {
+        match ctx.load::<[u8; 16]>(at) {
+            Ok(bytes) => {
+                head = bytes;
+                16
+            }
+            Err(_) => 0,
+        }
+    } else if segment.payload >= 8 {
+        match ctx.load::<[u8; 8]>(at) {
+            Ok(bytes) => {
+                head[..8].copy_from_slice(&bytes);
+                8
+            }
+            Err(_) => 0,
+        }
+    } else if segment.payload >= 4 {
+        // A TLS alert is 7 bytes: the record header is enough to tell.
+        match ctx.load::<[u8; 4]>(at) {
+            Ok(bytes) => {
+                head[..4].copy_from_slice(&bytes);
+                4
+            }
+            Err(_) => 0,
+        }
+    } else {
+        match ctx.load::<[u8; 1]>(at) {
+            Ok(bytes) => {
+                head[0] = bytes[0];
+                1
+            }
+            Err(_) => 0,
+        }
+    };
+    match payload_class::classify(&head, len) {
+        payload_class::NONE => payload_class::OTHER,
+        class => class,
+    }
+}
+
+/// Reports the class of a flow's first data segment in one direction.
+#[inline(always)]
+fn emit_first_payload(
+    ctx: &SkBuffContext,
+    segment: &Segment,
+    cookie: u64,
+    class: u8,
+    received: bool,
+) {
+    let (local_addr, remote_addr, local_port, remote_port) = if received {
+        (
+            segment.dest_addr,
+            segment.source_addr,
+            segment.dest_port,
+            segment.source_port,
+        )
+    } else {
+        (
+            segment.source_addr,
+            segment.dest_addr,
+            segment.source_port,
+            segment.dest_port,
+        )
+    };
+    let (Some(local), Some(remote)) = (
+        load_addr(ctx, local_addr, segment.v6),
+        load_addr(ctx, remote_addr, segment.v6),
+    ) else {
+        return;
+    };
+    let tuple = Tuple {
+        family: if segment.v6 { AF_INET6 } else { AF_INET },
+        local_port,
+        remote_port,
+        local_addr: local,
+        remote_addr: remote,
+    };
+    let record = Record {
+        kind: kind::FIRST_PAYLOAD,
+        cookie,
+        old_state: tcp_state::ESTABLISHED,
+        new_state: tcp_state::ESTABLISHED,
+        detail: i32::from(class),
+        flags: if received { flag::RECEIVED } else { 0 },
+        // The netns is joined from the flow's other events in userspace.
+        ..Default::default()
+    };
+    emit(ctx, record, &tuple, &owner_of(cookie));
+}
+
 /// cgroup_skb ingress on the cgroup v2 root, watched ports only: remembers the TTL / hop
 /// limit each peer's packets arrive with and the TTL of each RST, so a RST forged by a
 /// middlebox (a TTL that differs from the peer's own) can be told from the peer's own; and
@@ -866,7 +969,12 @@ fn observe_ingress(ctx: &SkBuffContext) -> Option<()> {
     if known != Some(segment.ttl) {
         let _ = PEER_TTL.insert(&remote, &segment.ttl, 0);
     }
-    note_segment(skb_cookie(ctx), segment.payload, true);
+    let cookie = skb_cookie(ctx);
+    let activity = note_segment(cookie, segment.payload, true)?;
+    if segment.payload > 0 && activity.rx_class == payload_class::NONE {
+        activity.rx_class = classify_payload(ctx, &segment);
+        emit_first_payload(ctx, &segment, cookie, activity.rx_class, true);
+    }
     Some(())
 }
 
@@ -885,7 +993,12 @@ fn observe_egress(ctx: &SkBuffContext) -> Option<()> {
     if !is_watched(segment.source_port) && !is_watched(segment.dest_port) {
         return None;
     }
-    let activity = note_segment(skb_cookie(ctx), segment.payload, false)?;
+    let cookie = skb_cookie(ctx);
+    let activity = note_segment(cookie, segment.payload, false)?;
+    if segment.payload > 0 && activity.tx_class == payload_class::NONE {
+        activity.tx_class = classify_payload(ctx, &segment);
+        emit_first_payload(ctx, &segment, cookie, activity.tx_class, false);
+    }
     // Keepalive probes are segments too: a socket that turned keepalive on gets re-read.
     if activity
         .last_packet_ns

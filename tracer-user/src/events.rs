@@ -16,6 +16,7 @@ pub enum EventKind {
     ResetSent,
     ResetReceived,
     SocketError,
+    FirstPayload,
 }
 
 impl EventKind {
@@ -27,6 +28,7 @@ impl EventKind {
             kind::RESET_SENT => Self::ResetSent,
             kind::RESET_RECEIVED => Self::ResetReceived,
             kind::SOCKET_ERROR => Self::SocketError,
+            kind::FIRST_PAYLOAD => Self::FirstPayload,
             _ => return None,
         })
     }
@@ -40,6 +42,7 @@ impl EventKind {
             Self::ResetSent => "reset_sent",
             Self::ResetReceived => "reset_received",
             Self::SocketError => "socket_error",
+            Self::FirstPayload => "first_payload",
         }
     }
 }
@@ -83,6 +86,8 @@ pub struct Event {
     pub no_socket: bool,
     /// The error (`detail`) is a soft one: an ICMP error the kernel has not acted on yet.
     pub soft_error: bool,
+    /// first_payload: the segment was received (else sent); `detail` is its payload class.
+    pub received: bool,
     /// For reset_received: TTL / hop limit of the RST, and of the peer's own packets.
     pub ttl: Option<u8>,
     pub peer_ttl: Option<u8>,
@@ -196,6 +201,7 @@ pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
         detail: raw.detail,
         no_socket: raw.flags & flag::NO_SOCKET != 0,
         soft_error: raw.flags & flag::SOFT_ERROR != 0,
+        received: raw.flags & flag::RECEIVED != 0,
         ttl: (raw.ttl != 0).then_some(raw.ttl),
         peer_ttl: (raw.peer_ttl != 0).then_some(raw.peer_ttl),
         idle: (raw.idle_ms != u32::MAX).then(|| Idle {
@@ -204,6 +210,22 @@ pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
             resumed_ago_ms: (raw.resumed_ms != u32::MAX).then_some(raw.resumed_ms),
         }),
     })
+}
+
+/// Names of payload classes (see `tracer_ebpf::payload_class`).
+pub fn payload_class_name(class: u8) -> &'static str {
+    use tracer_ebpf::payload_class::*;
+    match class {
+        TLS_CLIENT_HELLO => "tls_client_hello",
+        TLS_SERVER_HELLO => "tls_server_hello",
+        TLS_ALERT => "tls_alert",
+        TLS_RECORD => "tls_record",
+        HTTP => "http",
+        SPARK_RPC => "spark_rpc",
+        THRIFT_SASL => "thrift_sasl",
+        NONE => "none",
+        _ => "other",
+    }
 }
 
 /// Kernel TCP state names (include/net/tcp_states.h), without the `TCP_` prefix.
@@ -361,6 +383,63 @@ mod tests {
         let mut raw = wire(kind::RESET_RECEIVED, AF_INET);
         raw.flags = 0;
         assert!(decode(&bytes(&raw)).unwrap().owner.is_none());
+    }
+
+    /// First bytes of real first segments (captured from openssl/Python/rustls/Spark/beeline
+    /// traffic), each with the class it must get.
+    #[test]
+    fn payload_classifier_on_captured_headers() {
+        use tracer_ebpf::payload_class::{HEAD, classify};
+        let cases: [(&[u8], &str); 10] = [
+            // Python ssl ClientHello: record TLS 1.0, handshake type 1 (client_hello)
+            (
+                &[
+                    0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03, 0x8a,
+                ],
+                "tls_client_hello",
+            ),
+            // rustls ServerHello
+            (
+                &[
+                    0x16, 0x03, 0x03, 0x00, 0x7a, 0x02, 0x00, 0x00, 0x76, 0x03, 0x03,
+                ],
+                "tls_server_hello",
+            ),
+            // rustls fatal alert decode_error (the whole 7-byte record)
+            (&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x32], "tls_alert"),
+            // TLS 1.3 change_cipher_spec
+            (&[0x14, 0x03, 0x03, 0x00, 0x01, 0x01], "tls_record"),
+            (b"GET /metrics HTTP/1.1\r\nHost: driver:4040\r\n", "http"),
+            (b"HTTP/1.1 200 OK\r\n", "http"),
+            // Spark RpcRequest frame: length 28, type 3, request id
+            (
+                &[0, 0, 0, 0, 0, 0, 0, 0x1c, 0x03, 0, 0, 0, 0, 0, 0, 0, 0x2a],
+                "spark_rpc",
+            ),
+            // HiveServer2 TSaslTransport START, mechanism "PLAIN"
+            (
+                &[0x01, 0x00, 0x00, 0x00, 0x05, b'P', b'L', b'A', b'I', b'N'],
+                "thrift_sasl",
+            ),
+            (b"hello world", "other"),
+            // A frame length too short to be Spark's
+            (&[0, 0, 0, 0, 0, 0, 0, 0x04, 0x03], "other"),
+        ];
+        for (bytes, want) in cases {
+            let mut head = [0u8; HEAD];
+            let len = bytes.len().min(HEAD);
+            head[..len].copy_from_slice(&bytes[..len]);
+            assert_eq!(
+                payload_class_name(classify(&head, len)),
+                want,
+                "{bytes:02x?}"
+            );
+        }
+        // What the kernel sees of a short segment: the alert from its first 4 bytes.
+        let mut head = [0u8; HEAD];
+        head[..4].copy_from_slice(&[0x15, 0x03, 0x03, 0x00]);
+        assert_eq!(payload_class_name(classify(&head, 4)), "tls_alert");
+        assert_eq!(classify(&[0; HEAD], 0), tracer_ebpf::payload_class::NONE);
     }
 
     #[test]

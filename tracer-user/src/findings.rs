@@ -9,7 +9,9 @@ use std::{
 use tracer_ebpf::tcp_state;
 
 use crate::{
-    events::{Event, EventKind, Owner, ResetReasons, Side, errno_name, tcp_state_name},
+    events::{
+        Event, EventKind, Owner, ResetReasons, Side, errno_name, payload_class_name, tcp_state_name,
+    },
     flows::Flow,
     idle::{KeepaliveSettings, NatIdle},
     remedies,
@@ -32,6 +34,7 @@ pub enum FindingKind {
     IdleAtRisk,
     NatIdleTimeout,
     HalfOpen,
+    TlsMismatch,
 }
 
 impl FindingKind {
@@ -49,6 +52,7 @@ impl FindingKind {
             Self::IdleAtRisk => "idle_at_risk",
             Self::NatIdleTimeout => "nat_idle_timeout",
             Self::HalfOpen => "half_open",
+            Self::TlsMismatch => "tls_mismatch",
         }
     }
 }
@@ -97,6 +101,54 @@ pub struct Finding {
     /// For idle findings: how long the flow was idle, against which threshold, and its
     /// keepalive as the kernel last saw it.
     pub idle: Option<IdleDetail>,
+    /// For tls_mismatch: who spoke what to whom.
+    pub tls: Option<TlsDetail>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsDetail {
+    /// `tls_to_plaintext` or `plaintext_to_tls`.
+    pub direction: &'static str,
+    /// The sender is an Envoy / Istio sidecar (comm `envoy` or uid 1337).
+    pub sidecar: bool,
+    /// Class of what was sent, and what came back (a class, or how the peer ended it).
+    pub sent: &'static str,
+    pub answer: String,
+    /// The application's own connection the sidecar intercepted, when one is found.
+    pub intercepted: Option<Intercepted>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Intercepted {
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub owner: Option<Owner>,
+    /// What the application saw: `reset`, `closed`, or `open` (nothing yet).
+    pub outcome: &'static str,
+}
+
+/// A recent client connection, kept to find the one a sidecar intercepted.
+#[derive(Clone, Debug)]
+struct AppConnection {
+    cookie: u64,
+    netns: u32,
+    local: SocketAddr,
+    remote: SocketAddr,
+    owner: Option<Owner>,
+    started_ns: u64,
+    outcome: &'static str,
+}
+
+/// Most recent client connections remembered for sidecar linking.
+const RECENT_CONNECTIONS: usize = 1024;
+/// A tls_mismatch waits this long for the intercepted application's outcome.
+const TLS_SETTLE_NS: u64 = 300_000_000;
+
+/// Istio's proxy uid.
+const ISTIO_PROXY_UID: u32 = 1337;
+
+fn is_sidecar(owner: Option<&Owner>) -> bool {
+    owner.is_some_and(|o| o.uid == ISTIO_PROXY_UID || o.comm == "envoy")
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -145,6 +197,7 @@ pub struct Track {
     /// Retransmits since the flow came back from an idle period past the NAT threshold.
     retransmits_after_idle: u32,
     idle_break_reported: bool,
+    tls_reported: bool,
 }
 
 impl Track {
@@ -163,6 +216,10 @@ pub struct Correlator {
     config: Config,
     reasons: ResetReasons,
     next_id: u64,
+    /// Recent client connections (bounded), for sidecar linking.
+    recent: std::collections::VecDeque<AppConnection>,
+    /// tls_mismatch findings waiting for the intercepted application's outcome.
+    pending_tls: Vec<(u64, Finding)>,
 }
 
 impl Correlator {
@@ -171,6 +228,8 @@ impl Correlator {
             config,
             reasons,
             next_id: 1,
+            recent: std::collections::VecDeque::new(),
+            pending_tls: Vec::new(),
         }
     }
 
@@ -195,6 +254,7 @@ impl Correlator {
             last_ns: event.boot_ns,
             update_of: None,
             idle: None,
+            tls: None,
         }
     }
 
@@ -208,6 +268,8 @@ impl Correlator {
             return;
         };
         flow.track.remember(event);
+        self.note_connection(event, flow);
+        self.check_tls(event, flow);
         match event.kind {
             EventKind::ResetReceived => self.reset_received(event, flow, out),
             EventKind::SocketError => self.socket_error(event, flow, out),
@@ -227,8 +289,176 @@ impl Correlator {
             EventKind::StateChange if event.new_state == tcp_state::CLOSE && event.detail != 0 => {
                 self.socket_error(event, flow, out)
             }
-            EventKind::StateChange => {}
+            EventKind::StateChange | EventKind::FirstPayload => {}
         }
+    }
+
+    /// Remembers client connections (to link a sidecar's connection to the application's it
+    /// intercepted) and what happened to them.
+    fn note_connection(&mut self, event: &Event, flow: &Flow) {
+        if let Some(known) = self.recent.iter_mut().find(|c| c.cookie == event.cookie) {
+            known.local = flow.local;
+            known.outcome = match event.kind {
+                EventKind::ResetReceived => "reset",
+                EventKind::StateChange if event.new_state == tcp_state::CLOSE_WAIT => "closed",
+                EventKind::StateChange if event.new_state == tcp_state::CLOSE => {
+                    if known.outcome == "open" {
+                        "closed"
+                    } else {
+                        known.outcome
+                    }
+                }
+                _ => known.outcome,
+            };
+            return;
+        }
+        if event.kind == EventKind::StateChange
+            && event.new_state == tcp_state::SYN_SENT
+            && !is_sidecar(event.owner.as_ref())
+        {
+            if self.recent.len() >= RECENT_CONNECTIONS {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(AppConnection {
+                cookie: event.cookie,
+                netns: event.netns,
+                local: flow.local,
+                remote: event.remote,
+                owner: event.owner.clone(),
+                started_ns: event.boot_ns,
+                outcome: "open",
+            });
+        }
+    }
+
+    /// A TLS ClientHello answered without TLS, or plaintext answered with TLS.
+    fn check_tls(&mut self, event: &Event, flow: &mut Flow) {
+        use tracer_ebpf::payload_class::{NONE, TLS_CLIENT_HELLO, is_tls};
+        if flow.track.tls_reported || flow.tx_class == NONE {
+            return;
+        }
+        let peer_ended = match event.kind {
+            EventKind::ResetReceived => Some("reset the connection"),
+            EventKind::StateChange if event.new_state == tcp_state::CLOSE_WAIT => {
+                Some("closed the connection")
+            }
+            _ => None,
+        };
+        let answered = event.kind == EventKind::FirstPayload && event.received;
+        let (direction, answer) = if flow.tx_class == TLS_CLIENT_HELLO {
+            match (answered, peer_ended) {
+                (true, _) if !is_tls(flow.rx_class) => (
+                    "tls_to_plaintext",
+                    format!("answered with {}", payload_class_name(flow.rx_class)),
+                ),
+                (false, Some(how)) if flow.rx_class == NONE => {
+                    ("tls_to_plaintext", format!("{how} without a TLS record"))
+                }
+                _ => return,
+            }
+        } else if !is_tls(flow.tx_class) && answered && is_tls(flow.rx_class) {
+            (
+                "plaintext_to_tls",
+                format!("answered with {}", payload_class_name(flow.rx_class)),
+            )
+        } else {
+            return;
+        };
+        flow.track.tls_reported = true;
+        // The mismatch explains the reset or close that follows.
+        flow.track.verdict_given = true;
+        let sidecar = is_sidecar(flow.owner.as_ref());
+        let sent = payload_class_name(flow.tx_class);
+        let mut f = self.finding(FindingKind::TlsMismatch, Severity::Error, event);
+        f.src = flow.local;
+        f.dst = flow.remote;
+        f.owner = flow.owner.clone();
+        f.netns = flow.netns;
+        f.first_ns = flow.first_ns;
+        f.evidence = flow.track.evidence.clone();
+        let who = match &flow.owner {
+            Some(o) if sidecar => format!("the sidecar ({} uid {})", o.comm, o.uid),
+            Some(o) => format!("{} (pid {})", o.comm, o.pid),
+            None => "this host".to_owned(),
+        };
+        f.summary = if direction == "tls_to_plaintext" {
+            format!(
+                "{who} sent a TLS ClientHello to {}, which does not speak TLS: it {answer}.",
+                flow.remote
+            )
+        } else {
+            format!(
+                "{who} sent plaintext ({sent}) to {}, which speaks TLS: it {answer}.",
+                flow.remote
+            )
+        };
+        f.remedy = remedies::tls_mismatch(flow.remote, direction, sidecar);
+        f.tls = Some(TlsDetail {
+            direction,
+            sidecar,
+            sent,
+            answer,
+            intercepted: None,
+        });
+        self.pending_tls.push((event.boot_ns + TLS_SETTLE_NS, f));
+    }
+
+    /// Writes the tls_mismatch findings whose wait for the application's outcome is over
+    /// (all of them when `now_ns` is u64::MAX, at shutdown).
+    pub fn due_tls(&mut self, now_ns: u64, out: &mut Vec<Finding>) {
+        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_tls)
+            .into_iter()
+            .partition(|(at, _)| *at <= now_ns);
+        self.pending_tls = waiting;
+        for (_, mut finding) in due {
+            let sidecar = finding.tls.as_ref().is_some_and(|tls| tls.sidecar);
+            let intercepted = if sidecar {
+                self.intercepted(&finding)
+            } else {
+                None
+            };
+            if let Some(tls) = finding.tls.as_mut() {
+                tls.intercepted = intercepted;
+                if let Some(app) = &tls.intercepted {
+                    finding.summary = format!(
+                        "{} It intercepted {}'s connection from {} to {}, and the application \
+                         saw it {}.",
+                        finding.summary,
+                        app.owner
+                            .as_ref()
+                            .map_or("an application", |o| o.comm.as_str()),
+                        app.src,
+                        app.dst,
+                        match app.outcome {
+                            "reset" => "reset",
+                            "closed" => "closed",
+                            _ => "still open",
+                        }
+                    );
+                }
+            }
+            out.push(finding);
+        }
+    }
+
+    /// The application connection a sidecar intercepted: the latest one in the same network
+    /// namespace to the same destination, started shortly before the sidecar's.
+    fn intercepted(&self, sidecar: &Finding) -> Option<Intercepted> {
+        self.recent
+            .iter()
+            .rev()
+            .find(|c| {
+                c.netns == sidecar.netns
+                    && c.remote == sidecar.dst
+                    && c.started_ns <= sidecar.first_ns
+                    && sidecar.first_ns - c.started_ns < 10_000_000_000
+            })
+            .map(|c| Intercepted {
+                src: c.local,
+                dst: c.remote,
+                owner: c.owner.clone(),
+                outcome: c.outcome,
+            })
     }
 
     fn reset_received(&mut self, event: &Event, flow: &mut Flow, out: &mut Vec<Finding>) {
@@ -529,6 +759,7 @@ impl Correlator {
             first_ns: now_ns.saturating_sub(idle_ns),
             last_ns: now_ns,
             update_of: None,
+            tls: None,
             idle: Some(IdleDetail {
                 idle_s,
                 threshold_s: nat.threshold.as_secs_f64(),
@@ -824,6 +1055,7 @@ mod tests {
             detail,
             no_socket: false,
             soft_error: false,
+            received: false,
             ttl: None,
             peer_ttl: None,
             idle: None,

@@ -37,6 +37,9 @@ pub struct Flow {
     /// The socket error that closed the flow (errno; 0 for a clean close).
     pub close_error: i32,
     pub netns: u32,
+    /// Payload class of the first data segment sent and received (0: none yet).
+    pub tx_class: u8,
+    pub rx_class: u8,
     /// Idle tracking: the next scheduled check, the last data time of the idle period already
     /// reported, and the keepalive settings the kernel last saw.
     pub idle_due_ns: Option<u64>,
@@ -105,12 +108,28 @@ impl FlowTable {
             closed_ns: None,
             close_error: 0,
             netns: event.netns,
+            tx_class: 0,
+            rx_class: 0,
             idle_due_ns: None,
             idle_reported_for: None,
             keepalive: None,
             track: Track::default(),
         });
         flow.last_ns = flow.last_ns.max(event.boot_ns);
+        // The cgroup_skb programs cannot see the netns; the flow's other events can.
+        if event.netns == 0 {
+            event.netns = flow.netns;
+        } else if flow.netns == 0 {
+            flow.netns = event.netns;
+        }
+        if event.kind == EventKind::FirstPayload {
+            let class = event.detail as u8;
+            if event.received {
+                flow.rx_class = class;
+            } else {
+                flow.tx_class = class;
+            }
+        }
         if event.local.port() != 0 {
             flow.local = event.local;
         } else if flow.local.port() != 0 && flow.local.ip() == event.local.ip() {
@@ -253,6 +272,7 @@ mod tests {
             detail: 0,
             no_socket: false,
             soft_error: false,
+            received: false,
             ttl: None,
             peer_ttl: None,
             idle: None,

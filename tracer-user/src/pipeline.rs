@@ -179,6 +179,7 @@ impl<W: Write> Pipeline<W> {
         self.reported = counters;
         let now = BootClock::now_boot_ns();
         self.idle_checks(now, activity);
+        self.correlator.due_tls(now, &mut self.found);
         for flow in self.flows.expire(now) {
             self.correlator.on_flow_end(flow, now, &mut self.found);
         }
@@ -196,6 +197,7 @@ impl<W: Write> Pipeline<W> {
     /// At shutdown: owed updates and pending aggregates go out; nothing detected is lost.
     pub fn finish(&mut self) {
         let now = BootClock::now_boot_ns();
+        self.correlator.due_tls(u64::MAX, &mut self.found);
         for flow in self.flows.drain() {
             self.correlator.on_flow_end(flow, now, &mut self.found);
         }

@@ -234,6 +234,28 @@ pub fn nat_idle(
     )
 }
 
+pub fn tls_mismatch(peer: SocketAddr, direction: &str, sidecar: bool) -> String {
+    let port = peer.port();
+    match (direction, sidecar) {
+        ("tls_to_plaintext", true) => format!(
+            "The service mesh wraps port {port} in mTLS but {peer} speaks plaintext. Exclude the \
+             port from Envoy interception on the executor pod template: annotations \
+             traffic.sidecar.istio.io/excludeOutboundPorts: \"{port}\" (and \
+             traffic.sidecar.istio.io/excludeInboundPorts: \"{port}\" on the server pods), or \
+             apply a PeerAuthentication scoped to the namespace with mtls mode PERMISSIVE."
+        ),
+        ("tls_to_plaintext", false) => format!(
+            "The client uses TLS but {peer} is a plaintext port: turn TLS off for this \
+             connection (e.g. ssl=false in the JDBC URL, spark.ssl.* for Spark), or point it at \
+             the service's TLS port."
+        ),
+        _ => format!(
+            "{peer} expects TLS: enable TLS on the client (ssl=true in the JDBC URL, \
+             spark.ssl.enabled / the service's TLS settings), or point it at the plaintext port."
+        ),
+    }
+}
+
 pub fn retransmit_storm(dst: SocketAddr) -> String {
     format!(
         "Packets to or from {} are lost: check interface drops (`ip -s link`, `ethtool -S`), an \

@@ -8,7 +8,9 @@ use serde::Serialize;
 use crate::{
     cli::Format,
     clock::BootClock,
-    events::{Event, EventKind, ResetReasons, Side, errno_name, tcp_state_name},
+    events::{
+        Event, EventKind, ResetReasons, Side, errno_name, payload_class_name, tcp_state_name,
+    },
     findings::Finding,
     idle::NatIdle,
     probes::{KernelCounters, Missing},
@@ -72,6 +74,10 @@ struct EventLine<'a> {
     ttl: Option<u8>,
     #[serde(skip_serializing_if = "Option::is_none")]
     peer_ttl: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    class: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    direction: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -137,6 +143,10 @@ struct EvidenceLine {
     ttl: Option<u8>,
     #[serde(skip_serializing_if = "Option::is_none")]
     peer_ttl: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    class: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    direction: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -173,6 +183,26 @@ struct FindingLine<'a> {
     threshold_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     keepalive: Option<KeepaliveLine>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    direction: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sidecar: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sent: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    answer: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    intercepted: Option<InterceptedLine<'a>>,
+}
+
+#[derive(Serialize)]
+struct InterceptedLine<'a> {
+    src: String,
+    dst: String,
+    pid: Option<u32>,
+    comm: Option<&'a str>,
+    uid: Option<u32>,
+    outcome: &'static str,
 }
 
 #[derive(Serialize)]
@@ -219,6 +249,16 @@ fn detail(event: &Event, reasons: &ResetReasons) -> Detail {
         _ => {}
     }
     detail
+}
+
+/// Class and direction of a first_payload event.
+fn payload(event: &Event) -> Option<(&'static str, &'static str)> {
+    (event.kind == EventKind::FirstPayload).then(|| {
+        (
+            payload_class_name(event.detail as u8),
+            if event.received { "received" } else { "sent" },
+        )
+    })
 }
 
 fn side_name(side: Option<Side>) -> Option<&'static str> {
@@ -319,6 +359,8 @@ impl<W: Write> Output<W> {
                     soft_error: event.soft_error,
                     ttl: event.ttl,
                     peer_ttl: event.peer_ttl,
+                    class: payload(event).map(|(class, _)| class),
+                    direction: payload(event).map(|(_, direction)| direction),
                 };
                 write_json(&mut self.out, &line)
             }
@@ -339,6 +381,9 @@ impl<W: Write> Output<W> {
                 }
                 if let Some(reason) = &detail.reason {
                     line.push_str(&format!(" reason={reason}"));
+                }
+                if let Some((class, direction)) = payload(event) {
+                    line.push_str(&format!(" {direction} {class}"));
                 }
                 match &event.owner {
                     Some(o) => {
@@ -369,6 +414,8 @@ impl<W: Write> Output<W> {
             reason: detail.reason,
             ttl: event.ttl,
             peer_ttl: event.peer_ttl,
+            class: payload(event).map(|(class, _)| class),
+            direction: payload(event).map(|(_, direction)| direction),
         }
     }
 
@@ -424,6 +471,22 @@ impl<W: Write> Output<W> {
                             probes: k.probes,
                         }
                     }),
+                    direction: finding.tls.as_ref().map(|t| t.direction),
+                    sidecar: finding.tls.as_ref().map(|t| t.sidecar),
+                    sent: finding.tls.as_ref().map(|t| t.sent),
+                    answer: finding.tls.as_ref().map(|t| t.answer.as_str()),
+                    intercepted: finding
+                        .tls
+                        .as_ref()
+                        .and_then(|t| t.intercepted.as_ref())
+                        .map(|app| InterceptedLine {
+                            src: app.src.to_string(),
+                            dst: app.dst.to_string(),
+                            pid: app.owner.as_ref().map(|o| o.pid),
+                            comm: app.owner.as_ref().map(|o| o.comm.as_str()),
+                            uid: app.owner.as_ref().map(|o| o.uid),
+                            outcome: app.outcome,
+                        }),
                 };
                 write_json(&mut self.out, &line)
             }
@@ -470,6 +533,9 @@ impl<W: Write> Output<W> {
                     }
                     if let Some(ttl) = event.peer_ttl {
                         text.push_str(&format!(" peer_ttl={ttl}"));
+                    }
+                    if let Some((class, direction)) = payload(event) {
+                        text.push_str(&format!(" {direction} {class}"));
                     }
                     block.push_str(&text);
                     block.push('\n');
@@ -549,6 +615,7 @@ mod tests {
             detail: libc::ECONNREFUSED,
             no_socket: false,
             soft_error: false,
+            received: false,
             ttl: None,
             peer_ttl: None,
             idle: None,

@@ -223,6 +223,8 @@ fn test() -> Result<()> {
     }
     ensure_command("ip", "iproute2")?;
     ensure_command("iptables", "iptables")?;
+    ensure_command("openssl", "openssl")?;
+    ensure_command("/usr/bin/python3", "python3")?;
     run_checked(cargo().args([
         "test",
         "--package",
@@ -233,6 +235,8 @@ fn test() -> Result<()> {
         "findings",
         "--test",
         "idle",
+        "--test",
+        "tls",
         "--",
         "--test-threads=1",
     ]))

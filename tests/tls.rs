@@ -1,0 +1,290 @@
+//! Root integration tests of TLS mismatches: an Istio-like sidecar (uid 1337, REDIRECT to
+//! 15001) wrapping a plaintext Spark port in TLS; plaintext sent to a TLS server; and a correct
+//! TLS client, which must give no finding.
+
+mod support;
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpListener},
+    path::PathBuf,
+    process::{Command, Stdio},
+    sync::{Arc, mpsc},
+    time::Duration,
+};
+
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+use serde_json::Value;
+use support::{Netns, Routed, Tracer, connect, dump, exec_in, findings, settle};
+
+/// A Spark transport frame: 8-byte big-endian length (including itself), type RpcRequest (3),
+/// then a request id and a body.
+fn spark_frame() -> Vec<u8> {
+    let body = b"open-blocks";
+    let mut frame = Vec::new();
+    let len = 8 + 1 + 8 + body.len() as u64;
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.push(3);
+    frame.extend_from_slice(&42u64.to_be_bytes());
+    frame.extend_from_slice(body);
+    frame
+}
+
+/// A plaintext shuffle-like server: reads one message and closes on bytes it cannot parse.
+fn plaintext_server(ns: &Netns, addr: SocketAddr) -> std::thread::JoinHandle<Vec<u8>> {
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let handle = ns.run("st-shuffle", move || {
+        let listener = TcpListener::bind(addr).expect("bind");
+        ready_tx.send(()).unwrap();
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut head = vec![0u8; 9];
+        conn.read_exact(&mut head).unwrap();
+        // Not a frame this server understands: close, as the shuffle server does.
+        head
+    });
+    ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    handle
+}
+
+/// A self-signed certificate for the TLS server, made with the openssl command.
+fn certificate() -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    let dir = std::env::temp_dir().join(format!("st-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key): (PathBuf, PathBuf) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=spark",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(status.success());
+    let certs = CertificateDer::pem_file_iter(&cert)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(&key).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    (certs, key)
+}
+
+/// A TLS server (rustls) that serves one connection: reads a line, answers "ok".
+fn tls_server(ns: &Netns, addr: SocketAddr) -> std::thread::JoinHandle<()> {
+    let (certs, key) = certificate();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let config = Arc::new(config);
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let handle = ns.run("st-thrift-tls", move || {
+        let listener = TcpListener::bind(addr).expect("bind");
+        ready_tx.send(()).unwrap();
+        let (mut sock, _) = listener.accept().expect("accept");
+        let mut conn = rustls::ServerConnection::new(config).unwrap();
+        let mut tls = rustls::Stream::new(&mut conn, &mut sock);
+        let mut buf = [0u8; 64];
+        // On plaintext, rustls answers with a fatal alert (decode_error) and fails.
+        if tls.read(&mut buf).is_ok() {
+            let _ = tls.write_all(b"ok");
+            let _ = tls.flush();
+        }
+    });
+    ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    handle
+}
+
+fn tls_findings(lines: &[Value]) -> Vec<&Value> {
+    findings(lines, "tls_mismatch")
+}
+
+#[test]
+fn sidecar_tls_to_a_plaintext_shuffle_port_is_a_tls_mismatch() {
+    let net = Routed::new();
+    let target = SocketAddr::new(net.server_ip, 7337);
+    // Istio-style interception: the application's outbound 7337 goes to the sidecar on 15001;
+    // the sidecar's own traffic (uid 1337) goes out.
+    exec_in(
+        &net.client,
+        &[
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "--dport",
+            "7337",
+            "-m",
+            "owner",
+            "!",
+            "--uid-owner",
+            "1337",
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            "15001",
+        ],
+    );
+    let tracer = Tracer::start("7337");
+    let server = plaintext_server(&net.server, target);
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/support/tls_forwarder.py"
+    );
+    let mut sidecar = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &net.client.name,
+            "/usr/bin/python3",
+            script,
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the sidecar");
+    let mut ready = String::new();
+    BufReader::new(sidecar.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready.trim(), "ready");
+    let (app_local, outcome) = net
+        .client
+        .run("st-exec", move || {
+            let mut stream = connect(target).expect("connect (to the sidecar)");
+            stream.write_all(&spark_frame()).unwrap();
+            let mut buf = [0u8; 16];
+            let outcome = match stream.read(&mut buf) {
+                Ok(0) => "closed".to_owned(),
+                Ok(n) => format!("{n} bytes"),
+                Err(e) => format!("{:?}", e.kind()),
+            };
+            (stream.local_addr().unwrap(), outcome)
+        })
+        .join()
+        .unwrap();
+    assert_eq!(outcome, "ConnectionReset", "the application saw a reset");
+    let received = server.join().unwrap();
+    assert_eq!(
+        received[0], 0x16,
+        "the server got a TLS record, not the frame"
+    );
+    assert!(sidecar.wait().unwrap().success());
+    settle();
+    let lines = tracer.stop();
+    let found = tls_findings(&lines);
+    assert_eq!(found.len(), 1, "one tls_mismatch:\n{}", dump(&lines));
+    let f = found[0];
+    assert_eq!(f["direction"], "tls_to_plaintext");
+    assert_eq!(f["sidecar"], true);
+    assert_eq!(f["uid"], 1337);
+    assert_eq!(f["comm"], "envoy");
+    assert_eq!(f["sent"], "tls_client_hello");
+    assert_eq!(f["dst"], target.to_string().as_str());
+    assert_eq!(f["netns"], net.client.inode());
+    let app = &f["intercepted"];
+    assert_eq!(app["comm"], "st-exec", "{}", dump(&lines));
+    assert_eq!(app["pid"], u64::from(std::process::id()));
+    assert_eq!(app["src"], app_local.to_string().as_str());
+    assert_eq!(app["outcome"], "reset", "{}", dump(&lines));
+    let remedy = f["remedy"].as_str().unwrap();
+    assert!(
+        remedy.contains("traffic.sidecar.istio.io/excludeOutboundPorts"),
+        "{remedy}"
+    );
+    assert!(remedy.contains("PERMISSIVE"), "{remedy}");
+    // The classes are in the event stream too, and no payload is.
+    assert!(
+        lines
+            .iter()
+            .any(|v| v["event"] == "first_payload" && v["class"] == "tls_client_hello")
+    );
+    assert!(!lines.iter().any(|v| v.to_string().contains("open-blocks")));
+}
+
+#[test]
+fn plaintext_to_a_tls_port_is_a_tls_mismatch() {
+    let net = Routed::new();
+    let target = SocketAddr::new(net.server_ip, 10000);
+    let tracer = Tracer::start("10000");
+    let server = tls_server(&net.server, target);
+    let answer = net
+        .client
+        .run("st-beeline", move || {
+            let mut stream = connect(target).expect("connect");
+            stream.write_all(&spark_frame()).unwrap();
+            let mut buf = [0u8; 16];
+            stream
+                .read(&mut buf)
+                .map(|n| buf[..n].to_vec())
+                .unwrap_or_default()
+        })
+        .join()
+        .unwrap();
+    assert_eq!(answer.first(), Some(&0x15), "a TLS alert came back");
+    server.join().unwrap();
+    settle();
+    let lines = tracer.stop();
+    let found = tls_findings(&lines);
+    assert_eq!(found.len(), 1, "one tls_mismatch:\n{}", dump(&lines));
+    let f = found[0];
+    assert_eq!(f["direction"], "plaintext_to_tls");
+    assert_eq!(f["sidecar"], false);
+    assert_eq!(f["sent"], "spark_rpc");
+    assert_eq!(f["comm"], "st-beeline");
+    assert!(f["answer"].as_str().unwrap().contains("tls_alert"));
+    assert!(
+        f["remedy"]
+            .as_str()
+            .unwrap()
+            .contains("enable TLS on the client")
+    );
+}
+
+#[test]
+fn a_correct_tls_client_gives_no_finding() {
+    let net = Routed::new();
+    let target = SocketAddr::new(net.server_ip, 8443);
+    let tracer = Tracer::start("8443");
+    let server = tls_server(&net.server, target);
+    let client = format!(
+        "import socket, ssl\n\
+         c = ssl.create_default_context(); c.check_hostname = False; c.verify_mode = ssl.CERT_NONE\n\
+         s = c.wrap_socket(socket.create_connection(('{}', {})), server_hostname='spark')\n\
+         s.sendall(b'hello'); assert s.recv(2) == b'ok'\n",
+        target.ip(),
+        target.port()
+    );
+    exec_in(&net.client, &["/usr/bin/python3", "-c", &client]);
+    server.join().unwrap();
+    settle();
+    let lines = tracer.stop();
+    assert!(
+        tls_findings(&lines).is_empty(),
+        "no tls_mismatch:\n{}",
+        dump(&lines)
+    );
+    let classes: Vec<&str> = lines
+        .iter()
+        .filter(|v| v["event"] == "first_payload")
+        .filter_map(|v| v["class"].as_str())
+        .collect();
+    assert!(classes.contains(&"tls_client_hello"), "{}", dump(&lines));
+    assert!(classes.contains(&"tls_server_hello"), "{}", dump(&lines));
+}
