@@ -33,6 +33,48 @@ pub enum Command {
     /// Connect to each port of HOST while tracing, and say for each: open, refused, timeout
     /// or unreachable, with the finding and its remedy. Exit 0 when all are open, else 1.
     Probe(ProbeArgs),
+    /// Summarise trace files (or saved --format json output) for an incident ticket: header,
+    /// findings by kind and destination, timeline, evidence, remedies, lost events. Reads
+    /// rotated files in order, and .gz files. Needs no privileges.
+    Report(ReportArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ReportArgs {
+    /// Trace files or directories (their shuffletrace-*.ndjson[.gz] files, oldest first).
+    #[arg(required = true, value_name = "FILE_OR_DIR")]
+    pub inputs: Vec<std::path::PathBuf>,
+
+    /// `markdown` (renders in GitHub and Jira) or `json` (one document).
+    #[arg(long, value_enum, default_value_t = ReportFormat::Markdown)]
+    pub format: ReportFormat,
+
+    /// Only lines at or after this time: RFC 3339, or a duration ago (`2h`).
+    #[arg(long, value_name = "T")]
+    pub since: Option<String>,
+
+    /// Only lines at or before this time: RFC 3339, or a duration ago.
+    #[arg(long, value_name = "T")]
+    pub until: Option<String>,
+
+    /// Only findings on this port (either end).
+    #[arg(long, value_name = "P")]
+    pub port: Option<u16>,
+
+    /// Only findings of this kind (connect_refused, tls_mismatch, ...).
+    #[arg(long, value_name = "K")]
+    pub kind: Option<String>,
+
+    /// Skip unreadable lines (cut, not JSON, another schema version) and say how many,
+    /// instead of stopping at the first with exit status 2.
+    #[arg(long)]
+    pub skip_bad: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReportFormat {
+    Markdown,
+    Json,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -76,6 +118,37 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub findings: FindingArgs,
+
+    #[command(flatten)]
+    pub export: ExportArgs,
+}
+
+/// Where the stream goes besides stdout, for incidents and for a DaemonSet that runs for
+/// months.
+#[derive(Args, Debug, Clone)]
+pub struct ExportArgs {
+    /// Also write every line (JSON, whatever --format says) to NDJSON trace files in DIR,
+    /// rotated by size; names sort by time.
+    #[arg(long, value_name = "DIR")]
+    pub trace_dir: Option<std::path::PathBuf>,
+
+    /// Size at which a trace file is closed and the next one started (`64MiB`, `10MB`).
+    #[arg(long, value_name = "SIZE", default_value = "64MiB")]
+    pub trace_max_size: String,
+
+    /// Trace files kept; older ones are deleted (the directory never exceeds about
+    /// keep x max-size).
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub trace_keep: usize,
+
+    /// Serve Prometheus metrics on http://ADDR/metrics and liveness on /healthz (off by
+    /// default), e.g. `0.0.0.0:9464`.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
+    /// How often a `stats` line (events, findings, losses, table sizes) is written.
+    #[arg(long, value_name = "D", default_value = "60s")]
+    pub stats_interval: String,
 }
 
 /// How events become findings.

@@ -11,13 +11,16 @@ mod events;
 mod findings;
 mod flows;
 mod idle;
+mod metrics;
 mod offsets;
 mod pipeline;
 mod probe;
 mod probes;
 mod remedies;
+mod report;
 mod session;
 mod sinks;
+mod trace;
 
 use std::{io::BufWriter, process::ExitCode, time::Duration};
 
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         }),
+        Some(Command::Report(args)) => report::run(&args).map(|()| ExitCode::SUCCESS),
         None => run(cli.run),
     };
     match result {
@@ -58,6 +62,9 @@ fn main() -> ExitCode {
         Err(error) => {
             if let Some(usage) = error.downcast_ref::<UsageError>() {
                 eprintln!("shuffletrace: {usage}");
+                ExitCode::from(2)
+            } else if let Some(bad) = error.downcast_ref::<report::BadInput>() {
+                eprintln!("shuffletrace: {bad}");
                 ExitCode::from(2)
             } else if let Some(fatal) = error.downcast_ref::<FatalError>() {
                 eprintln!("shuffletrace: {fatal}");
@@ -91,16 +98,46 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         .map(cli::parse_duration)
         .transpose()?;
     let findings = args.findings.config()?;
+    let export = &args.export;
+    let max_size = trace::parse_size(&export.trace_max_size).ok_or_else(|| {
+        UsageError(format!(
+            "invalid --trace-max-size {:?}: use a size like 64MiB or 10MB",
+            export.trace_max_size
+        ))
+    })?;
+    let stats_interval = cli::parse_duration(&export.stats_interval)
+        .map_err(|e| UsageError(e.0.replace("--duration", "--stats-interval")))?;
     let btf = prepare()?;
+    let trace = match &export.trace_dir {
+        Some(dir) => Some(
+            trace::TraceWriter::new(dir, max_size, export.trace_keep).map_err(|e| {
+                FatalError(format!(
+                    "cannot write trace files in {}: {e}; pick a writable --trace-dir",
+                    dir.display()
+                ))
+            })?,
+        ),
+        None => None,
+    };
+    let metrics = export.metrics_addr.map(|_| metrics::Metrics::new());
     let settings = Settings {
         ports: &ports,
         max_flows: args.max_flows,
         findings,
         format: args.format,
         findings_only: args.findings.findings_only,
+        trace,
+        metrics: metrics.clone(),
+        stats_interval,
     };
     runtime()?.block_on(async {
-        let mut session = Session::start(&btf, &settings, BufWriter::new(std::io::stdout()))?;
+        if let (Some(metrics), Some(addr)) = (&metrics, export.metrics_addr) {
+            metrics
+                .serve(addr)
+                .await
+                .map_err(|e| FatalError(format!("{e:#}")))?;
+        }
+        let mut session = Session::start(&btf, settings, BufWriter::new(std::io::stdout()))?;
         session.pump_until(stop_signal(duration)?).await?;
         session.finish()?;
         Ok(ExitCode::SUCCESS)

@@ -12,6 +12,7 @@ use crate::{
     findings::{Aggregator, Config, Correlator, Finding},
     flows::FlowTable,
     idle::{self, ActivitySource, Check, KeepaliveSettings},
+    metrics::Metrics,
     probes::KernelCounters,
     sinks::{Output, Totals},
 };
@@ -33,6 +34,19 @@ pub struct Pipeline<W: Write> {
     found: Vec<Finding>,
     /// When set, every finding line is also kept here (`shuffletrace probe` reads them).
     captured: Option<Vec<Finding>>,
+    pub metrics: Option<Metrics>,
+    /// Period of `stats` lines, and when the last one was written.
+    pub stats_interval_ns: u64,
+    last_stats_ns: u64,
+    /// Counts already given to the metrics (they take deltas).
+    metered: Metered,
+}
+
+#[derive(Default)]
+struct Metered {
+    kernel: KernelCounters,
+    evictions: u64,
+    trace_bytes: u64,
 }
 
 impl<W: Write> Pipeline<W> {
@@ -49,6 +63,10 @@ impl<W: Write> Pipeline<W> {
             output_closed: false,
             found: Vec::new(),
             captured: None,
+            metrics: None,
+            stats_interval_ns: 60_000_000_000,
+            last_stats_ns: BootClock::now_boot_ns(),
+            metered: Metered::default(),
         }
     }
 
@@ -66,6 +84,13 @@ impl<W: Write> Pipeline<W> {
         self.totals.findings += finding.count;
         if let Some(captured) = &mut self.captured {
             captured.push(finding.clone());
+        }
+        if let Some(metrics) = &self.metrics {
+            let port = match finding.side {
+                Some(crate::events::Side::Server) => finding.src.port(),
+                _ => finding.dst.port(),
+            };
+            metrics.finding(finding.kind.name(), port, finding.count);
         }
         if !self.output_closed && self.output.finding(finding).is_err() {
             self.output_closed = true;
@@ -90,6 +115,9 @@ impl<W: Write> Pipeline<W> {
 
     fn process(&mut self, mut event: Event) {
         self.totals.events += 1;
+        if let Some(metrics) = &self.metrics {
+            metrics.event(event.kind.name());
+        }
         let flow = self.flows.observe(&mut event);
         self.correlator.on_event(&event, flow, &mut self.found);
         if event.kind == EventKind::StateChange && event.new_state == tcp_state::ESTABLISHED {
@@ -192,6 +220,63 @@ impl<W: Write> Pipeline<W> {
         }
         self.totals.flows = self.flows.len();
         self.totals.flow_evictions = self.flows.evictions();
+        self.meter(counters);
+        if now.saturating_sub(self.last_stats_ns) >= self.stats_interval_ns {
+            self.last_stats_ns = now;
+            let totals = self.totals;
+            if self.output.stats(&counters, &totals).is_err() {
+                self.output_closed = true;
+            }
+        }
+    }
+
+    /// Hands what changed since the last call to the metrics.
+    fn meter(&mut self, counters: KernelCounters) {
+        let Some(metrics) = &self.metrics else {
+            return;
+        };
+        let before = self.metered.kernel;
+        for (reason, now, then) in [
+            ("ringbuf_full", counters.ringbuf_full, before.ringbuf_full),
+            (
+                "owner_table_full",
+                counters.owner_table_full,
+                before.owner_table_full,
+            ),
+            (
+                "listener_table_full",
+                counters.listener_table_full,
+                before.listener_table_full,
+            ),
+            (
+                "activity_table_full",
+                counters.activity_table_full,
+                before.activity_table_full,
+            ),
+            ("read_failed", counters.read_failed, before.read_failed),
+            (
+                "recursion_misses",
+                counters.recursion_misses,
+                before.recursion_misses,
+            ),
+        ] {
+            if now > then {
+                metrics.lost(reason, now - then);
+            }
+        }
+        let evictions = self.flows.evictions();
+        metrics.flow_table(
+            self.flows.len(),
+            evictions.saturating_sub(self.metered.evictions),
+        );
+        let trace_bytes = self.output.trace_bytes();
+        metrics.trace_bytes(trace_bytes.saturating_sub(self.metered.trace_bytes));
+        metrics.heartbeat();
+        self.metered = Metered {
+            kernel: counters,
+            evictions,
+            trace_bytes,
+        };
     }
 
     /// At shutdown: owed updates and pending aggregates go out; nothing detected is lost.

@@ -123,9 +123,12 @@ pub fn run(args: ProbeArgs) -> Result<bool> {
         },
         format: Format::Json,
         findings_only: true,
+        trace: None,
+        metrics: None,
+        stats_interval: Duration::from_secs(3600),
     };
     let results = crate::runtime()?.block_on(async {
-        let mut session = Session::start(&btf, &settings, io::sink())?;
+        let mut session = Session::start(&btf, settings, io::sink())?;
         session.pipeline.capture();
         // All ports at once: the attempts run as tasks while the session drains the kernel.
         let mut attempts = tokio::task::JoinSet::new();

@@ -65,6 +65,9 @@ pub struct Settings<'a> {
     pub findings: Config,
     pub format: Format,
     pub findings_only: bool,
+    pub trace: Option<crate::trace::TraceWriter>,
+    pub metrics: Option<crate::metrics::Metrics>,
+    pub stats_interval: Duration,
 }
 
 pub struct Session<W: Write> {
@@ -79,7 +82,7 @@ pub struct Session<W: Write> {
 
 impl<W: Write> Session<W> {
     /// Loads and attaches the programs and writes the start line. Must run inside the runtime.
-    pub fn start(btf: &Btf, settings: &Settings<'_>, out: W) -> Result<Self> {
+    pub fn start(btf: &Btf, settings: Settings<'_>, out: W) -> Result<Self> {
         let mut probes = Probes::load(
             btf,
             settings.ports,
@@ -113,9 +116,14 @@ impl<W: Write> Session<W> {
             clock: BootClock::new(),
             reset_reasons: reasons.clone(),
         };
-        let output = Output::new(settings.format, out, context);
+        let mut output = Output::new(settings.format, out, context);
+        if let Some(trace) = settings.trace {
+            output.set_trace(trace);
+        }
         let mut pipeline = Pipeline::new(output, findings, reasons, settings.max_flows as usize);
         pipeline.findings_only = settings.findings_only;
+        pipeline.metrics = settings.metrics;
+        pipeline.stats_interval_ns = settings.stats_interval.as_nanos() as u64;
         pipeline
             .output
             .start(

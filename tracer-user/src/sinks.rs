@@ -15,6 +15,7 @@ use crate::{
     idle::NatIdle,
     probes::{KernelCounters, Missing},
     remedies::service_name,
+    trace::TraceWriter,
 };
 
 /// Version of the line schema; bumped on incompatible changes.
@@ -121,6 +122,9 @@ struct StatsLine<'a> {
     recursion_misses: u64,
     flows: usize,
     flow_evictions: u64,
+    trace_bytes: u64,
+    trace_files_deleted: u64,
+    trace_write_errors: u64,
 }
 
 #[derive(Serialize)]
@@ -268,9 +272,11 @@ fn side_name(side: Option<Side>) -> Option<&'static str> {
     })
 }
 
-fn write_json(out: &mut impl Write, value: &impl Serialize) -> io::Result<()> {
-    serde_json::to_writer(&mut *out, value)?;
-    out.write_all(b"\n")
+/// One NDJSON line.
+fn to_line(value: &impl Serialize) -> io::Result<Vec<u8>> {
+    let mut line = serde_json::to_vec(value)?;
+    line.push(b'\n');
+    Ok(line)
 }
 
 /// Writes lines to stdout (or any writer, for tests).
@@ -278,6 +284,8 @@ pub struct Output<W: Write> {
     format: Format,
     out: W,
     context: Context,
+    trace: Option<TraceWriter>,
+    trace_errors: u64,
 }
 
 impl<W: Write> Output<W> {
@@ -286,6 +294,8 @@ impl<W: Write> Output<W> {
             format,
             out,
             context,
+            trace: None,
+            trace_errors: 0,
         }
     }
 
@@ -303,9 +313,6 @@ impl<W: Write> Output<W> {
         missing: &[Missing],
         nat_idle: &NatIdle,
     ) -> io::Result<()> {
-        if self.format != Format::Json {
-            return Ok(());
-        }
         let line = StartLine {
             line_type: "start",
             v: SCHEMA_VERSION,
@@ -325,79 +332,84 @@ impl<W: Write> Output<W> {
             nat_idle_s: nat_idle.threshold.as_secs_f64(),
             nat_idle_profile: nat_idle.profile,
         };
-        write_json(&mut self.out, &line)?;
-        self.out.flush()
+        let json = to_line(&line)?;
+        self.publish(Some(json.clone()), None)?;
+        if let Some(trace) = self.trace.as_mut() {
+            trace.set_header(&json);
+        }
+        self.flush()
     }
 
     pub fn event(&mut self, event: &Event) -> io::Result<()> {
         let ts = self.context.clock.rfc3339(event.boot_ns);
         let detail = detail(event, &self.context.reset_reasons);
-        match self.format {
-            Format::Json => {
-                let owner = event.owner.as_ref();
-                let line = EventLine {
-                    line_type: "event",
-                    v: SCHEMA_VERSION,
-                    event: event.kind.name(),
-                    ts,
-                    node: &self.context.node,
-                    src: event.local.to_string(),
-                    dst: event.remote.to_string(),
-                    netns: event.netns,
-                    pid: owner.map(|o| o.pid),
-                    tid: owner.map(|o| o.tid),
-                    comm: owner.map(|o| o.comm.as_str()),
-                    uid: owner.map(|o| o.uid),
-                    cgroup_id: owner.map(|o| o.cgroup_id),
-                    cookie: event.cookie,
-                    side: side_name(event.side),
-                    old_state: detail.old_state,
-                    new_state: detail.new_state,
-                    state: detail.state,
-                    error: detail.error,
-                    reason: detail.reason,
-                    soft_error: event.soft_error,
-                    ttl: event.ttl,
-                    peer_ttl: event.peer_ttl,
-                    class: payload(event).map(|(class, _)| class),
-                    direction: payload(event).map(|(_, direction)| direction),
-                };
-                write_json(&mut self.out, &line)
+        let json = if self.format == Format::Json || self.trace.is_some() {
+            let owner = event.owner.as_ref();
+            let line = EventLine {
+                line_type: "event",
+                v: SCHEMA_VERSION,
+                event: event.kind.name(),
+                ts: ts.clone(),
+                node: &self.context.node,
+                src: event.local.to_string(),
+                dst: event.remote.to_string(),
+                netns: event.netns,
+                pid: owner.map(|o| o.pid),
+                tid: owner.map(|o| o.tid),
+                comm: owner.map(|o| o.comm.as_str()),
+                uid: owner.map(|o| o.uid),
+                cgroup_id: owner.map(|o| o.cgroup_id),
+                cookie: event.cookie,
+                side: side_name(event.side),
+                old_state: detail.old_state,
+                new_state: detail.new_state,
+                state: detail.state,
+                error: detail.error.clone(),
+                reason: detail.reason.clone(),
+                soft_error: event.soft_error,
+                ttl: event.ttl,
+                peer_ttl: event.peer_ttl,
+                class: payload(event).map(|(class, _)| class),
+                direction: payload(event).map(|(_, direction)| direction),
+            };
+            Some(to_line(&line)?)
+        } else {
+            None
+        };
+        let text = if self.format == Format::Text {
+            let mut line = format!(
+                "{ts} {:<17} {} -> {}",
+                event.kind.name(),
+                event.local,
+                event.remote
+            );
+            match (detail.old_state, detail.new_state, detail.state) {
+                (Some(old), Some(new), _) => line.push_str(&format!(" {old} -> {new}")),
+                (_, _, Some(state)) => line.push_str(&format!(" in {state}")),
+                _ => {}
             }
-            Format::Text => {
-                let mut line = format!(
-                    "{ts} {:<17} {} -> {}",
-                    event.kind.name(),
-                    event.local,
-                    event.remote
-                );
-                match (detail.old_state, detail.new_state, detail.state) {
-                    (Some(old), Some(new), _) => line.push_str(&format!(" {old} -> {new}")),
-                    (_, _, Some(state)) => line.push_str(&format!(" in {state}")),
-                    _ => {}
-                }
-                if let Some(error) = &detail.error {
-                    line.push_str(&format!(" error={error}"));
-                }
-                if let Some(reason) = &detail.reason {
-                    line.push_str(&format!(" reason={reason}"));
-                }
-                if let Some((class, direction)) = payload(event) {
-                    line.push_str(&format!(" {direction} {class}"));
-                }
-                match &event.owner {
-                    Some(o) => {
-                        line.push_str(&format!(" pid={} comm={} uid={}", o.pid, o.comm, o.uid))
-                    }
-                    None => line.push_str(" pid=?"),
-                }
-                if let Some(side) = side_name(event.side) {
-                    line.push_str(&format!(" side={side}"));
-                }
-                line.push_str(&format!(" netns={} cookie={}\n", event.netns, event.cookie));
-                self.out.write_all(line.as_bytes())
+            if let Some(error) = &detail.error {
+                line.push_str(&format!(" error={error}"));
             }
-        }
+            if let Some(reason) = &detail.reason {
+                line.push_str(&format!(" reason={reason}"));
+            }
+            if let Some((class, direction)) = payload(event) {
+                line.push_str(&format!(" {direction} {class}"));
+            }
+            match &event.owner {
+                Some(o) => line.push_str(&format!(" pid={} comm={} uid={}", o.pid, o.comm, o.uid)),
+                None => line.push_str(" pid=?"),
+            }
+            if let Some(side) = side_name(event.side) {
+                line.push_str(&format!(" side={side}"));
+            }
+            line.push_str(&format!(" netns={} cookie={}\n", event.netns, event.cookie));
+            Some(line)
+        } else {
+            None
+        };
+        self.publish(json, text)
     }
 
     fn evidence_line(&self, event: &Event) -> EvidenceLine {
@@ -428,10 +440,10 @@ impl<W: Write> Output<W> {
             _ => finding.dst.port(),
         };
         let service = service_name(service_port);
-        match self.format {
-            Format::Json => {
-                let owner = finding.owner.as_ref();
-                let line = FindingLine {
+        let json = if self.format == Format::Json || self.trace.is_some() {
+            let owner = finding.owner.as_ref();
+            let line =
+                FindingLine {
                     line_type: "finding",
                     v: SCHEMA_VERSION,
                     id: finding.id,
@@ -488,69 +500,74 @@ impl<W: Write> Output<W> {
                             outcome: app.outcome,
                         }),
                 };
-                write_json(&mut self.out, &line)
-            }
-            Format::Text => {
-                let who = match &finding.owner {
-                    Some(o) => format!("pid={} comm={} uid={}", o.pid, o.comm, o.uid),
-                    None => "pid=?".into(),
-                };
-                let service = service.map(|s| format!(" ({s})")).unwrap_or_default();
-                let update = match finding.update_of {
-                    Some(id) => format!(" update of #{id}"),
-                    None => String::new(),
-                };
-                let mut block = format!(
-                    "\n>>> FINDING #{} {} {}{update}: {} -> {}{service} {who} netns={} count={}\n",
-                    finding.id,
-                    finding.severity.name().to_uppercase(),
-                    finding.kind.name(),
-                    finding.src,
-                    finding.dst,
-                    finding.netns,
-                    finding.count,
+            Some(to_line(&line)?)
+        } else {
+            None
+        };
+        let text = if self.format == Format::Text {
+            let who = match &finding.owner {
+                Some(o) => format!("pid={} comm={} uid={}", o.pid, o.comm, o.uid),
+                None => "pid=?".into(),
+            };
+            let service = service.map(|s| format!(" ({s})")).unwrap_or_default();
+            let update = match finding.update_of {
+                Some(id) => format!(" update of #{id}"),
+                None => String::new(),
+            };
+            let mut block = format!(
+                "\n>>> FINDING #{} {} {}{update}: {} -> {}{service} {who} netns={} count={}\n",
+                finding.id,
+                finding.severity.name().to_uppercase(),
+                finding.kind.name(),
+                finding.src,
+                finding.dst,
+                finding.netns,
+                finding.count,
+            );
+            block.push_str(&format!("    what:     {}\n", finding.summary));
+            for event in &finding.evidence {
+                let d = detail(event, &self.context.reset_reasons);
+                let mut text = format!(
+                    "    evidence: {} {}",
+                    clock.rfc3339(event.boot_ns),
+                    event.kind.name()
                 );
-                block.push_str(&format!("    what:     {}\n", finding.summary));
-                for event in &finding.evidence {
-                    let d = detail(event, &self.context.reset_reasons);
-                    let mut text = format!(
-                        "    evidence: {} {}",
-                        clock.rfc3339(event.boot_ns),
-                        event.kind.name()
-                    );
-                    match (d.old_state, d.new_state, d.state) {
-                        (Some(old), Some(new), _) => text.push_str(&format!(" {old} -> {new}")),
-                        (_, _, Some(state)) => text.push_str(&format!(" in {state}")),
-                        _ => {}
-                    }
-                    for (key, value) in [("error", d.error), ("reason", d.reason)] {
-                        if let Some(value) = value {
-                            text.push_str(&format!(" {key}={value}"));
-                        }
-                    }
-                    if let Some(ttl) = event.ttl {
-                        text.push_str(&format!(" ttl={ttl}"));
-                    }
-                    if let Some(ttl) = event.peer_ttl {
-                        text.push_str(&format!(" peer_ttl={ttl}"));
-                    }
-                    if let Some((class, direction)) = payload(event) {
-                        text.push_str(&format!(" {direction} {class}"));
-                    }
-                    block.push_str(&text);
-                    block.push('\n');
+                match (d.old_state, d.new_state, d.state) {
+                    (Some(old), Some(new), _) => text.push_str(&format!(" {old} -> {new}")),
+                    (_, _, Some(state)) => text.push_str(&format!(" in {state}")),
+                    _ => {}
                 }
-                block.push_str(&format!("    fix:      {}\n\n", finding.remedy));
-                self.out.write_all(block.as_bytes())
+                for (key, value) in [("error", d.error), ("reason", d.reason)] {
+                    if let Some(value) = value {
+                        text.push_str(&format!(" {key}={value}"));
+                    }
+                }
+                if let Some(ttl) = event.ttl {
+                    text.push_str(&format!(" ttl={ttl}"));
+                }
+                if let Some(ttl) = event.peer_ttl {
+                    text.push_str(&format!(" peer_ttl={ttl}"));
+                }
+                if let Some((class, direction)) = payload(event) {
+                    text.push_str(&format!(" {direction} {class}"));
+                }
+                block.push_str(&text);
+                block.push('\n');
             }
-        }
+            block.push_str(&format!("    fix:      {}\n\n", finding.remedy));
+            Some(block)
+        } else {
+            None
+        };
+        self.publish(json, text)
     }
 
     /// Loss and size counters (JSON: a `stats` line; text: nothing, the log has them).
     pub fn stats(&mut self, kernel: &KernelCounters, totals: &Totals) -> io::Result<()> {
-        if self.format != Format::Json {
-            return Ok(());
-        }
+        let (trace_bytes, trace_files_deleted) = self
+            .trace
+            .as_ref()
+            .map_or((0, 0), |t| (t.bytes_written(), t.files_deleted()));
         let line = StatsLine {
             line_type: "stats",
             v: SCHEMA_VERSION,
@@ -568,11 +585,49 @@ impl<W: Write> Output<W> {
             recursion_misses: kernel.recursion_misses,
             flows: totals.flows,
             flow_evictions: totals.flow_evictions,
+            trace_bytes,
+            trace_files_deleted,
+            trace_write_errors: self.trace_errors,
         };
-        write_json(&mut self.out, &line)
+        let json = to_line(&line)?;
+        self.publish(Some(json), None)
+    }
+
+    /// Writes a line: JSON to the trace files and, in JSON format, to stdout; text to stdout
+    /// in text format. A failing trace file is counted and warned about, never fatal; a
+    /// failing stdout is returned (the caller stops).
+    fn publish(&mut self, json: Option<Vec<u8>>, text: Option<String>) -> io::Result<()> {
+        if let (Some(trace), Some(json)) = (self.trace.as_mut(), json.as_ref())
+            && let Err(error) = trace.write_line(json)
+        {
+            if self.trace_errors == 0 {
+                tracing::warn!("cannot write the trace file: {error} (counted; tracing goes on)");
+            }
+            self.trace_errors += 1;
+        }
+        match (self.format, json, text) {
+            (Format::Json, Some(json), _) => self.out.write_all(&json),
+            (Format::Text, _, Some(text)) => self.out.write_all(text.as_bytes()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Sends subsequent lines to trace files as well.
+    pub fn set_trace(&mut self, trace: TraceWriter) {
+        self.trace = Some(trace);
+    }
+
+    pub fn trace_bytes(&self) -> u64 {
+        self.trace.as_ref().map_or(0, TraceWriter::bytes_written)
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
+        if let Some(trace) = self.trace.as_mut()
+            && let Err(error) = trace.flush()
+        {
+            self.trace_errors += 1;
+            tracing::warn!("cannot flush the trace file: {error}");
+        }
         self.out.flush()
     }
 }

@@ -237,6 +237,10 @@ fn test() -> Result<()> {
         "idle",
         "--test",
         "tls",
+        "--test",
+        "export",
+        "--test",
+        "report",
         "--",
         "--test-threads=1",
     ]))
