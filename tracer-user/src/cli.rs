@@ -116,6 +116,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = 131_072)]
     pub max_flows: u32,
 
+    /// Where the host's /proc and /var/log/pods are, for Kubernetes pod attribution: `/`
+    /// on the host, `/host` in a container that mounts the host there.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub host_root: std::path::PathBuf,
+
     #[command(flatten)]
     pub findings: FindingArgs,
 

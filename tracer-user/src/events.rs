@@ -93,6 +93,8 @@ pub struct Event {
     pub peer_ttl: Option<u8>,
     /// For an idle-tracked flow: how long it had been idle (see [`Idle`]).
     pub idle: Option<Idle>,
+    /// The Kubernetes pod (and container) of the flow, when it is in one.
+    pub pod: Option<std::sync::Arc<crate::k8s::PodRef>>,
 }
 
 /// Idle state of a flow when the event happened, from the kernel's activity record.
@@ -209,6 +211,7 @@ pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
             last_gap_ms: (raw.gap_ms != u32::MAX).then_some(raw.gap_ms),
             resumed_ago_ms: (raw.resumed_ms != u32::MAX).then_some(raw.resumed_ms),
         }),
+        pod: None,
     })
 }
 

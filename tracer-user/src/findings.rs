@@ -103,6 +103,8 @@ pub struct Finding {
     pub idle: Option<IdleDetail>,
     /// For tls_mismatch: who spoke what to whom.
     pub tls: Option<TlsDetail>,
+    /// The Kubernetes pod (and container) of the flow, when it is in one.
+    pub pod: Option<std::sync::Arc<crate::k8s::PodRef>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -255,6 +257,7 @@ impl Correlator {
             update_of: None,
             idle: None,
             tls: None,
+            pod: event.pod.clone(),
         }
     }
 
@@ -760,6 +763,7 @@ impl Correlator {
             last_ns: now_ns,
             update_of: None,
             tls: None,
+            pod: flow.pod.clone().flatten(),
             idle: Some(IdleDetail {
                 idle_s,
                 threshold_s: nat.threshold.as_secs_f64(),
@@ -1059,6 +1063,7 @@ mod tests {
             ttl: None,
             peer_ttl: None,
             idle: None,
+            pod: None,
         }
     }
 

@@ -45,6 +45,8 @@ pub struct Flow {
     pub idle_due_ns: Option<u64>,
     pub idle_reported_for: Option<u64>,
     pub keepalive: Option<KeepaliveSettings>,
+    /// The flow's pod: None until looked up, then Some(None) when it is in no pod.
+    pub pod: Option<Option<std::sync::Arc<crate::k8s::PodRef>>>,
     /// Correlation state of the findings engine.
     pub track: Track,
 }
@@ -113,6 +115,7 @@ impl FlowTable {
             idle_due_ns: None,
             idle_reported_for: None,
             keepalive: None,
+            pod: None,
             track: Track::default(),
         });
         flow.last_ns = flow.last_ns.max(event.boot_ns);
@@ -276,6 +279,7 @@ mod tests {
             ttl: None,
             peer_ttl: None,
             idle: None,
+            pod: None,
         }
     }
 

@@ -11,6 +11,7 @@ mod events;
 mod findings;
 mod flows;
 mod idle;
+mod k8s;
 mod metrics;
 mod offsets;
 mod pipeline;
@@ -129,6 +130,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         trace,
         metrics: metrics.clone(),
         stats_interval,
+        host_root: Some(args.host_root.clone()),
     };
     runtime()?.block_on(async {
         if let (Some(metrics), Some(addr)) = (&metrics, export.metrics_addr) {

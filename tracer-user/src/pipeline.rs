@@ -35,6 +35,8 @@ pub struct Pipeline<W: Write> {
     /// When set, every finding line is also kept here (`shuffletrace probe` reads them).
     captured: Option<Vec<Finding>>,
     pub metrics: Option<Metrics>,
+    /// Kubernetes pod attribution (`--host-root`).
+    pub attributor: Option<crate::k8s::Attributor>,
     /// Period of `stats` lines, and when the last one was written.
     pub stats_interval_ns: u64,
     last_stats_ns: u64,
@@ -64,6 +66,7 @@ impl<W: Write> Pipeline<W> {
             found: Vec::new(),
             captured: None,
             metrics: None,
+            attributor: None,
             stats_interval_ns: 60_000_000_000,
             last_stats_ns: BootClock::now_boot_ns(),
             metered: Metered::default(),
@@ -100,7 +103,12 @@ impl<W: Write> Pipeline<W> {
     /// Aggregates and prints the findings in `self.found`.
     fn publish(&mut self, cookie: u64) {
         let found = std::mem::take(&mut self.found);
-        for finding in found {
+        for mut finding in found {
+            if finding.pod.is_none()
+                && let Some(attributor) = self.attributor.as_mut()
+            {
+                finding.pod = attributor.by_netns(finding.netns);
+            }
             let (lines, folded) = self.aggregator.offer(finding);
             if let Some(id) = folded
                 && let Some(flow) = self.flows.get_mut(cookie)
@@ -113,12 +121,41 @@ impl<W: Write> Pipeline<W> {
         }
     }
 
+    /// Attributes an event to its pod: by the flow's owner process, else by its netns; the
+    /// answer is kept in the flow so each flow is looked up once.
+    fn attribute(&mut self, event: &mut Event) {
+        let Some(attributor) = self.attributor.as_mut() else {
+            return;
+        };
+        let known = self
+            .flows
+            .get_mut(event.cookie)
+            .and_then(|flow| flow.pod.clone());
+        let pod = match known {
+            Some(pod) => pod,
+            None => {
+                let pod = match &event.owner {
+                    Some(owner) => attributor.by_pid(owner.pid),
+                    None => None,
+                }
+                .or_else(|| attributor.by_netns(event.netns));
+                if let Some(flow) = self.flows.get_mut(event.cookie) {
+                    flow.pod = Some(pod.clone());
+                }
+                pod
+            }
+        };
+        event.pod = pod;
+    }
+
     fn process(&mut self, mut event: Event) {
         self.totals.events += 1;
         if let Some(metrics) = &self.metrics {
             metrics.event(event.kind.name());
         }
-        let flow = self.flows.observe(&mut event);
+        self.flows.observe(&mut event);
+        self.attribute(&mut event);
+        let flow = self.flows.get_mut(event.cookie);
         self.correlator.on_event(&event, flow, &mut self.found);
         if event.kind == EventKind::StateChange && event.new_state == tcp_state::ESTABLISHED {
             // The kernel tracks the flow's activity from now on; the first check is due when

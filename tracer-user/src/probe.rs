@@ -126,6 +126,7 @@ pub fn run(args: ProbeArgs) -> Result<bool> {
         trace: None,
         metrics: None,
         stats_interval: Duration::from_secs(3600),
+        host_root: None,
     };
     let results = crate::runtime()?.block_on(async {
         let mut session = Session::start(&btf, settings, io::sink())?;

@@ -136,7 +136,13 @@ fn raise_memlock_limit() {
 impl Probes {
     /// Loads the programs with offsets from `btf`, fills the watched-port set, and attaches
     /// every tracepoint this kernel has. Tracepoints it lacks are reported in `missing`.
-    pub fn load(btf: &Btf, ports: &[u16], max_flows: u32, idle_mark_ns: u64) -> Result<Self> {
+    pub fn load(
+        btf: &Btf,
+        ports: &[u16],
+        max_flows: u32,
+        idle_mark_ns: u64,
+        host_root: &Path,
+    ) -> Result<Self> {
         raise_memlock_limit();
         let offsets = offsets::resolve(btf)?;
         tracing::debug!("kernel offsets from BTF: {offsets:?}");
@@ -188,7 +194,7 @@ impl Probes {
                 }),
             }
         }
-        let root = cgroup2_root();
+        let root = cgroup2_root(host_root);
         for (program, direction, without) in [
             (
                 INGRESS_PROGRAM,
@@ -329,8 +335,22 @@ pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
     })
 }
 
-/// Finds the cgroup v2 root, or mounts one (hosts with only v1 mounted still have v2).
-fn cgroup2_root() -> Result<PathBuf> {
+/// Finds the cgroup v2 root, or mounts one (hosts with only v1 mounted still have v2). In a
+/// container (`--host-root` other than `/`), the host's root is reached through the host's
+/// pid 1 (`<host-root>/proc/1/root/...`): the container's own cgroup mount may show only its
+/// cgroup namespace, and programs attached there would miss the rest of the node.
+fn cgroup2_root(host_root: &Path) -> Result<PathBuf> {
+    if host_root != Path::new("/")
+        && let Ok(mountinfo) = std::fs::read_to_string(host_root.join("proc/1/mountinfo"))
+        && let Some(path) = cgroup2_mount(&mountinfo)
+    {
+        let on_host = host_root
+            .join("proc/1/root")
+            .join(path.strip_prefix("/").unwrap_or(&path));
+        if on_host.is_dir() {
+            return Ok(on_host);
+        }
+    }
     let mountinfo =
         std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
     if let Some(path) = cgroup2_mount(&mountinfo) {

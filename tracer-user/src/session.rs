@@ -68,6 +68,8 @@ pub struct Settings<'a> {
     pub trace: Option<crate::trace::TraceWriter>,
     pub metrics: Option<crate::metrics::Metrics>,
     pub stats_interval: Duration,
+    /// Root of the host's filesystem for pod attribution; None turns attribution off.
+    pub host_root: Option<std::path::PathBuf>,
 }
 
 pub struct Session<W: Write> {
@@ -88,6 +90,10 @@ impl<W: Write> Session<W> {
             settings.ports,
             settings.max_flows,
             settings.findings.nat_idle.threshold_ns() / 2,
+            settings
+                .host_root
+                .as_deref()
+                .unwrap_or(std::path::Path::new("/")),
         )?;
         let logger = match aya_log::EbpfLogger::init(&mut probes.ebpf) {
             Ok(logger) => Some(readable(logger).context("polling the eBPF log buffer")?),
@@ -123,6 +129,10 @@ impl<W: Write> Session<W> {
         let mut pipeline = Pipeline::new(output, findings, reasons, settings.max_flows as usize);
         pipeline.findings_only = settings.findings_only;
         pipeline.metrics = settings.metrics;
+        pipeline.attributor = settings
+            .host_root
+            .as_deref()
+            .map(crate::k8s::Attributor::new);
         pipeline.stats_interval_ns = settings.stats_interval.as_nanos() as u64;
         pipeline
             .output

@@ -13,6 +13,7 @@ use crate::{
     },
     findings::Finding,
     idle::NatIdle,
+    k8s::PodRef,
     probes::{KernelCounters, Missing},
     remedies::service_name,
     trace::TraceWriter,
@@ -79,6 +80,40 @@ struct EventLine<'a> {
     class: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     direction: Option<&'static str>,
+    #[serde(flatten)]
+    pod: PodFields<'a>,
+}
+
+/// `pod`, `namespace`, `container` of a flow in a Kubernetes pod (absent otherwise).
+#[derive(Serialize, Default)]
+struct PodFields<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pod: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    namespace: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container: Option<&'a str>,
+}
+
+fn pod_fields(pod: Option<&PodRef>) -> PodFields<'_> {
+    match pod {
+        Some(pod) => PodFields {
+            pod: Some(&pod.pod),
+            namespace: Some(&pod.namespace),
+            container: pod.container.as_deref(),
+        },
+        None => PodFields::default(),
+    }
+}
+
+fn pod_text(pod: Option<&PodRef>) -> String {
+    match pod {
+        Some(p) => match &p.container {
+            Some(c) => format!(" pod={}/{} container={c}", p.namespace, p.pod),
+            None => format!(" pod={}/{}", p.namespace, p.pod),
+        },
+        None => String::new(),
+    }
 }
 
 #[derive(Serialize)]
@@ -197,6 +232,8 @@ struct FindingLine<'a> {
     answer: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     intercepted: Option<InterceptedLine<'a>>,
+    #[serde(flatten)]
+    pod: PodFields<'a>,
 }
 
 #[derive(Serialize)]
@@ -371,6 +408,7 @@ impl<W: Write> Output<W> {
                 peer_ttl: event.peer_ttl,
                 class: payload(event).map(|(class, _)| class),
                 direction: payload(event).map(|(_, direction)| direction),
+                pod: pod_fields(event.pod.as_deref()),
             };
             Some(to_line(&line)?)
         } else {
@@ -404,6 +442,7 @@ impl<W: Write> Output<W> {
             if let Some(side) = side_name(event.side) {
                 line.push_str(&format!(" side={side}"));
             }
+            line.push_str(&pod_text(event.pod.as_deref()));
             line.push_str(&format!(" netns={} cookie={}\n", event.netns, event.cookie));
             Some(line)
         } else {
@@ -499,6 +538,7 @@ impl<W: Write> Output<W> {
                             uid: app.owner.as_ref().map(|o| o.uid),
                             outcome: app.outcome,
                         }),
+                    pod: pod_fields(finding.pod.as_deref()),
                 };
             Some(to_line(&line)?)
         } else {
@@ -514,6 +554,7 @@ impl<W: Write> Output<W> {
                 Some(id) => format!(" update of #{id}"),
                 None => String::new(),
             };
+            let who = format!("{who}{}", pod_text(finding.pod.as_deref()));
             let mut block = format!(
                 "\n>>> FINDING #{} {} {}{update}: {} -> {}{service} {who} netns={} count={}\n",
                 finding.id,
@@ -674,6 +715,7 @@ mod tests {
             ttl: None,
             peer_ttl: None,
             idle: None,
+            pod: None,
         }
     }
 

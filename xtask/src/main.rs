@@ -215,6 +215,23 @@ fn test() -> Result<()> {
     // Unit tests: decoding, correlation, parsing (no root needed).
     run_checked(cargo().args(["test", "--package", "tracer-user", "--bins"]))?;
 
+    // Kubernetes manifests: the official client's API models and the DaemonSet's policy.
+    if output_of("python3", &["-c", "import kubernetes, yaml"]).is_none() {
+        run_checked(Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "kubernetes",
+            "pyyaml",
+        ]))?;
+    }
+    run_checked(
+        Command::new("python3")
+            .arg("deploy/check_manifests.py")
+            .current_dir(workspace_root()),
+    )?;
+
     if !is_root() {
         bail!(
             "the integration tests load eBPF programs and build network namespaces: run \
@@ -241,6 +258,8 @@ fn test() -> Result<()> {
         "export",
         "--test",
         "report",
+        "--test",
+        "k8s",
         "--",
         "--test-threads=1",
     ]))

@@ -1,0 +1,103 @@
+"""Offline check of deploy/kubernetes: every manifest deserialises into the Kubernetes API
+models of the official Python client (unknown or mistyped fields and missing required fields
+fail), and the DaemonSet keeps the properties the README promises. Run by `cargo xtask test`.
+"""
+
+import json
+import pathlib
+import sys
+
+import kubernetes
+import yaml
+
+HERE = pathlib.Path(__file__).parent / "kubernetes"
+MODELS = {
+    ("v1", "Namespace"): "V1Namespace",
+    ("v1", "ServiceAccount"): "V1ServiceAccount",
+    ("apps/v1", "DaemonSet"): "V1DaemonSet",
+}
+CAPABILITIES = {"BPF", "PERFMON", "NET_ADMIN", "SYS_RESOURCE", "SYS_PTRACE"}
+
+failures = []
+
+
+def check(condition, what):
+    if not condition:
+        failures.append(what)
+
+
+def strict(obj, model):
+    """Deserialise, then reject fields the model does not know (the client ignores them)."""
+    client = kubernetes.client.ApiClient()
+    # The client's own model deserialiser (the public wrapper's signature varies by version).
+    value = client._ApiClient__deserialize(json.loads(json.dumps(obj)), model)
+    round_trip = client.sanitize_for_serialization(value)
+
+    def unknown(original, parsed, path):
+        if isinstance(original, dict):
+            for key, item in original.items():
+                if not isinstance(parsed, dict) or key not in parsed:
+                    failures.append(f"{path}.{key}: not a field of the API")
+                else:
+                    unknown(item, parsed[key], f"{path}.{key}")
+        elif isinstance(original, list):
+            for i, item in enumerate(original):
+                unknown(item, parsed[i] if isinstance(parsed, list) and i < len(parsed) else None, f"{path}[{i}]")
+
+    unknown(obj, round_trip, model)
+    return value
+
+
+kustomization = yaml.safe_load((HERE / "kustomization.yaml").read_text())
+config = {}
+for generator in kustomization.get("configMapGenerator", []):
+    for literal in generator.get("literals", []):
+        key, value = literal.split("=", 1)
+        config[key] = value
+check({"ports", "nat-idle", "trace-max-size", "trace-keep"} <= set(config), "kustomization sets ports, NAT profile and trace limits")
+
+daemonset = None
+for name in kustomization["resources"]:
+    for doc in yaml.safe_load_all((HERE / name).read_text()):
+        model = MODELS.get((doc["apiVersion"], doc["kind"]))
+        check(model is not None, f"{name}: unexpected {doc['apiVersion']} {doc['kind']}")
+        if model:
+            value = strict(doc, model)
+            if doc["kind"] == "DaemonSet":
+                daemonset = value
+
+check(daemonset is not None, "a DaemonSet")
+if daemonset:
+    pod = daemonset.spec.template.spec
+    check(pod.host_pid is True, "hostPID for process attribution")
+    check(pod.automount_service_account_token is False, "no API token mounted")
+    check(pod.termination_grace_period_seconds >= 15, "grace period to drain")
+    check(any(t.operator == "Exists" for t in pod.tolerations or []), "tolerates every taint")
+    annotations = daemonset.spec.template.metadata.annotations or {}
+    check(annotations.get("prometheus.io/scrape") == "true", "scrape annotations")
+    (container,) = pod.containers
+    security = container.security_context
+    check(security.privileged is False, "not privileged")
+    check(set(security.capabilities.add) == CAPABILITIES, f"capabilities {CAPABILITIES}")
+    check(security.capabilities.drop == ["ALL"], "drops all other capabilities")
+    check(container.resources.limits and container.resources.requests, "requests and limits")
+    check(container.liveness_probe.http_get.path == "/healthz", "liveness on /healthz")
+    check(container.readiness_probe.http_get.path == "/healthz", "readiness on /healthz")
+    env = {e.name: e for e in container.env}
+    check(env["NODE_NAME"].value_from.field_ref.field_path == "spec.nodeName", "NODE_NAME from the downward API")
+    mounts = {m.mount_path: m for m in container.volume_mounts}
+    for path in ["/sys/kernel/btf", "/sys/fs/cgroup", "/host/proc", "/host/var/log/pods"]:
+        check(path in mounts and mounts[path].read_only, f"{path} mounted read-only")
+    check("/var/lib/shuffletrace" in mounts, "trace directory mounted")
+    args = container.args
+    check(args[args.index("--host-root") + 1] == "/host", "--host-root /host")
+    check(args[args.index("--trace-dir") + 1] == "/var/lib/shuffletrace", "traces on the hostPath")
+    check("--metrics-addr" in args, "metrics served")
+    for var in ["SHUFFLETRACE_PORTS", "SHUFFLETRACE_NAT_IDLE", "SHUFFLETRACE_TRACE_MAX_SIZE", "SHUFFLETRACE_TRACE_KEEP"]:
+        check(f"$({var})" in args and var in env, f"{var} from the config map")
+
+if failures:
+    for failure in failures:
+        print(f"manifest check: {failure}", file=sys.stderr)
+    sys.exit(1)
+print(f"manifest check: {len(kustomization['resources'])} manifests valid, DaemonSet policy ok")
