@@ -8,6 +8,8 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+
+mod bench;
 use clap::{Parser, Subcommand};
 
 /// The bpf-linker release known to build against the nightly toolchain's LLVM here.
@@ -37,6 +39,9 @@ enum Task {
     /// Setup, then: cargo fmt --check, clippy -D warnings, unit tests, and the root
     /// integration tests (network namespaces, real traffic, the real binary).
     Test,
+    /// Setup, build, then measure overhead against untraced runs and bpftrace (root):
+    /// connection churn, refused connects, bulk throughput, start-up and memory.
+    Bench,
 }
 
 fn main() -> ExitCode {
@@ -46,6 +51,10 @@ fn main() -> ExitCode {
         Task::Build => setup().and_then(|()| build()),
         Task::Run { args } => setup().and_then(|()| build()).and_then(|()| run(&args)),
         Task::Test => setup().and_then(|()| test()),
+        Task::Bench => setup()
+            .and_then(|()| build())
+            .and_then(|()| run_checked(cargo().args(["build", "--release", "--package", "stload"])))
+            .and_then(|()| bench::run()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,436 @@
+//! `cargo xtask bench`: shuffletrace's overhead, measured the way eBPF tools are judged:
+//! against a peer (bpftrace on the same tracepoints, printing the same fields), in one run,
+//! with interleaved rounds (A B A B ...) and medians, because these machines are noisy.
+//! Writes a table to stdout and the figures to target/bench/latest.json.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+const WATCHED: u16 = 7337;
+const UNWATCHED: u16 = 17337;
+const ROUNDS: usize = 3;
+const CHURN: u64 = 40_000;
+const REFUSED: u64 = 100_000;
+
+/// The peer: bpftrace printing the same fields for the same tracepoints, watched port only.
+const BPFTRACE_SCRIPT: &str = r#"
+tracepoint:sock:inet_sock_set_state /args->protocol == 6 && (args->sport == 7337 || args->dport == 7337)/ {
+  printf("state %d %d %s:%d %s:%d %d %d %s\n", args->oldstate, args->newstate,
+    ntop(args->saddr), args->sport, ntop(args->daddr), args->dport, pid, uid, comm);
+}
+tracepoint:tcp:tcp_retransmit_skb /args->sport == 7337 || args->dport == 7337/ {
+  printf("retransmit %d %s:%d %s:%d\n", args->state, ntop(args->saddr), args->sport, ntop(args->daddr), args->dport);
+}
+tracepoint:tcp:tcp_receive_reset /args->sport == 7337 || args->dport == 7337/ {
+  printf("reset_received %s:%d %s:%d %llu\n", ntop(args->saddr), args->sport, ntop(args->daddr), args->dport, args->sock_cookie);
+}
+tracepoint:tcp:tcp_send_reset {
+  printf("reset_sent %d %d\n", args->state, args->reason);
+}
+"#;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n == 0 {
+        return 0.0;
+    }
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+/// Runs stload and returns its `rate`.
+fn stload(args: &[String]) -> Result<f64> {
+    let mut child = Command::new(root().join("target/release/stload"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running stload")?;
+    // Bounded: a stuck load run fails the bench instead of hanging it.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("stload {args:?} did not finish in 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output()?;
+    if !output.status.success() {
+        bail!(
+            "stload {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.split_whitespace()
+        .find_map(|w| w.strip_prefix("rate="))
+        .and_then(|r| r.parse().ok())
+        .context("stload printed no rate")
+}
+
+/// A tracer running in the background, with its output in a file.
+struct Tracer {
+    child: Child,
+    output: PathBuf,
+    started: Duration,
+}
+
+fn clock_ticks(pid: u32) -> u64 {
+    // utime + stime, fields 14 and 15 of /proc/<pid>/stat (after the comm in parentheses).
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1.to_owned();
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0)
+}
+
+fn status_kib(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+impl Tracer {
+    /// Starts `command` and waits until the line that says it is attached.
+    fn start(mut command: Command, ready: &str, name: &str) -> Result<Self> {
+        let output = root().join(format!("target/bench/{name}.out"));
+        let started = Instant::now();
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        let stdout = child.stdout.take().unwrap();
+        // Wait for the attached line on a thread, so a tracer that never says it is bounded.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let ready = ready.to_owned();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            loop {
+                line.clear();
+                match reader.read_line(&mut line) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) if line.contains(&ready) => {
+                        let _ = tx.send(reader);
+                        return;
+                    }
+                    Ok(_) => {}
+                }
+            }
+        });
+        let Ok(mut reader) = rx.recv_timeout(Duration::from_secs(60)) else {
+            let _ = child.kill();
+            bail!("{name} did not attach within 60 s");
+        };
+        let attached = started.elapsed();
+        // Keep draining its output into a file, as a log collector would.
+        let mut file = std::fs::File::create(&output)?;
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut reader, &mut file);
+        });
+        Ok(Self {
+            child,
+            output,
+            started: attached,
+        })
+    }
+
+    fn shuffletrace(extra: &[&str]) -> Result<Self> {
+        let mut command = Command::new(root().join("target/release/shuffletrace"));
+        command
+            .args(["--format", "json", "--ports", &WATCHED.to_string()])
+            .args(extra);
+        Self::start(command, "\"type\":\"start\"", "shuffletrace")
+    }
+
+    fn bpftrace() -> Result<Self> {
+        let mut command = Command::new("bpftrace");
+        // Line-buffered: its "Attaching" line must reach us through the pipe.
+        command.args(["-B", "line", "-e", BPFTRACE_SCRIPT]);
+        Self::start(command, "Attaching", "bpftrace")
+    }
+
+    /// Stops it (SIGINT), returning its output and the CPU seconds it used.
+    fn stop(mut self) -> Result<(String, f64)> {
+        let ticks = clock_ticks(self.child.id());
+        // SAFETY: plain kill(2) on our child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        self.child.wait()?;
+        std::thread::sleep(Duration::from_millis(100));
+        let mut text = String::new();
+        std::fs::File::open(&self.output)?.read_to_string(&mut text)?;
+        // SAFETY: sysconf without side effects.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        Ok((text, ticks as f64 / hz))
+    }
+}
+
+/// events decoded and lost, from shuffletrace's last stats line.
+fn shuffletrace_delivery(output: &str) -> (u64, u64) {
+    output
+        .lines()
+        .rev()
+        .find(|l| l.contains("\"type\":\"stats\""))
+        .map(|l| {
+            let num = |key: &str| {
+                l.split(&format!("\"{key}\":"))
+                    .nth(1)
+                    .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0)
+            };
+            (num("events"), num("lost_events"))
+        })
+        .unwrap_or((0, 0))
+}
+
+/// events printed and lost, from bpftrace's output.
+fn bpftrace_delivery(output: &str) -> (u64, u64) {
+    let printed = output
+        .lines()
+        .filter(|l| !l.starts_with("Lost") && !l.is_empty())
+        .count() as u64;
+    let lost = output
+        .lines()
+        .filter_map(|l| l.strip_prefix("Lost "))
+        .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    (printed, lost)
+}
+
+#[derive(Default)]
+struct Row {
+    name: String,
+    untraced: f64,
+    shuffletrace: f64,
+    bpftrace: Option<f64>,
+}
+
+/// Interleaved rounds of one workload: untraced, shuffletrace, bpftrace (if available).
+fn compare(
+    name: &str,
+    load: &[String],
+    with_peer: bool,
+    delivery: &mut Vec<String>,
+) -> Result<Row> {
+    let (mut plain, mut traced, mut peer) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        plain.push(stload(load)?);
+        let tracer = Tracer::shuffletrace(&[])?;
+        traced.push(stload(load)?);
+        let (output, cpu) = tracer.stop()?;
+        let (events, lost) = shuffletrace_delivery(&output);
+        if round == 0 {
+            delivery.push(format!(
+                "{name}: shuffletrace decoded {events} events, lost {lost}, collector CPU {cpu:.2} s ({:.2} s per million events)",
+                if events > 0 { cpu * 1e6 / events as f64 } else { 0.0 }
+            ));
+        }
+        if with_peer {
+            let tracer = Tracer::bpftrace()?;
+            peer.push(stload(load)?);
+            let (output, cpu) = tracer.stop()?;
+            if round == 0 {
+                let (printed, lost) = bpftrace_delivery(&output);
+                delivery.push(format!(
+                    "{name}: bpftrace printed {printed} events, lost {lost}, CPU {cpu:.2} s"
+                ));
+            }
+        }
+    }
+    Ok(Row {
+        name: name.to_owned(),
+        untraced: median(&mut plain),
+        shuffletrace: median(&mut traced),
+        bpftrace: with_peer.then(|| median(&mut peer)),
+    })
+}
+
+pub fn run() -> Result<()> {
+    std::fs::create_dir_all(root().join("target/bench"))?;
+    let peer = which_bpftrace();
+    if !peer {
+        eprintln!("xtask bench: bpftrace not available; comparing with untraced only");
+    }
+    let mut delivery = Vec::new();
+    let churn = |port: u16, count: u64| {
+        vec![
+            "churn".to_owned(),
+            port.to_string(),
+            count.to_string(),
+            "2".to_owned(),
+        ]
+    };
+    let refused = vec![
+        "refused".to_owned(),
+        WATCHED.to_string(),
+        REFUSED.to_string(),
+        "2".to_owned(),
+    ];
+    let rows = vec![
+        compare(
+            "churn, watched port (conn/s)",
+            &churn(WATCHED, CHURN),
+            peer,
+            &mut delivery,
+        )?,
+        compare(
+            "churn, unwatched port (conn/s)",
+            &churn(UNWATCHED, CHURN),
+            peer,
+            &mut delivery,
+        )?,
+        compare(
+            "refused connects, watched (conn/s)",
+            &refused,
+            peer,
+            &mut delivery,
+        )?,
+        compare(
+            "bulk, watched port (MB/s)",
+            &["bulk".into(), WATCHED.to_string(), "3".into()],
+            false,
+            &mut delivery,
+        )?,
+        compare(
+            "bulk, unwatched port (MB/s)",
+            &["bulk".into(), UNWATCHED.to_string(), "3".into()],
+            false,
+            &mut delivery,
+        )?,
+    ];
+
+    // Start-up: launch to attached.
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let tracer = Tracer::shuffletrace(&[])?;
+        ours.push(tracer.started.as_secs_f64());
+        tracer.stop()?;
+        if peer {
+            let tracer = Tracer::bpftrace()?;
+            theirs.push(tracer.started.as_secs_f64());
+            tracer.stop()?;
+        }
+    }
+    let startup = (median(&mut ours), peer.then(|| median(&mut theirs)));
+
+    // Memory: 100,000 concurrent watched flows, then after they close.
+    let tracer = Tracer::shuffletrace(&["--max-flows", "262144", "--findings-only"])?;
+    let pid = tracer.child.id();
+    let hold = Command::new(root().join("target/release/stload"))
+        .args(["hold", &WATCHED.to_string(), "100000", "4"])
+        .output()?;
+    if !hold.status.success() {
+        bail!(
+            "stload hold failed: {}",
+            String::from_utf8_lossy(&hold.stderr)
+        );
+    }
+    let peak_kib = status_kib(pid, "VmHWM:");
+    std::thread::sleep(Duration::from_secs(8));
+    let steady_kib = status_kib(pid, "VmRSS:");
+    let (output, _) = tracer.stop()?;
+    let (events, lost) = shuffletrace_delivery(&output);
+
+    println!(
+        "\n{:<40} {:>12} {:>14} {:>8} {:>12} {:>8}",
+        "workload", "untraced", "shuffletrace", "ratio", "bpftrace", "ratio"
+    );
+    for row in &rows {
+        let peer_cells = match row.bpftrace {
+            Some(p) => format!("{p:>12.0} {:>8.2}", p / row.untraced),
+            None => format!("{:>12} {:>8}", "-", "-"),
+        };
+        println!(
+            "{:<40} {:>12.0} {:>14.0} {:>8.2} {peer_cells}",
+            row.name,
+            row.untraced,
+            row.shuffletrace,
+            row.shuffletrace / row.untraced
+        );
+    }
+    println!(
+        "\nstart-up to attached: shuffletrace {:.3} s{}",
+        startup.0,
+        startup
+            .1
+            .map(|s| format!(", bpftrace {s:.3} s"))
+            .unwrap_or_default()
+    );
+    println!(
+        "memory with 100,000 concurrent watched flows: peak RSS {:.1} MiB, {:.1} MiB after they closed ({events} events, {lost} lost)",
+        peak_kib as f64 / 1024.0,
+        steady_kib as f64 / 1024.0
+    );
+    for line in &delivery {
+        println!("{line}");
+    }
+
+    let json = format!(
+        "{{\n  \"rows\": [{}],\n  \"startup_s\": {{\"shuffletrace\": {:.4}, \"bpftrace\": {}}},\n  \"memory_100k_flows_mib\": {{\"peak\": {:.1}, \"after_close\": {:.1}}},\n  \"delivery\": [{}]\n}}\n",
+        rows.iter()
+            .map(|r| format!(
+                "\n    {{\"workload\": \"{}\", \"untraced\": {:.1}, \"shuffletrace\": {:.1}, \"ratio\": {:.3}, \"bpftrace\": {}, \"bpftrace_ratio\": {}}}",
+                r.name,
+                r.untraced,
+                r.shuffletrace,
+                r.shuffletrace / r.untraced,
+                r.bpftrace.map_or("null".into(), |p| format!("{p:.1}")),
+                r.bpftrace.map_or("null".into(), |p| format!("{:.3}", p / r.untraced))
+            ))
+            .collect::<Vec<_>>()
+            .join(","),
+        startup.0,
+        startup.1.map_or("null".into(), |s| format!("{s:.4}")),
+        peak_kib as f64 / 1024.0,
+        steady_kib as f64 / 1024.0,
+        delivery.iter().map(|d| format!("\n    {:?}", d)).collect::<Vec<_>>().join(",")
+    );
+    std::fs::write(root().join("target/bench/latest.json"), json)?;
+    println!("\nfigures in target/bench/latest.json");
+    Ok(())
+}
+
+fn which_bpftrace() -> bool {
+    let works = || {
+        Command::new("bpftrace")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if works() {
+        return true;
+    }
+    let _ = Command::new("apt-get").arg("update").status();
+    let _ = Command::new("apt-get")
+        .args(["install", "-y", "bpftrace"])
+        .status();
+    works()
+}
