@@ -260,3 +260,112 @@ fn missing_privilege_is_explained() {
         "{stderr}"
     );
 }
+
+/// A clean connection that carries no data is summarised in the kernel: no per-state-change
+/// events, one summary each, counted exactly per server port and side. A connection that
+/// carries data is reported event by event, with the state changes recorded while it was
+/// quiet sent first, in order, with their own times.
+#[test]
+fn clean_connections_are_summarised_exactly() {
+    const CLEAN: usize = 300;
+    let topo = Topology::new();
+    let server_addr = SocketAddr::new(topo.server_v4, 7337);
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let tracer = Tracer::start("7337");
+    let server = topo.server.run("st-shuffle", move || {
+        let listener = TcpListener::bind(server_addr).expect("bind 7337");
+        ready_tx.send(()).unwrap();
+        // The server closes first, then the client reads the FIN and closes: clean.
+        for _ in 0..CLEAN {
+            drop(listener.accept().expect("accept"));
+        }
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut buf = [0u8; 4];
+        conn.read_exact(&mut buf).unwrap();
+    });
+    ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let talker = topo
+        .client
+        .run("st-client", move || {
+            for _ in 0..CLEAN {
+                let mut stream = connect(server_addr).expect("connect to 7337");
+                let mut byte = [0u8; 1];
+                assert_eq!(stream.read(&mut byte).unwrap(), 0);
+            }
+            let mut stream = connect(server_addr).expect("connect to 7337");
+            stream.write_all(b"ping").unwrap();
+            let local = stream.local_addr().unwrap();
+            let mut rest = Vec::new();
+            stream.read_to_end(&mut rest).unwrap();
+            local
+        })
+        .join()
+        .unwrap();
+    server.join().unwrap();
+    settle();
+    let lines = tracer.stop();
+    let ctx = || dump(&lines);
+    let stats = lines
+        .iter()
+        .rev()
+        .find(|v| v["type"] == "stats")
+        .unwrap_or_else(|| panic!("no stats line: {}", ctx()));
+    let row = |side: &str| {
+        stats["clean_flows_by_port"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["port"] == 7337 && r["side"] == side)
+            .map(|r| r["count"].as_u64().unwrap())
+            .unwrap_or(0)
+    };
+    assert_eq!(row("client"), CLEAN as u64, "{}", ctx());
+    assert_eq!(row("server"), CLEAN as u64, "{}", ctx());
+    assert_eq!(stats["clean_flows"], 2 * CLEAN as u64, "{}", ctx());
+    assert_eq!(stats["lost_events"], 0, "{}", ctx());
+    // Only the listener and the talking connection's flows (client and server side) have
+    // events.
+    let flows: std::collections::BTreeSet<String> = events(&lines, "state_change")
+        .iter()
+        .filter(|v| v["old_state"] != "LISTEN" && v["new_state"] != "LISTEN")
+        .map(|v| v["cookie"].to_string())
+        .collect();
+    assert_eq!(
+        flows.len(),
+        2,
+        "events only for the talking flow: {}",
+        ctx()
+    );
+    // Its client side in order: connect, established (both recorded while quiet), then the
+    // close that followed the data.
+    let client: Vec<(&str, &str, &str)> = events(&lines, "state_change")
+        .into_iter()
+        .filter(|v| v["src"] == talker.to_string().as_str())
+        .map(|v| {
+            (
+                v["old_state"].as_str().unwrap(),
+                v["new_state"].as_str().unwrap(),
+                v["ts"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(client.len() >= 3, "{}", ctx());
+    assert_eq!(
+        (client[0].0, client[0].1),
+        ("CLOSE", "SYN_SENT"),
+        "{}",
+        ctx()
+    );
+    assert_eq!(
+        (client[1].0, client[1].1),
+        ("SYN_SENT", "ESTABLISHED"),
+        "{}",
+        ctx()
+    );
+    assert_eq!(client.last().unwrap().1, "CLOSE", "{}", ctx());
+    assert!(
+        client.windows(2).all(|w| w[0].2 <= w[1].2),
+        "in time order: {}",
+        ctx()
+    );
+}

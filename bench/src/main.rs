@@ -87,24 +87,6 @@ fn stop_server(addr: SocketAddr, stop: &AtomicBool, server: thread::JoinHandle<(
     server.join().unwrap();
 }
 
-fn linger_zero(stream: &TcpStream) {
-    use std::os::fd::AsRawFd as _;
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: valid socket and option struct.
-    unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const linger).cast(),
-            size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-}
-
 fn raise_nofile() {
     let limit = libc::rlimit {
         rlim_cur: 1 << 20,
@@ -152,9 +134,11 @@ fn main() {
             let took = parallel(count, threads.max(1), move || {
                 let result = TcpStream::connect(addr);
                 assert_eq!(result.is_ok(), open, "connect to {addr}: {result:?}");
-                if let Ok(stream) = result {
-                    // Abortive close avoids TIME_WAIT exhausting ephemeral ports.
-                    linger_zero(&stream);
+                if let Ok(mut stream) = result {
+                    // A clean close: the server closes first (its side keeps the TIME_WAIT,
+                    // so client ports are free at once); we read its FIN, then close.
+                    let mut byte = [0u8; 1];
+                    let _ = stream.read(&mut byte);
                 }
             });
             if let Some(server) = server {
@@ -202,7 +186,11 @@ fn main() {
             let mut held = Vec::with_capacity(count as usize);
             for i in 0..count {
                 let ip = Ipv4Addr::new(127, 0, 0, 2 + (i % 8) as u8);
-                held.push(TcpStream::connect((ip, port)).expect("connect"));
+                let mut stream = TcpStream::connect((ip, port)).expect("connect");
+                // A byte makes both ends flows the collector tracks (a flow that never carries
+                // data stays in the kernel; see the README).
+                stream.write_all(b"x").expect("write");
+                held.push(stream);
             }
             println!(
                 "ops={count} seconds={:.3} rate=0",

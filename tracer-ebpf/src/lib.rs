@@ -21,6 +21,11 @@ pub mod kind {
     /// [`payload_class`](crate::payload_class), flag [`RECEIVED`](crate::flag::RECEIVED) the
     /// direction. Only the class leaves the kernel, never payload bytes.
     pub const FIRST_PAYLOAD: u8 = 7;
+    /// A quiet flow closed cleanly: its one record, sent instead of its state changes (see
+    /// [`FlowSlot`](crate::FlowSlot)). `old_state` is the state it opened in (`SYN_SENT` or
+    /// `SYN_RECV`), `detail` its lifetime in milliseconds, flag
+    /// [`ESTABLISHED_REACHED`](crate::flag::ESTABLISHED_REACHED) whether it got that far.
+    pub const FLOW_SUMMARY: u8 = 8;
 }
 
 /// What the first bytes of a flow's first data segment in one direction look like.
@@ -137,6 +142,11 @@ pub mod flag {
     pub const SOFT_ERROR: u16 = 1 << 3;
     /// `FIRST_PAYLOAD`: the segment was received (else sent).
     pub const RECEIVED: u16 = 1 << 4;
+    /// `FLOW_SUMMARY`: the flow reached ESTABLISHED.
+    pub const ESTABLISHED_REACHED: u16 = 1 << 5;
+    /// A state change recorded while the flow was quiet, sent later when it stopped being
+    /// quiet: `ts_ns` is when it happened, not when it was sent.
+    pub const DEFERRED: u16 = 1 << 6;
 }
 
 /// Indexes of the per-CPU loss and overflow counters (`COUNTERS` map).
@@ -279,6 +289,33 @@ pub struct SockOwner {
     pub comm: [u8; 16],
 }
 
+/// What the kernel keeps per watched flow (socket cookie -> `FlowSlot`, created at
+/// connect()/accept, removed at TCP_CLOSE): its owner and, while the flow is *quiet*, the
+/// state changes not yet sent. A flow is quiet until something userspace must see happens
+/// (a retransmit, reset, error, its first data, or a close that is not clean); then the
+/// recorded state changes are sent first, in order and with their own times, and the flow
+/// is reported like any other from then on. A quiet flow that closes cleanly costs one
+/// `FLOW_SUMMARY` record instead of a record per state change.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowSlot {
+    pub owner: SockOwner,
+    pub netns: u32,
+    /// Non-zero once the flow's state changes are sent as they happen.
+    pub shipped: u8,
+    /// The opening transition (CLOSE -> SYN_SENT, or -> SYN_RECV for an accepted socket).
+    pub opened_old: u8,
+    pub opened_new: u8,
+    /// The latest transition after ESTABLISHED while quiet (0/0: none).
+    pub latest_old: u8,
+    pub latest_new: u8,
+    pub _pad: [u8; 7],
+    pub opened_ns: u64,
+    /// When it reached ESTABLISHED (0: not yet).
+    pub established_ns: u64,
+    pub latest_ns: u64,
+}
+
 /// Key of the listener-owner table: a listening port in one network namespace.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -348,6 +385,7 @@ pub struct KernelOffsets {
 // The ring-buffer record size is part of the contract with the decoder; keep it 8-aligned.
 const _: () = assert!(size_of::<FlowEvent>() == 120);
 const _: () = assert!(size_of::<SockOwner>() == 40);
+const _: () = assert!(size_of::<FlowSlot>() == 80);
 
 #[cfg(feature = "user")]
 mod user {

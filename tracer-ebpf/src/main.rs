@@ -12,7 +12,6 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    EbpfContext,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_uid_gid, bpf_get_socket_cookie, bpf_ktime_get_boot_ns,
@@ -22,16 +21,16 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, SkBuffContext},
 };
-use aya_log_ebpf::warn;
 use tracer_ebpf::{
-    AF_INET, AF_INET6, FlowActivity, FlowEvent, Keepalive, KernelOffsets, ListenerKey, SockOwner,
-    counter, flag, kind, payload_class, tcp_state,
+    AF_INET, AF_INET6, FlowActivity, FlowEvent, FlowSlot, Keepalive, KernelOffsets, ListenerKey,
+    SockOwner, counter, flag, kind, payload_class, tcp_state,
 };
 
 const IPPROTO_TCP: u16 = 6;
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
+const BPF_NOEXIST: u64 = 1;
 
 /// Field offsets from the running kernel's BTF; written by userspace before load (rodata, so
 /// the verifier sees constants and prunes branches for features this kernel lacks).
@@ -56,10 +55,11 @@ static WATCHED_PORTS: Array<u8> = Array::with_max_entries(65536, 0);
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 
-/// Socket cookie -> owning process. Inserted at connect()/accept, removed at TCP_CLOSE.
-/// Bounded; a full table is counted (OWNER_TABLE_FULL). Userspace may resize it at load.
+/// Socket cookie -> the flow's owner and quiet-flow record (see `tracer_ebpf::FlowSlot`).
+/// Inserted at connect()/accept, removed at TCP_CLOSE. Bounded; a full table is counted
+/// (OWNER_TABLE_FULL) and such flows are sent event by event. Userspace sizes it at load.
 #[map]
-static OWNERS: HashMap<u64, SockOwner> = HashMap::with_max_entries(131072, 0);
+static FLOWS: HashMap<u64, FlowSlot> = HashMap::with_max_entries(131072, 0);
 
 /// (netns, port) of a watched listener -> the process that called listen(): attribution for
 /// sockets it accepts, which are created in softirq context.
@@ -76,9 +76,9 @@ static PEER_TTL: LruHashMap<[u8; 16], u8> = LruHashMap::with_max_entries(16384, 
 #[map]
 static RST_TTL: LruHashMap<u64, u8> = LruHashMap::with_max_entries(4096, 0);
 
-/// Socket cookie -> activity of a watched established flow (idle tracking). Inserted at
-/// ESTABLISHED, removed at CLOSE; the cgroup_skb programs only update existing entries.
-/// Bounded like OWNERS; a full table is counted (ACTIVITY_TABLE_FULL).
+/// Socket cookie -> activity of a watched flow (idle tracking, payload classes). Inserted by
+/// the cgroup_skb programs at the flow's first data segment, removed at TCP_CLOSE.
+/// Bounded like FLOWS; a full table is counted (ACTIVITY_TABLE_FULL).
 #[map]
 static ACTIVITY: HashMap<u64, FlowActivity> = HashMap::with_max_entries(131072, 0);
 
@@ -127,26 +127,36 @@ struct Tuple {
     remote_addr: [u8; 16],
 }
 
-/// Family and ports: the cheap part, enough to decide whether the flow is watched.
+/// Ports, then family: the cheap part, enough to decide whether the flow is watched. The
+/// port pair comes first: for unwatched traffic (most of it) that read and two array
+/// lookups are all it costs.
 #[inline(always)]
 fn read_ports(sk: *const u8) -> Option<Tuple> {
+    // skc_dport (network order) then skc_num (host order), read as one little-endian u32.
+    let portpair: u32 = read(sk, offset!(skc_portpair))?;
+    let remote_port = u16::from_be(portpair as u16);
+    let mut local_port = (portpair >> 16) as u16;
+    if !is_watched(remote_port) {
+        if local_port == 0 {
+            // The kernel clears skc_num when a socket enters CLOSE (before the tracepoint,
+            // and before the RST or error that follows); inet_sport still holds the port.
+            // Only full sockets get here: request and time-wait sockets keep skc_num.
+            local_port = read::<u16>(sk, offset!(inet_sport)).map_or(0, u16::from_be);
+        }
+        if !is_watched(local_port) {
+            return None;
+        }
+    } else if local_port == 0 {
+        local_port = read::<u16>(sk, offset!(inet_sport)).map_or(0, u16::from_be);
+    }
     let family: u16 = read(sk, offset!(skc_family))?;
     if family != AF_INET && family != AF_INET6 {
         return None;
     }
-    // skc_dport (network order) then skc_num (host order), read as one little-endian u32.
-    let portpair: u32 = read(sk, offset!(skc_portpair))?;
-    let mut local_port = (portpair >> 16) as u16;
-    if local_port == 0 {
-        // The kernel clears skc_num when a socket enters CLOSE (before the tracepoint, and
-        // before the RST or error that follows); inet_sport still holds the port. Only full
-        // sockets get here: request and time-wait sockets keep skc_num.
-        local_port = read::<u16>(sk, offset!(inet_sport)).map_or(0, u16::from_be);
-    }
     Some(Tuple {
         family,
         local_port,
-        remote_port: u16::from_be(portpair as u16),
+        remote_port,
         local_addr: [0; 16],
         remote_addr: [0; 16],
     })
@@ -227,21 +237,25 @@ struct Record {
     flags: u16,
     ttl: u8,
     peer_ttl: u8,
+    /// When it happened; 0: now.
+    ts_ns: u64,
 }
 
-#[inline(always)]
-fn emit<C: EbpfContext>(ctx: &C, record: Record, tuple: &Tuple, owner: &SockOwner) {
+/// Not inlined: one copy per program keeps the programs' combined stack under the
+/// verifier's 512-byte limit (the quiet-flow path emits up to four records).
+#[inline(never)]
+fn emit(record: Record, tuple: &Tuple, owner: &SockOwner) {
+    // Losses are counted, and reported by userspace (no logging here: aya-log's code in
+    // every program multiplies the verifier's work, and start-up time with it).
     let Some(mut entry) = EVENTS.reserve::<FlowEvent>(0) else {
-        if count(counter::RINGBUF_FULL) {
-            warn!(ctx, "ring buffer full: events are being lost (counted)");
-        }
+        count(counter::RINGBUF_FULL);
         return;
     };
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
     let (idle_ms, gap_ms, resumed_ms) = idle_times(record.cookie, now);
     entry.write(FlowEvent {
-        ts_ns: now,
+        ts_ns: if record.ts_ns != 0 { record.ts_ns } else { now },
         cookie: record.cookie,
         cgroup_id: owner.cgroup_id,
         netns: record.netns,
@@ -280,9 +294,6 @@ fn emit<C: EbpfContext>(ctx: &C, record: Record, tuple: &Tuple, owner: &SockOwne
 #[inline(always)]
 fn watched_tuple(sk: *const u8) -> Option<Tuple> {
     let mut tuple = read_ports(sk)?;
-    if !is_watched(tuple.local_port) && !is_watched(tuple.remote_port) {
-        return None;
-    }
     if read_addrs(sk, &mut tuple).is_none() {
         count(counter::READ_FAILED);
         return None;
@@ -295,8 +306,8 @@ fn watched_tuple(sk: *const u8) -> Option<Tuple> {
 
 fn owner_of(cookie: u64) -> SockOwner {
     // SAFETY: the value is copied out at once.
-    match unsafe { OWNERS.get(&cookie) } {
-        Some(owner) => *owner,
+    match unsafe { FLOWS.get(&cookie) } {
+        Some(slot) => slot.owner,
         None => SockOwner::default(),
     }
 }
@@ -314,70 +325,57 @@ fn listener_owner(netns: u32, port: u16) -> SockOwner {
     }
 }
 
-fn remember_owner(ctx: &BtfTracePointContext, cookie: u64, owner: &SockOwner) {
-    if OWNERS.insert(&cookie, owner, 0).is_err() && count(counter::OWNER_TABLE_FULL) {
-        warn!(
-            ctx,
-            "socket owner table full: attribution lost (raise --max-flows)"
-        );
-    }
-}
-
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     let old_state: i32 = ctx.arg(1);
     let new_state: i32 = ctx.arg(2);
-    if ready() && is_tcp_sock(sk) {
-        on_state_change(&ctx, sk, old_state as u8, new_state as u8);
+    if ready() {
+        on_state_change(sk, old_state as u8, new_state as u8);
     }
     0
 }
 
 #[inline(always)]
-fn on_state_change(ctx: &BtfTracePointContext, sk: *const u8, old_state: u8, new_state: u8) {
-    let Some(tuple) = watched_tuple(sk) else {
+fn on_state_change(sk: *const u8, old_state: u8, new_state: u8) {
+    // Ports first (most sockets stop here), addresses only when something is sent.
+    let Some(mut tuple) = read_ports(sk) else {
         return;
     };
-    let netns = read_sock_netns(sk);
+    // Other protocols (SCTP, MPTCP subflows' parents) change state too; checked after the
+    // ports, which rule out most sockets more cheaply.
+    if !is_tcp_sock(sk) {
+        return;
+    }
     let cookie = cookie_of(sk);
-    let mut flags = 0;
-    let owner = if old_state == tcp_state::CLOSE && new_state == tcp_state::SYN_SENT {
-        // connect(): process context, the caller owns the socket.
-        let owner = current_owner(0);
-        remember_owner(ctx, cookie, &owner);
-        owner
-    } else if old_state == tcp_state::CLOSE && new_state == tcp_state::LISTEN {
-        // listen(): remember the server process for the sockets it will accept.
-        let owner = current_owner(0);
-        let key = ListenerKey {
-            netns,
-            port: tuple.local_port,
-            _pad: 0,
-        };
-        if LISTENERS.insert(&key, &owner, 0).is_err() && count(counter::LISTENER_TABLE_FULL) {
-            warn!(
-                ctx,
-                "listener table full: accepted sockets lose attribution"
-            );
-        }
-        owner
-    } else if new_state == tcp_state::SYN_RECV {
-        // A child socket cloned from a listener (softirq; reported as LISTEN -> SYN_RECV on
-        // current kernels, CLOSE -> SYN_RECV on older ones): inherit the listener's owner.
-        flags = flag::ACCEPTED;
-        let mut owner = listener_owner(netns, tuple.local_port);
-        if owner.flags & flag::OWNER_KNOWN != 0 {
+    if new_state == tcp_state::SYN_SENT || new_state == tcp_state::SYN_RECV {
+        let netns = read_sock_netns(sk);
+        let owner = if new_state == tcp_state::SYN_SENT {
+            // connect(): process context, the caller owns the socket.
+            current_owner(0)
+        } else {
+            // A child socket cloned from a listener (softirq; reported as LISTEN -> SYN_RECV
+            // on current kernels, CLOSE -> SYN_RECV on older ones): the listener's owner.
+            let mut owner = listener_owner(netns, tuple.local_port);
             owner.flags |= flag::ACCEPTED;
-            remember_owner(ctx, cookie, &owner);
-        }
-        owner
-    } else {
-        owner_of(cookie)
-    };
+            owner
+        };
+        let slot = FlowSlot {
+            owner,
+            netns,
+            opened_old: old_state,
+            opened_new: new_state,
+            // SAFETY: helper without arguments.
+            opened_ns: unsafe { bpf_ktime_get_boot_ns() },
+            ..Default::default()
+        };
+        open_flow(cookie, &slot, sk);
+        return;
+    }
     // The error that closes a socket is set before the CLOSE transition and before the owner
     // is woken; by the time inet_sk_error_report fires, a non-blocking connect()er may have
     // read and cleared it (getsockopt SO_ERROR). Read it here, where it is still there.
+    let mut flags = 0;
     let detail = if new_state == tcp_state::CLOSE {
         let (err, soft) = socket_error(sk);
         // A connect that ends after soft errors (ICMP) failed because of them.
@@ -392,20 +390,44 @@ fn on_state_change(ctx: &BtfTracePointContext, sk: *const u8, old_state: u8, new
     } else {
         0
     };
-    let record = Record {
+    let mut record = Record {
         kind: kind::STATE_CHANGE,
         cookie,
-        netns,
         old_state,
         new_state,
         detail,
         flags,
         ..Default::default()
     };
-    if new_state == tcp_state::ESTABLISHED {
-        track_activity(ctx, sk, cookie);
+    let quiet = note_quiet(cookie, &mut record);
+    if matches!(quiet, Quiet::Recorded) {
+        return;
     }
-    emit(ctx, record, &tuple, &owner);
+    if read_addrs(sk, &mut tuple).is_none() {
+        count(counter::READ_FAILED);
+        return;
+    }
+    let netns = read_sock_netns(sk);
+    record.netns = netns;
+    if matches!(quiet, Quiet::Ends) {
+        ship_quiet(cookie, &tuple);
+    }
+    let owner = if old_state == tcp_state::CLOSE && new_state == tcp_state::LISTEN {
+        // listen(): remember the server process for the sockets it will accept.
+        let owner = current_owner(0);
+        let key = ListenerKey {
+            netns,
+            port: tuple.local_port,
+            _pad: 0,
+        };
+        if LISTENERS.insert(&key, &owner, 0).is_err() {
+            count(counter::LISTENER_TABLE_FULL);
+        }
+        owner
+    } else {
+        owner_of(cookie)
+    };
+    emit(record, &tuple, &owner);
     if new_state == tcp_state::CLOSE {
         let _ = ACTIVITY.remove(&cookie);
         if old_state == tcp_state::LISTEN {
@@ -416,7 +438,135 @@ fn on_state_change(ctx: &BtfTracePointContext, sk: *const u8, old_state: u8, new
             };
             let _ = LISTENERS.remove(&key);
         }
-        let _ = OWNERS.remove(&cookie);
+        let _ = FLOWS.remove(&cookie);
+    }
+}
+
+/// Creates the flow's slot, quiet (nothing sent). Not inlined, like `track_activity`.
+#[inline(never)]
+fn open_flow(cookie: u64, slot: &FlowSlot, sk: *const u8) {
+    if FLOWS.insert(&cookie, slot, 0).is_ok() {
+        return;
+    }
+    count(counter::OWNER_TABLE_FULL);
+    // Without a slot the flow is reported event by event, starting now.
+    let Some(tuple) = watched_tuple(sk) else {
+        return;
+    };
+    let record = Record {
+        kind: kind::STATE_CHANGE,
+        cookie,
+        netns: slot.netns,
+        old_state: slot.opened_old,
+        new_state: slot.opened_new,
+        ..Default::default()
+    };
+    emit(record, &tuple, &slot.owner);
+}
+
+/// What a state change means for a quiet flow.
+enum Quiet {
+    /// Not quiet (already shipped, or no slot): send it.
+    No,
+    /// Recorded in the slot; nothing to send.
+    Recorded,
+    /// A clean close: `record` became the flow's summary; send it.
+    Summarised,
+    /// The flow stops being quiet: send what it recorded, then this change.
+    Ends,
+}
+
+/// Records a state change of a quiet flow, or turns a clean close into its summary.
+#[inline(always)]
+fn note_quiet(cookie: u64, record: &mut Record) -> Quiet {
+    let Some(slot) = FLOWS.get_ptr_mut(&cookie) else {
+        return Quiet::No;
+    };
+    // SAFETY: a live map value, written only by this flow's own events.
+    let slot = unsafe { &mut *slot };
+    if slot.shipped != 0 {
+        return Quiet::No;
+    }
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    match record.new_state {
+        tcp_state::ESTABLISHED if slot.established_ns == 0 => {
+            slot.established_ns = now;
+            Quiet::Recorded
+        }
+        // Clean: it was established and closes without an error.
+        tcp_state::CLOSE if record.detail == 0 && slot.established_ns != 0 => {
+            record.kind = kind::FLOW_SUMMARY;
+            record.old_state = slot.opened_new;
+            record.detail =
+                (now.saturating_sub(slot.opened_ns) / 1_000_000).min(i32::MAX as u64) as i32;
+            record.flags |= flag::ESTABLISHED_REACHED;
+            record.netns = slot.netns;
+            Quiet::Summarised
+        }
+        // A connect or handshake that ends without ESTABLISHED, or an error: not clean.
+        tcp_state::CLOSE => Quiet::Ends,
+        _ if slot.established_ns != 0 => {
+            slot.latest_old = record.old_state;
+            slot.latest_new = record.new_state;
+            slot.latest_ns = now;
+            Quiet::Recorded
+        }
+        _ => Quiet::Ends,
+    }
+}
+
+/// Sends what a quiet flow recorded (its opening, ESTABLISHED, its latest state change), each
+/// with the time it happened, and reports the flow event by event from now on. Called
+/// before the first event of a flow that userspace must see.
+#[inline(never)]
+fn ship_quiet(cookie: u64, tuple: &Tuple) {
+    let Some(slot) = FLOWS.get_ptr_mut(&cookie) else {
+        return;
+    };
+    // SAFETY: a live map value; the fields are copied out before anything else.
+    let slot = unsafe { &mut *slot };
+    if slot.shipped != 0 {
+        return;
+    }
+    slot.shipped = 1;
+    let recorded = &*slot;
+    let mut record = Record {
+        kind: kind::STATE_CHANGE,
+        cookie,
+        netns: recorded.netns,
+        old_state: recorded.opened_old,
+        new_state: recorded.opened_new,
+        flags: flag::DEFERRED,
+        ts_ns: recorded.opened_ns,
+        ..Default::default()
+    };
+    emit(record, tuple, &recorded.owner);
+    if recorded.established_ns != 0 {
+        record = Record {
+            kind: kind::STATE_CHANGE,
+            cookie,
+            netns: recorded.netns,
+            old_state: recorded.opened_new,
+            new_state: tcp_state::ESTABLISHED,
+            flags: flag::DEFERRED,
+            ts_ns: recorded.established_ns,
+            ..Default::default()
+        };
+        emit(record, tuple, &recorded.owner);
+    }
+    if recorded.latest_new != 0 {
+        record = Record {
+            kind: kind::STATE_CHANGE,
+            cookie,
+            netns: recorded.netns,
+            old_state: recorded.latest_old,
+            new_state: recorded.latest_new,
+            flags: flag::DEFERRED,
+            ts_ns: recorded.latest_ns,
+            ..Default::default()
+        };
+        emit(record, tuple, &recorded.owner);
     }
 }
 
@@ -466,42 +616,9 @@ fn read_keepalive(sk: *const u8) -> Keepalive {
     }
 }
 
-/// Starts idle tracking of an established watched flow. Not inlined: it keeps the state
-/// change program's register pressure down (the verifier rejects spills of clobbered
-/// registers that LLVM emits otherwise).
-#[inline(never)]
-fn track_activity(ctx: &BtfTracePointContext, sk: *const u8, cookie: u64) {
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
-    let activity = FlowActivity {
-        last_rx_ns: now,
-        last_tx_ns: now,
-        last_packet_ns: now,
-        gap_ns: 0,
-        resumed_ns: 0,
-        keepalive_ns: now,
-        keepalive: read_keepalive(sk),
-        tx_class: payload_class::NONE,
-        rx_class: payload_class::NONE,
-        _pad: [0; 6],
-    };
-    if ACTIVITY.insert(&cookie, &activity, 0).is_err() && count(counter::ACTIVITY_TABLE_FULL) {
-        warn!(
-            ctx,
-            "flow activity table full: idle tracking lost (raise --max-flows)"
-        );
-    }
-}
-
 /// Emits a non-state-change event for a full or minimal socket.
 #[inline(always)]
-fn emit_for_sock(
-    ctx: &BtfTracePointContext,
-    sk: *const u8,
-    event_kind: u8,
-    detail: i32,
-    flags: u16,
-) {
+fn emit_for_sock(sk: *const u8, event_kind: u8, detail: i32, flags: u16) {
     let Some(tuple) = watched_tuple(sk) else {
         return;
     };
@@ -529,7 +646,8 @@ fn emit_for_sock(
         flags,
         ..Default::default()
     };
-    emit(ctx, record, &tuple, &owner_of(cookie));
+    ship_quiet(cookie, &tuple);
+    emit(record, &tuple, &owner_of(cookie));
 }
 
 #[btf_tracepoint(function = "tcp_retransmit_skb")]
@@ -541,14 +659,15 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
         } else {
             0
         };
-        if err != 0 {
-            emit_for_sock(&ctx, sk, kind::RETRANSMIT, -err, 0);
+        // One call site: each inlined copy is verified again.
+        let (detail, flags) = if err != 0 {
+            (-err, 0)
         } else {
             // A SYN retried after an ICMP error carries that error: it is not a silent drop.
             let soft: i32 = read(sk, offset!(sk_err_soft)).unwrap_or(0);
-            let flags = if soft != 0 { flag::SOFT_ERROR } else { 0 };
-            emit_for_sock(&ctx, sk, kind::RETRANSMIT, soft, flags);
-        }
+            (soft, if soft != 0 { flag::SOFT_ERROR } else { 0 })
+        };
+        emit_for_sock(sk, kind::RETRANSMIT, detail, flags);
     }
     0
 }
@@ -557,7 +676,7 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
 pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
     if ready() {
         let sk: *const u8 = ctx.arg(0);
-        emit_for_sock(&ctx, sk, kind::RESET_RECEIVED, 0, 0);
+        emit_for_sock(sk, kind::RESET_RECEIVED, 0, 0);
     }
     0
 }
@@ -603,7 +722,7 @@ pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> i32 {
     if ready() && is_tcp_sock(sk) {
         let (err, soft) = socket_error(sk);
         let flags = if soft { flag::SOFT_ERROR } else { 0 };
-        emit_for_sock(&ctx, sk, kind::SOCKET_ERROR, err, flags);
+        emit_for_sock(sk, kind::SOCKET_ERROR, err, flags);
     }
     0
 }
@@ -630,7 +749,7 @@ pub fn tcp_retransmit_synack(ctx: BtfTracePointContext) -> i32 {
         flags: flag::ACCEPTED,
         ..Default::default()
     };
-    emit(&ctx, record, &tuple, &owner);
+    emit(record, &tuple, &owner);
     0
 }
 
@@ -646,7 +765,7 @@ pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
         0
     };
     if !sk.is_null() {
-        emit_for_sock(&ctx, sk, kind::RESET_SENT, reason, 0);
+        emit_for_sock(sk, kind::RESET_SENT, reason, 0);
         return 0;
     }
     // No socket (a segment to a port nobody listens on): the tuple comes from the packet that
@@ -663,7 +782,7 @@ pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
             flags: flag::NO_SOCKET,
             ..Default::default()
         };
-        emit(&ctx, record, &tuple, &SockOwner::default());
+        emit(record, &tuple, &SockOwner::default());
     }
     0
 }
@@ -752,43 +871,61 @@ struct Segment {
     v6: bool,
 }
 
+/// Reads a `T` at `offset` in the packet's linear data, bounds-checked the way the verifier
+/// wants for direct packet access (far cheaper than a `bpf_skb_load_bytes` call per field).
+/// `T` must be wider than one byte: LLVM rewrites a one-byte check into a form the verifier
+/// does not credit.
+#[inline(always)]
+fn packet_at<T>(start: usize, end: usize, offset: usize) -> Option<T> {
+    if start + offset + size_of::<T>() > end {
+        return None;
+    }
+    // SAFETY: inside [data, data_end), checked above.
+    Some(unsafe { ((start + offset) as *const T).read_unaligned() })
+}
+
+/// The shortest TCP segment over IPv4 (headers without options); an IPv6 one is longer.
+const MIN_TCP_V4: usize = 40;
+
+/// The IP and TCP headers of the packet (linear at the cgroup hooks: the IP header at
+/// `data`). Returns early, before touching anything else, for unwatched ports.
 #[inline(always)]
 fn parse_segment(ctx: &SkBuffContext) -> Option<Segment> {
-    let first: u8 = ctx.load(0).ok()?;
-    let (ttl, l4, l3_payload, source_addr, dest_addr, v6) = match first >> 4 {
-        4 => {
-            if ctx.load::<u8>(9).ok()? != IPPROTO_TCP as u8 {
-                return None;
-            }
-            let ihl = usize::from(first & 0x0f) * 4;
-            let total = u16::from_be(ctx.load::<u16>(2).ok()?);
-            (
-                ctx.load(8).ok()?,
-                ihl,
-                u32::from(total).saturating_sub(ihl as u32),
-                12,
-                16,
-                false,
-            )
-        }
-        6 => {
-            // Only a TCP header right after the fixed header (no extension headers).
-            if ctx.load::<u8>(6).ok()? != IPPROTO_TCP as u8 {
-                return None;
-            }
-            let payload = u16::from_be(ctx.load::<u16>(4).ok()?);
-            (ctx.load(7).ok()?, 40, u32::from(payload), 8, 24, true)
-        }
+    // SAFETY: reading the context's data pointers; the verifier checks every access after.
+    let (start, end) = unsafe {
+        (
+            (*ctx.skb.skb).data as usize,
+            (*ctx.skb.skb).data_end as usize,
+        )
+    };
+    // The fixed IPv4 header plus the TCP ports, in one checked read.
+    let v4: [u8; MIN_TCP_V4] = packet_at(start, end, 0)?;
+    let (l4, v6) = match v4[0] >> 4 {
+        4 if v4[9] == IPPROTO_TCP as u8 => (usize::from(v4[0] & 0x0f) * 4, false),
+        // Only a TCP header right after the fixed header (no extension headers).
+        6 if v4[6] == IPPROTO_TCP as u8 => (40, true),
         _ => return None,
     };
-    let ports: [u8; 4] = ctx.load(l4).ok()?;
-    let offset_flags: [u8; 2] = ctx.load(l4 + 12).ok()?;
-    let tcp_header = u32::from(offset_flags[0] >> 4) * 4;
+    // Ports, sequence numbers, data offset and flags.
+    let tcp: [u8; 14] = packet_at(start, end, l4)?;
+    let source_port = u16::from_be_bytes([tcp[0], tcp[1]]);
+    let dest_port = u16::from_be_bytes([tcp[2], tcp[3]]);
+    if !is_watched(source_port) && !is_watched(dest_port) {
+        return None;
+    }
+    let tcp_header = u32::from(tcp[12] >> 4) * 4;
+    let (ttl, l3_payload, source_addr, dest_addr) = if v6 {
+        // Payload length and hop limit.
+        (v4[7], u32::from(u16::from_be_bytes([v4[4], v4[5]])), 8, 24)
+    } else {
+        let total = u32::from(u16::from_be_bytes([v4[2], v4[3]]));
+        (v4[8], total.saturating_sub(l4 as u32), 12, 16)
+    };
     Some(Segment {
         ttl,
-        source_port: u16::from_be_bytes([ports[0], ports[1]]),
-        dest_port: u16::from_be_bytes([ports[2], ports[3]]),
-        flags: offset_flags[1],
+        source_port,
+        dest_port,
+        flags: tcp[13],
         payload: l3_payload.saturating_sub(tcp_header),
         payload_offset: l4 + tcp_header as usize,
         source_addr,
@@ -814,11 +951,65 @@ fn skb_cookie(ctx: &SkBuffContext) -> u64 {
     unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut c_void) }
 }
 
+/// Starts idle tracking of a watched flow at its first data segment (a flow that never
+/// carries data costs nothing here); the entry is removed at TCP_CLOSE. Not inlined: it keeps
+/// the programs' register pressure and stack down.
+#[inline(never)]
+fn start_activity(ctx: &SkBuffContext, cookie: u64) -> Option<()> {
+    // SAFETY: reading the skb's socket pointer from the program's own context.
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return None;
+    }
+    // SAFETY: the helper checks the socket type; NULL unless a full TCP socket (not a
+    // request or time-wait socket, which could never be removed at TCP_CLOSE).
+    let tp = unsafe { bpf_skc_to_tcp_sock(sk as *mut c_void) };
+    if tp.is_null() {
+        return None;
+    }
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let activity = FlowActivity {
+        last_rx_ns: now,
+        last_tx_ns: now,
+        last_packet_ns: now,
+        gap_ns: 0,
+        resumed_ns: 0,
+        keepalive_ns: now,
+        keepalive: read_keepalive(tp as *const u8),
+        tx_class: payload_class::NONE,
+        rx_class: payload_class::NONE,
+        _pad: [0; 6],
+    };
+    // BPF_NOEXIST: the other direction's program may have created it a moment ago.
+    if ACTIVITY.insert(&cookie, &activity, BPF_NOEXIST).is_err()
+        && unsafe { ACTIVITY.get(&cookie) }.is_none()
+    {
+        count(counter::ACTIVITY_TABLE_FULL);
+    }
+    Some(())
+}
+
 /// Records a segment in the flow's activity (data segments also as data); returns the
 /// record for further updates, None when the flow is not tracked.
 #[inline(always)]
-fn note_segment(cookie: u64, payload: u32, received: bool) -> Option<&'static mut FlowActivity> {
-    let activity = ACTIVITY.get_ptr_mut(&cookie)?;
+fn note_segment(
+    ctx: &SkBuffContext,
+    cookie: u64,
+    payload: u32,
+    received: bool,
+) -> Option<&'static mut FlowActivity> {
+    if cookie == 0 {
+        return None;
+    }
+    let activity = match ACTIVITY.get_ptr_mut(&cookie) {
+        Some(activity) => activity,
+        None if payload > 0 => {
+            start_activity(ctx, cookie)?;
+            ACTIVITY.get_ptr_mut(&cookie)?
+        }
+        None => return None,
+    };
     // SAFETY: a live map value; concurrent writers only store timestamps.
     let activity = unsafe { &mut *activity };
     // SAFETY: helper without arguments.
@@ -935,7 +1126,8 @@ fn emit_first_payload(
         // The netns is joined from the flow's other events in userspace.
         ..Default::default()
     };
-    emit(ctx, record, &tuple, &owner_of(cookie));
+    ship_quiet(cookie, &tuple);
+    emit(record, &tuple, &owner_of(cookie));
 }
 
 /// cgroup_skb ingress on the cgroup v2 root, watched ports only: remembers the TTL / hop
@@ -952,9 +1144,6 @@ pub fn ingress_ttl(ctx: SkBuffContext) -> i32 {
 #[inline(always)]
 fn observe_ingress(ctx: &SkBuffContext) -> Option<()> {
     let segment = parse_segment(ctx)?;
-    if !is_watched(segment.dest_port) && !is_watched(segment.source_port) {
-        return None;
-    }
     if segment.flags & TCP_FLAG_RST != 0 {
         let cookie = skb_cookie(ctx);
         if cookie != 0 {
@@ -970,7 +1159,7 @@ fn observe_ingress(ctx: &SkBuffContext) -> Option<()> {
         let _ = PEER_TTL.insert(&remote, &segment.ttl, 0);
     }
     let cookie = skb_cookie(ctx);
-    let activity = note_segment(cookie, segment.payload, true)?;
+    let activity = note_segment(ctx, cookie, segment.payload, true)?;
     if segment.payload > 0 && activity.rx_class == payload_class::NONE {
         activity.rx_class = classify_payload(ctx, &segment);
         emit_first_payload(ctx, &segment, cookie, activity.rx_class, true);
@@ -990,11 +1179,8 @@ pub fn egress_activity(ctx: SkBuffContext) -> i32 {
 #[inline(always)]
 fn observe_egress(ctx: &SkBuffContext) -> Option<()> {
     let segment = parse_segment(ctx)?;
-    if !is_watched(segment.source_port) && !is_watched(segment.dest_port) {
-        return None;
-    }
     let cookie = skb_cookie(ctx);
-    let activity = note_segment(cookie, segment.payload, false)?;
+    let activity = note_segment(ctx, cookie, segment.payload, false)?;
     if segment.payload > 0 && activity.tx_class == payload_class::NONE {
         activity.tx_class = classify_payload(ctx, &segment);
         emit_first_payload(ctx, &segment, cookie, activity.tx_class, false);

@@ -32,7 +32,8 @@ const KIND_ENUM64: u32 = 19;
 /// A member of a struct or union.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Member {
-    pub name: String,
+    /// Offset of the name in the string section (see `Btf::name`).
+    pub name: u32,
     pub type_id: u32,
     /// Offset from the start of the enclosing type, in bits.
     pub bit_offset: u32,
@@ -47,7 +48,8 @@ enum Type {
         members: Vec<Member>,
     },
     Enum {
-        values: Vec<(String, i64)>,
+        /// (name offset, value).
+        values: Vec<(u32, i64)>,
     },
     FuncProto {
         params: Vec<u32>,
@@ -69,10 +71,22 @@ enum Type {
     Other,
 }
 
-/// Parsed BTF types with a name index.
+/// Parsed BTF types with a name index. Names stay in the string section and are compared in
+/// place: copying the ~1M names of a kernel's BTF would dominate start-up.
 pub struct Btf {
     types: Vec<Type>,
-    by_name: HashMap<String, Vec<u32>>,
+    strings: Vec<u8>,
+    /// Type id -> name offset.
+    type_names: Vec<u32>,
+    /// Hash of a type name -> type ids with a name of that hash.
+    by_name: HashMap<u64, Vec<u32>>,
+}
+
+/// FNV-1a: a fast hash for the name index (its keys are checked against the names anyway).
+fn name_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// The location of a (possibly nested) member.
@@ -127,16 +141,9 @@ impl Btf {
         let strings = data
             .get(hdr_len + str_off..hdr_len + str_off + str_len)
             .context("BTF string section out of bounds")?;
-        let string_at = |off: u32| -> String {
-            let start = off as usize;
-            let rest = strings.get(start..).unwrap_or_default();
-            let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
-            String::from_utf8_lossy(&rest[..end]).into_owned()
-        };
-
         // Type id 0 is void.
         let mut types = vec![Type::Other];
-        let mut names = vec![String::new()];
+        let mut names = vec![0u32];
         let mut pos = hdr_len + type_off;
         let end = pos + type_len;
         if end > data.len() {
@@ -167,7 +174,7 @@ impl Btf {
                 KIND_STRUCT | KIND_UNION => {
                     let mut members = Vec::with_capacity(vlen);
                     for _ in 0..vlen {
-                        let name = string_at(reader.u32_at(pos)?);
+                        let name = reader.u32_at(pos)?;
                         let type_id = reader.u32_at(pos + 4)?;
                         let offset = reader.u32_at(pos + 8)?;
                         let (bit_offset, bitfield_size) = if kind_flag {
@@ -191,7 +198,7 @@ impl Btf {
                 KIND_ENUM => {
                     let mut values = Vec::with_capacity(vlen);
                     for _ in 0..vlen {
-                        let name = string_at(reader.u32_at(pos)?);
+                        let name = reader.u32_at(pos)?;
                         let raw = reader.u32_at(pos + 4)?;
                         let value = if kind_flag {
                             i64::from(raw as i32)
@@ -206,7 +213,7 @@ impl Btf {
                 KIND_ENUM64 => {
                     let mut values = Vec::with_capacity(vlen);
                     for _ in 0..vlen {
-                        let name = string_at(reader.u32_at(pos)?);
+                        let name = reader.u32_at(pos)?;
                         let lo = u64::from(reader.u32_at(pos + 4)?);
                         let hi = u64::from(reader.u32_at(pos + 8)?);
                         values.push((name, ((hi << 32) | lo) as i64));
@@ -239,16 +246,24 @@ impl Btf {
                 other => bail!("unknown BTF kind {other} at type {}", types.len()),
             };
             types.push(ty);
-            names.push(string_at(name_off));
+            names.push(name_off);
         }
 
-        let mut by_name: HashMap<String, Vec<u32>> = HashMap::new();
-        for (id, name) in names.iter().enumerate() {
-            if !name.is_empty() {
-                by_name.entry(name.clone()).or_default().push(id as u32);
+        let mut btf = Self {
+            types,
+            strings: strings.to_vec(),
+            type_names: names,
+            by_name: HashMap::new(),
+        };
+        let mut by_name: HashMap<u64, Vec<u32>> = HashMap::new();
+        for (id, &name) in btf.type_names.iter().enumerate() {
+            let bytes = btf.name_bytes(name);
+            if !bytes.is_empty() {
+                by_name.entry(name_hash(bytes)).or_default().push(id as u32);
             }
         }
-        Ok(Self { types, by_name })
+        btf.by_name = by_name;
+        Ok(btf)
     }
 
     fn ty(&self, id: u32) -> Option<&Type> {
@@ -266,10 +281,25 @@ impl Btf {
         id
     }
 
-    fn ids_named(&self, name: &str) -> &[u32] {
+    fn name_bytes(&self, offset: u32) -> &[u8] {
+        let rest = self.strings.get(offset as usize..).unwrap_or_default();
+        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+        &rest[..end]
+    }
+
+    fn name(&self, offset: u32) -> String {
+        String::from_utf8_lossy(self.name_bytes(offset)).into_owned()
+    }
+
+    fn ids_named(&self, name: &str) -> Vec<u32> {
         self.by_name
-            .get(name)
-            .map(Vec::as_slice)
+            .get(&name_hash(name.as_bytes()))
+            .map(|ids| {
+                ids.iter()
+                    .copied()
+                    .filter(|&id| self.name_bytes(self.type_names[id as usize]) == name.as_bytes())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -298,11 +328,14 @@ impl Btf {
             return None;
         };
         for member in members {
-            if member.name == name {
+            if self.name_bytes(member.name) == name.as_bytes() {
                 return Some((member.clone(), member.bit_offset));
             }
         }
-        for member in members.iter().filter(|m| m.name.is_empty()) {
+        for member in members
+            .iter()
+            .filter(|m| self.name_bytes(m.name).is_empty())
+        {
             if let Some((found, offset)) = self.find_member(member.type_id, name) {
                 return Some((found, member.bit_offset + offset));
             }
@@ -343,7 +376,12 @@ impl Btf {
         self.ids_named(name)
             .iter()
             .find_map(|&id| match self.ty(id) {
-                Some(Type::Enum { values }) => Some(values.clone()),
+                Some(Type::Enum { values }) => Some(
+                    values
+                        .iter()
+                        .map(|&(name, value)| (self.name(name), value))
+                        .collect(),
+                ),
                 _ => None,
             })
     }

@@ -17,6 +17,8 @@ pub enum EventKind {
     ResetReceived,
     SocketError,
     FirstPayload,
+    /// A quiet flow closed cleanly (its one record; see `tracer_ebpf::FlowSlot`).
+    FlowSummary,
 }
 
 impl EventKind {
@@ -29,6 +31,7 @@ impl EventKind {
             kind::RESET_RECEIVED => Self::ResetReceived,
             kind::SOCKET_ERROR => Self::SocketError,
             kind::FIRST_PAYLOAD => Self::FirstPayload,
+            kind::FLOW_SUMMARY => Self::FlowSummary,
             _ => return None,
         })
     }
@@ -43,6 +46,7 @@ impl EventKind {
             Self::ResetReceived => "reset_received",
             Self::SocketError => "socket_error",
             Self::FirstPayload => "first_payload",
+            Self::FlowSummary => "flow_summary",
         }
     }
 }

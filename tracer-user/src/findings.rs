@@ -292,7 +292,7 @@ impl Correlator {
             EventKind::StateChange if event.new_state == tcp_state::CLOSE && event.detail != 0 => {
                 self.socket_error(event, flow, out)
             }
-            EventKind::StateChange | EventKind::FirstPayload => {}
+            EventKind::StateChange | EventKind::FirstPayload | EventKind::FlowSummary => {}
         }
     }
 

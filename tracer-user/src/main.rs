@@ -21,6 +21,7 @@ mod remedies;
 mod report;
 mod session;
 mod sinks;
+mod summaries;
 mod trace;
 
 use std::{io::BufWriter, process::ExitCode, time::Duration};
@@ -81,7 +82,11 @@ fn main() -> ExitCode {
 /// Checks privileges and reads the kernel's BTF: what every tracing command needs first.
 pub fn prepare() -> Result<Btf> {
     probes::check_privileges()?;
-    Btf::from_kernel().map_err(|e| FatalError(format!("{e:#}")).into())
+    probes::read_kernel_btf();
+    let started = std::time::Instant::now();
+    let btf = Btf::from_kernel().map_err(|e| FatalError(format!("{e:#}")))?;
+    tracing::debug!("kernel BTF parsed in {:?}", started.elapsed());
+    Ok(btf)
 }
 
 pub fn runtime() -> Result<tokio::runtime::Runtime> {

@@ -30,6 +30,12 @@ struct FindingLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CleanFlowLabels {
+    port: u16,
+    side: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LossLabels {
     reason: &'static str,
 }
@@ -40,6 +46,7 @@ pub struct Metrics {
     registry: Arc<Registry>,
     events: Family<EventLabels, Counter>,
     findings: Family<FindingLabels, Counter>,
+    clean_flows: Family<CleanFlowLabels, Counter>,
     lost: Family<LossLabels, Counter>,
     flows: Gauge,
     evictions: Counter,
@@ -59,6 +66,13 @@ impl Metrics {
             "findings",
             "Finding occurrences, by kind and the server's port",
             findings.clone(),
+        );
+        let clean_flows = Family::<CleanFlowLabels, Counter>::default();
+        registry.register(
+            "clean_flows",
+            "Flows that opened and closed cleanly (one summary each, no events), by server \
+             port and this host's side",
+            clean_flows.clone(),
         );
         let lost = Family::<LossLabels, Counter>::default();
         registry.register(
@@ -88,6 +102,7 @@ impl Metrics {
             registry: Arc::new(registry),
             events,
             findings,
+            clean_flows,
             lost,
             flows,
             evictions,
@@ -105,6 +120,12 @@ impl Metrics {
         self.findings
             .get_or_create(&FindingLabels { kind, port })
             .inc_by(count);
+    }
+
+    pub fn clean_flow(&self, port: u16, side: &'static str) {
+        self.clean_flows
+            .get_or_create(&CleanFlowLabels { port, side })
+            .inc();
     }
 
     /// Adds what was lost since the last call, by reason.

@@ -15,6 +15,7 @@ use crate::{
     metrics::Metrics,
     probes::KernelCounters,
     sinks::{Output, Totals},
+    summaries::FlowSummaries,
 };
 
 /// The userspace half of the data path (events -> flows -> findings -> sinks), and its
@@ -23,6 +24,8 @@ pub struct Pipeline<W: Write> {
     config: Config,
     pub output: Output<W>,
     pub flows: FlowTable,
+    /// Clean quiet flows, counted (the kernel sends one summary record each).
+    pub summaries: FlowSummaries,
     pub correlator: Correlator,
     pub aggregator: Aggregator,
     pub findings_only: bool,
@@ -57,6 +60,7 @@ impl<W: Write> Pipeline<W> {
             config,
             output,
             flows: FlowTable::new(max_flows),
+            summaries: FlowSummaries::default(),
             correlator: Correlator::new(config, reasons),
             aggregator: Aggregator::new(config.aggregate_window_ns, max_flows),
             findings_only: false,
@@ -153,13 +157,32 @@ impl<W: Write> Pipeline<W> {
         if let Some(metrics) = &self.metrics {
             metrics.event(event.kind.name());
         }
+        if event.kind == EventKind::FlowSummary {
+            // A clean flow the kernel never reported otherwise: counted, nothing to correlate.
+            self.summaries.add(&event);
+            if let Some(metrics) = &self.metrics {
+                let (port, side) = crate::summaries::port_and_side(&event);
+                metrics.clean_flow(port, side);
+            }
+            return;
+        }
         self.flows.observe(&mut event);
         self.attribute(&mut event);
         let flow = self.flows.get_mut(event.cookie);
         self.correlator.on_event(&event, flow, &mut self.found);
-        if event.kind == EventKind::StateChange && event.new_state == tcp_state::ESTABLISHED {
-            // The kernel tracks the flow's activity from now on; the first check is due when
-            // it could first have been idle for 80% of the NAT threshold.
+        let tracked_from = match event.kind {
+            EventKind::StateChange if event.new_state == tcp_state::ESTABLISHED => true,
+            // The kernel starts tracking a flow's activity at its first data segment; a flow
+            // whose ESTABLISHED check found nothing yet is checked again from here.
+            EventKind::FirstPayload => self
+                .flows
+                .get_mut(event.cookie)
+                .is_some_and(|flow| flow.idle_due_ns.is_none()),
+            _ => false,
+        };
+        if tracked_from {
+            // The first check is due when the flow could first have been idle for 80% of the
+            // NAT threshold.
             let warn_at = self.config.nat_idle.threshold_ns() / 5 * 4;
             self.flows
                 .schedule_idle_check(event.cookie, event.boot_ns + warn_at);
@@ -234,8 +257,24 @@ impl<W: Write> Pipeline<W> {
         let unowned = new(counters.owner_table_full, self.reported.owner_table_full);
         if unowned > 0 {
             warn!(
-                "{unowned} flows lost process attribution: socket owner table full (--max-flows)"
+                "{unowned} flows lost process attribution and are reported event by event: flow table full (--max-flows)"
             );
+        }
+        let listeners = new(
+            counters.listener_table_full,
+            self.reported.listener_table_full,
+        );
+        if listeners > 0 {
+            warn!(
+                "{listeners} listeners not remembered: listener table full (accepted sockets lose attribution)"
+            );
+        }
+        let untracked = new(
+            counters.activity_table_full,
+            self.reported.activity_table_full,
+        );
+        if untracked > 0 {
+            warn!("{untracked} flows not idle-tracked: activity table full (--max-flows)");
         }
         let skipped = new(counters.recursion_misses, self.reported.recursion_misses);
         if skipped > 0 {
@@ -261,7 +300,11 @@ impl<W: Write> Pipeline<W> {
         if now.saturating_sub(self.last_stats_ns) >= self.stats_interval_ns {
             self.last_stats_ns = now;
             let totals = self.totals;
-            if self.output.stats(&counters, &totals).is_err() {
+            if self
+                .output
+                .stats(&counters, &totals, &self.summaries)
+                .is_err()
+            {
                 self.output_closed = true;
             }
         }

@@ -2,16 +2,19 @@
 //! set, and the loss counters the programs keep.
 
 use std::{
+    collections::{HashMap, VecDeque},
     fmt,
     os::fd::AsFd as _,
     path::{Path, PathBuf},
+    sync::Mutex,
+    thread::JoinHandle,
 };
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType},
+    programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, Program},
 };
 use tracer_ebpf::{FlowActivity, counter};
 
@@ -34,6 +37,101 @@ pub const PROGRAMS: [(&str, &str); 6] = [
     ("tcp_receive_reset", "tcp_receive_reset"),
     ("inet_sk_error_report", "inet_sk_error_report"),
 ];
+
+/// aya's parse of the kernel BTF, started early on another thread (see `read_kernel_btf`).
+static AYA_BTF: Mutex<Option<JoinHandle<Result<aya::Btf, aya::BtfError>>>> = Mutex::new(None);
+
+/// Starts parsing the kernel's BTF for aya in the background, so it overlaps the collector's
+/// own parse (each takes ~30 ms of start-up).
+pub fn read_kernel_btf() {
+    let handle = std::thread::spawn(aya::Btf::from_sys_fs);
+    if let Ok(mut slot) = AYA_BTF.lock() {
+        *slot = Some(handle);
+    }
+}
+
+/// aya's BTF: the background parse if one was started, else parsed now.
+fn aya_btf() -> Result<aya::Btf> {
+    let handle = AYA_BTF.lock().ok().and_then(|mut slot| slot.take());
+    let parsed = match handle {
+        Some(handle) => handle
+            .join()
+            .map_err(|_| anyhow!("the BTF reader thread failed"))?,
+        None => aya::Btf::from_sys_fs(),
+    };
+    parsed.context("reading kernel BTF")
+}
+
+/// Verification order: the costliest first, so two workers finish together.
+const VERIFY_ORDER: [&str; 8] = [
+    "inet_sock_set_state",
+    "ingress_ttl",
+    "inet_sk_error_report",
+    "egress_activity",
+    "tcp_send_reset",
+    "tcp_receive_reset",
+    "tcp_retransmit_skb",
+    "tcp_retransmit_synack",
+];
+
+/// Loads (verifies) every program on two threads: the kernel's verifier is most of
+/// start-up, and it checks each program independently. Returns each program's outcome.
+fn verify_all(ebpf: &mut Ebpf, btf: &Btf, aya_btf: &aya::Btf) -> HashMap<String, Result<()>> {
+    let mut programs: Vec<(String, &mut Program)> = ebpf
+        .programs_mut()
+        .map(|(name, program)| (name.to_owned(), program))
+        .collect();
+    programs.sort_by_key(|(name, _)| {
+        VERIFY_ORDER
+            .iter()
+            .position(|n| n == name)
+            .unwrap_or(usize::MAX)
+    });
+    let queue = Mutex::new(VecDeque::from(programs));
+    let verify = |name: &str, program: &mut Program| -> Result<()> {
+        let started = std::time::Instant::now();
+        match program {
+            Program::BtfTracePoint(program) => {
+                let tracepoint = PROGRAMS
+                    .iter()
+                    .find(|(p, _)| *p == name)
+                    .map(|(_, tracepoint)| *tracepoint)
+                    .ok_or_else(|| anyhow!("program {name} has no tracepoint"))?;
+                if btf.tracepoint_arg_count(tracepoint).is_none() {
+                    return Err(anyhow!("this kernel has no such tracepoint"));
+                }
+                program
+                    .load(tracepoint, aya_btf)
+                    .map_err(|e| anyhow!("{}", verifier_message(&e)))?;
+            }
+            Program::CgroupSkb(program) => program
+                .load()
+                .map_err(|e| anyhow!("{}", verifier_message(&e)))?,
+            _ => return Err(anyhow!("program {name} has an unexpected type")),
+        }
+        tracing::debug!("{name} verified in {:?}", started.elapsed());
+        Ok(())
+    };
+    let worker = || {
+        let mut done = Vec::new();
+        loop {
+            let next = queue.lock().ok().and_then(|mut q| q.pop_front());
+            let Some((name, program)) = next else {
+                return done;
+            };
+            let outcome = verify(&name, program);
+            done.push((name, outcome));
+        }
+    };
+    std::thread::scope(|scope| {
+        let helper = scope.spawn(worker);
+        let mut outcomes: HashMap<String, Result<()>> = worker().into_iter().collect();
+        if let Ok(done) = helper.join() {
+            outcomes.extend(done);
+        }
+        outcomes
+    })
+}
 
 /// What stops the tool from running at all; printed as one line, exit status 1.
 #[derive(Debug)]
@@ -146,14 +244,24 @@ impl Probes {
         raise_memlock_limit();
         let offsets = offsets::resolve(btf)?;
         tracing::debug!("kernel offsets from BTF: {offsets:?}");
+        // One parse of the kernel's BTF for aya (relocations and tp_btf attach targets): each
+        // parse costs ~0.1-0.2 s of start-up.
+        let started = std::time::Instant::now();
+        let aya_btf = aya_btf()?;
+        tracing::debug!("kernel BTF for aya ready after {:?}", started.elapsed());
         let mut ebpf = EbpfLoader::new()
+            .btf(Some(&aya_btf))
             .override_global("OFFSETS", &offsets, true)
             .override_global("WAKEUP_BYTES", &WAKEUP_BYTES, true)
             .override_global("IDLE_MARK_NS", &idle_mark_ns, true)
-            .map_max_entries("OWNERS", max_flows.max(1))
+            .map_max_entries("FLOWS", max_flows.max(1))
             .map_max_entries("ACTIVITY", max_flows.max(1))
             .load(TRACER_OBJECT)
             .context("loading the eBPF object")?;
+        tracing::debug!(
+            "eBPF object loaded (maps created) at {:?}",
+            started.elapsed()
+        );
 
         let mut watched: Array<_, u8> = Array::try_from(
             ebpf.map_mut("WATCHED_PORTS")
@@ -165,27 +273,23 @@ impl Probes {
                 .with_context(|| format!("adding port {port} to the watched set"))?;
         }
 
-        let aya_btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
+        let mut verified = verify_all(&mut ebpf, btf, &aya_btf);
+        let mut outcome = |name: &str| {
+            verified
+                .remove(name)
+                .unwrap_or_else(|| Err(anyhow!("program {name} not in the object")))
+        };
         let mut attached = Vec::new();
         let mut missing = Vec::new();
         for (program, tracepoint) in PROGRAMS {
-            if btf.tracepoint_arg_count(tracepoint).is_none() {
-                missing.push(Missing {
-                    tracepoint,
-                    reason: "this kernel has no such tracepoint".into(),
-                });
-                continue;
-            }
-            let result = (|| -> Result<()> {
+            let result = outcome(program).and_then(|()| {
                 let prog: &mut BtfTracePoint = ebpf
                     .program_mut(program)
                     .ok_or_else(|| anyhow!("program {program} not in the object"))?
                     .try_into()?;
-                prog.load(tracepoint, &aya_btf)
-                    .map_err(|e| anyhow!("{}", verifier_message(&e)))?;
                 prog.attach()?;
                 Ok(())
-            })();
+            });
             match result {
                 Ok(()) => attached.push(tracepoint),
                 Err(e) => missing.push(Missing {
@@ -207,10 +311,11 @@ impl Probes {
                 "idle flows are not tracked",
             ),
         ] {
-            let result = root
-                .as_ref()
-                .map_err(|e| anyhow!("{e:#}"))
-                .and_then(|root| attach_cgroup_skb(&mut ebpf, program, root, direction));
+            let result = outcome(program).and_then(|()| {
+                root.as_ref()
+                    .map_err(|e| anyhow!("{e:#}"))
+                    .and_then(|root| attach_cgroup_skb(&mut ebpf, program, root, direction))
+            });
             match result {
                 Ok(()) => attached.push(program),
                 Err(e) => missing.push(Missing {
@@ -391,8 +496,6 @@ fn attach_cgroup_skb(
         .program_mut(program)
         .ok_or_else(|| anyhow!("program {program} not in the object"))?
         .try_into()?;
-    prog.load()
-        .map_err(|e| anyhow!("{}", verifier_message(&e)))?;
     // Attached through a BPF link (kernels >= 5.7), which takes no flags and always runs beside
     // other programs on the same cgroup; "Single" is aya's flag-less mode.
     prog.attach(&cgroup, direction, CgroupAttachMode::Single)

@@ -30,9 +30,7 @@ fn housekeeping_interval(nat_idle: Duration) -> Duration {
     (nat_idle / 10).clamp(Duration::from_millis(100), Duration::from_secs(1))
 }
 
-type KernelLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
-
-/// Registers a ring buffer (events or logs) with the runtime for readability.
+/// Registers a ring buffer with the runtime for readability.
 fn readable<T: AsRawFd>(ring: T) -> Result<AsyncFd<T>> {
     // SAFETY: the ring buffer owns its map fd and keeps it open and unchanged for as long as
     // the AsyncFd that owns the ring buffer lives.
@@ -75,9 +73,6 @@ pub struct Settings<'a> {
 pub struct Session<W: Write> {
     probes: Probes,
     ring: AsyncFd<RingBuf<MapData>>,
-    /// Kernel-side log records (rare: the first overflow of a table). Dropping the logger
-    /// would close the map the programs write to, so it lives as long as the programs.
-    logger: Option<AsyncFd<KernelLogger>>,
     pub pipeline: Pipeline<W>,
     housekeeping_every: Duration,
 }
@@ -95,13 +90,6 @@ impl<W: Write> Session<W> {
                 .as_deref()
                 .unwrap_or(std::path::Path::new("/")),
         )?;
-        let logger = match aya_log::EbpfLogger::init(&mut probes.ebpf) {
-            Ok(logger) => Some(readable(logger).context("polling the eBPF log buffer")?),
-            Err(error) => {
-                warn!("kernel-side logging unavailable: {error}");
-                None
-            }
-        };
         let ring = readable(probes.take_events()?).context("polling the ring buffer")?;
 
         let kernel = kernel_release();
@@ -162,7 +150,6 @@ impl<W: Write> Session<W> {
         Ok(Self {
             probes,
             ring,
-            logger,
             pipeline,
             housekeeping_every: housekeeping_interval(settings.findings.nat_idle.threshold),
         })
@@ -174,7 +161,6 @@ impl<W: Write> Session<W> {
         let Self {
             probes,
             ring,
-            logger,
             pipeline,
             housekeeping_every,
         } = self;
@@ -188,12 +174,6 @@ impl<W: Write> Session<W> {
                 guard = ring.readable_mut() => {
                     let mut guard = guard.context("waiting on the ring buffer")?;
                     pipeline.drain(guard.get_inner_mut());
-                    guard.clear_ready();
-                }
-                guard = async { logger.as_mut().expect("guarded").readable_mut().await },
-                    if logger.is_some() => {
-                    let mut guard = guard.context("waiting on the eBPF log buffer")?;
-                    guard.get_inner_mut().flush();
                     guard.clear_ready();
                 }
                 _ = housekeeping.tick() => pipeline.housekeeping(probes.counters(), &*probes),
@@ -210,9 +190,6 @@ impl<W: Write> Session<W> {
     pub fn finish(mut self) -> Result<(Pipeline<W>, Totals, KernelCounters)> {
         self.probes.detach();
         self.pipeline.drain(self.ring.get_mut());
-        if let Some(logger) = self.logger.as_mut() {
-            logger.get_mut().flush();
-        }
         let counters = self.probes.counters();
         self.pipeline.housekeeping(counters, &self.probes);
         self.pipeline.finish();
@@ -220,14 +197,15 @@ impl<W: Write> Session<W> {
         if !self.pipeline.output_closed {
             self.pipeline
                 .output
-                .stats(&counters, &totals)
+                .stats(&counters, &totals, &self.pipeline.summaries)
                 .context("writing to stdout")?;
             self.pipeline.output.flush().context("writing to stdout")?;
         }
         info!(
-            "{} events, {} findings in {} lines, {} lost (ring buffer full), {} undecodable, \
-             {} program runs skipped, {} flows tracked, {} evicted",
+            "{} events ({} clean flows summarised), {} findings in {} lines, {} lost (ring \
+             buffer full), {} undecodable, {} program runs skipped, {} flows tracked, {} evicted",
             totals.events,
+            self.pipeline.summaries.total(),
             totals.findings,
             totals.finding_lines,
             counters.ringbuf_full,

@@ -160,6 +160,9 @@ struct StatsLine<'a> {
     trace_bytes: u64,
     trace_files_deleted: u64,
     trace_write_errors: u64,
+    clean_flows: u64,
+    clean_flows_unattributed: u64,
+    clean_flows_by_port: Vec<crate::summaries::PortSummary>,
 }
 
 #[derive(Serialize)]
@@ -604,7 +607,12 @@ impl<W: Write> Output<W> {
     }
 
     /// Loss and size counters (JSON: a `stats` line; text: nothing, the log has them).
-    pub fn stats(&mut self, kernel: &KernelCounters, totals: &Totals) -> io::Result<()> {
+    pub fn stats(
+        &mut self,
+        kernel: &KernelCounters,
+        totals: &Totals,
+        summaries: &crate::summaries::FlowSummaries,
+    ) -> io::Result<()> {
         let (trace_bytes, trace_files_deleted) = self
             .trace
             .as_ref()
@@ -629,6 +637,9 @@ impl<W: Write> Output<W> {
             trace_bytes,
             trace_files_deleted,
             trace_write_errors: self.trace_errors,
+            clean_flows: summaries.total(),
+            clean_flows_unattributed: summaries.unattributed(),
+            clean_flows_by_port: summaries.rows(),
         };
         let json = to_line(&line)?;
         self.publish(Some(json), None)
