@@ -4,7 +4,9 @@
 //! stload churn   PORT COUNT THREADS   open and close COUNT connections to a local listener
 //! stload refused PORT COUNT THREADS   COUNT connects to a port nobody listens on
 //! stload bulk    PORT SECONDS         one connection streaming data for SECONDS
-//! stload hold    PORT COUNT SECONDS   COUNT concurrent connections held open for SECONDS
+//! stload hold    PORT COUNT SECONDS [quiet]
+//!                                     COUNT concurrent connections held open for SECONDS, each
+//!                                     sending one byte (none with `quiet`)
 //! ```
 //! Each prints one line: `ops=<n> seconds=<s> rate=<ops per s>` (bulk: bytes and MB/s).
 
@@ -19,9 +21,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// Connections per holding process (two descriptors each, both ends being local).
+const HOLD_PER_PROCESS: u64 = 8_000;
+
 fn usage() -> ! {
     eprintln!(
-        "usage: stload churn|refused PORT COUNT THREADS | bulk PORT SECONDS | hold PORT COUNT SECONDS"
+        "usage: stload churn|refused PORT COUNT THREADS | bulk PORT SECONDS | hold PORT COUNT SECONDS [quiet]"
     );
     std::process::exit(2);
 }
@@ -87,13 +92,26 @@ fn stop_server(addr: SocketAddr, stop: &AtomicBool, server: thread::JoinHandle<(
     server.join().unwrap();
 }
 
+/// Raises the open-file limit as far as the kernel allows (`hold` needs two descriptors
+/// per connection): to fs.nr_open as root, else to the hard limit.
 fn raise_nofile() {
-    let limit = libc::rlimit {
-        rlim_cur: 1 << 20,
-        rlim_max: 1 << 20,
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<libc::rlim_t>().ok())
+        .unwrap_or(1 << 20);
+    let wanted = libc::rlimit {
+        rlim_cur: nr_open,
+        rlim_max: nr_open,
     };
-    // SAFETY: plain syscall with a valid struct.
-    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+    // SAFETY: plain syscalls with valid structs.
+    unsafe {
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
+            let mut current = std::mem::zeroed::<libc::rlimit>();
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut current);
+            current.rlim_cur = current.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &current);
+        }
+    }
 }
 
 fn parallel(count: u64, threads: u64, work: impl Fn() + Send + Sync + 'static) -> Duration {
@@ -176,27 +194,65 @@ fn main() {
             );
         }
         "hold" => {
+            // A process holds both ends of its connections, and a process may have few
+            // descriptors (20,000 on some machines, root or not): split the load over
+            // processes, each with its own listener address.
             let (count, seconds): (u64, f64) = (arg(&args, 3), arg(&args, 4));
-            // Several destination addresses: each has its own ephemeral port range.
-            let stop = Arc::new(AtomicBool::new(false));
-            let listener =
-                TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))).expect("bind");
-            let server = serve(listener, false, true, stop.clone());
+            // "quiet": connections that carry no data (the kernel keeps them; see README).
+            let quiet = args.get(5).is_some_and(|a| a == "quiet");
             let started = Instant::now();
-            let mut held = Vec::with_capacity(count as usize);
-            for i in 0..count {
-                let ip = Ipv4Addr::new(127, 0, 0, 2 + (i % 8) as u8);
-                let mut stream = TcpStream::connect((ip, port)).expect("connect");
-                // A byte makes both ends flows the collector tracks (a flow that never carries
-                // data stays in the kernel; see the README).
-                stream.write_all(b"x").expect("write");
-                held.push(stream);
+            let parts = count.div_ceil(HOLD_PER_PROCESS);
+            let children: Vec<_> = (0..parts)
+                .map(|part| {
+                    let share = HOLD_PER_PROCESS.min(count - part * HOLD_PER_PROCESS);
+                    std::process::Command::new(std::env::current_exe().expect("own path"))
+                        .args([
+                            "hold-part",
+                            &port.to_string(),
+                            &share.to_string(),
+                            &seconds.to_string(),
+                            &part.to_string(),
+                            if quiet { "quiet" } else { "data" },
+                        ])
+                        .spawn()
+                        .expect("spawn a hold process")
+                })
+                .collect();
+            let ok = children
+                .into_iter()
+                .all(|mut child| child.wait().is_ok_and(|status| status.success()));
+            if !ok {
+                eprintln!("stload hold: a holding process failed");
+                std::process::exit(1);
             }
             println!(
                 "ops={count} seconds={:.3} rate=0",
                 started.elapsed().as_secs_f64()
             );
-            std::io::stdout().flush().unwrap();
+        }
+        "hold-part" => {
+            let (count, seconds, part): (u64, f64, u8) =
+                (arg(&args, 3), arg(&args, 4), arg(&args, 5));
+            let quiet = args.get(6).is_some_and(|a| a == "quiet");
+            let ip = Ipv4Addr::new(127, 0, 1, 1 + part);
+            let addr = SocketAddr::from((ip, port));
+            let stop = Arc::new(AtomicBool::new(false));
+            let server = serve(
+                TcpListener::bind(addr).expect("bind"),
+                false,
+                true,
+                stop.clone(),
+            );
+            let mut held = Vec::with_capacity(count as usize);
+            for _ in 0..count {
+                let mut stream = TcpStream::connect(addr).expect("connect");
+                if !quiet {
+                    // A byte makes both ends flows the collector tracks (a flow that never
+                    // carries data stays in the kernel; see the README).
+                    stream.write_all(b"x").expect("write");
+                }
+                held.push(stream);
+            }
             thread::sleep(Duration::from_secs_f64(seconds));
             drop(held);
             stop_server(addr, &stop, server);

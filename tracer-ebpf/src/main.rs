@@ -53,7 +53,7 @@ static IDLE_MARK_NS: u64 = 0;
 static WATCHED_PORTS: Array<u8> = Array::with_max_entries(65536, 0);
 
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 
 /// Socket cookie -> the flow's owner and quiet-flow record (see `tracer_ebpf::FlowSlot`).
 /// Inserted at connect()/accept, removed at TCP_CLOSE. Bounded; a full table is counted

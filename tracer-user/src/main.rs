@@ -144,7 +144,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
                 .await
                 .map_err(|e| FatalError(format!("{e:#}")))?;
         }
-        let mut session = Session::start(&btf, settings, BufWriter::new(std::io::stdout()))?;
+        let mut session = Session::start(btf, settings, BufWriter::new(std::io::stdout()))?;
         session.pump_until(stop_signal(duration)?).await?;
         session.finish()?;
         Ok(ExitCode::SUCCESS)

@@ -129,7 +129,7 @@ pub fn run(args: ProbeArgs) -> Result<bool> {
         host_root: None,
     };
     let results = crate::runtime()?.block_on(async {
-        let mut session = Session::start(&btf, settings, io::sink())?;
+        let mut session = Session::start(btf, settings, io::sink())?;
         session.pipeline.capture();
         // All ports at once: the attempts run as tasks while the session drains the kernel.
         let mut attempts = tokio::task::JoinSet::new();

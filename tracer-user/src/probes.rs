@@ -23,9 +23,10 @@ use crate::{btf::Btf, offsets};
 /// The kernel programs, built for the bpf target by build.rs and embedded in this binary.
 static TRACER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
 
-/// Ring-buffer size set in the kernel program (8 MiB); the reader is woken when an eighth of
+/// Ring-buffer size set in the kernel program (4 MiB: its data pages are mapped twice into the
+/// collector, so they count twice in its RSS); the reader is woken when an eighth of
 /// it is waiting, otherwise it drains on its poll timer.
-const RING_BYTES: u64 = 8 * 1024 * 1024;
+const RING_BYTES: u64 = 4 * 1024 * 1024;
 const WAKEUP_BYTES: u64 = RING_BYTES / 8;
 
 /// Program name in the object file -> BTF tracepoint it attaches to.

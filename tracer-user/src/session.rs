@@ -30,6 +30,16 @@ fn housekeeping_interval(nat_idle: Duration) -> Duration {
     (nat_idle / 10).clamp(Duration::from_millis(100), Duration::from_secs(1))
 }
 
+/// Hands memory freed after start-up (the BTF parses, on two threads) back to the kernel:
+/// glibc keeps freed heap for reuse, which a 24/7 collector's RSS would carry forever.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory; it has no other effect.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Registers a ring buffer with the runtime for readability.
 fn readable<T: AsRawFd>(ring: T) -> Result<AsyncFd<T>> {
     // SAFETY: the ring buffer owns its map fd and keeps it open and unchanged for as long as
@@ -79,9 +89,11 @@ pub struct Session<W: Write> {
 
 impl<W: Write> Session<W> {
     /// Loads and attaches the programs and writes the start line. Must run inside the runtime.
-    pub fn start(btf: &Btf, settings: Settings<'_>, out: W) -> Result<Self> {
+    /// Takes the kernel's parsed BTF and frees it once the programs are loaded: it is the
+    /// largest allocation the collector ever makes, and never needed again.
+    pub fn start(btf: Btf, settings: Settings<'_>, out: W) -> Result<Self> {
         let mut probes = Probes::load(
-            btf,
+            &btf,
             settings.ports,
             settings.max_flows,
             settings.findings.nat_idle.threshold_ns() / 2,
@@ -93,7 +105,9 @@ impl<W: Write> Session<W> {
         let ring = readable(probes.take_events()?).context("polling the ring buffer")?;
 
         let kernel = kernel_release();
-        let reasons = ResetReasons::new(offsets::reset_reasons(btf));
+        let reasons = ResetReasons::new(offsets::reset_reasons(&btf));
+        drop(btf);
+        release_freed_memory();
         let mut findings = settings.findings;
         findings.hz = match idle::kernel_hz(&kernel) {
             Ok((hz, source)) => {

@@ -18,13 +18,15 @@ const WATCHED_REFUSED: u16 = 10001;
 const UNWATCHED: u16 = 17337;
 const PORTS: &str = "7337,10001";
 const ROUNDS: usize = 5;
-const CHURN: u64 = 40_000;
-const REFUSED: u64 = 100_000;
+/// Long enough (~3 s and ~1.5 s) that scheduler noise averages out within a run.
+const CHURN: u64 = 100_000;
+const REFUSED: u64 = 200_000;
 /// Connections held for the memory figure: 100,000 watched flows (both ends are local).
 const HELD: u64 = 50_000;
 
 /// The peer: bpftrace printing the same fields for the same tracepoints, watched port only.
 const BPFTRACE_SCRIPT: &str = r#"
+BEGIN { printf("attached\n"); }
 tracepoint:sock:inet_sock_set_state /args->protocol == 6 && (args->sport == 7337 || args->dport == 7337 || args->sport == 10001 || args->dport == 10001)/ {
   printf("state %d %d %s:%d %s:%d %d %d %s\n", args->oldstate, args->newstate,
     ntop(args->saddr), args->sport, ntop(args->daddr), args->dport, pid, uid, comm);
@@ -199,9 +201,10 @@ impl Tracer {
 
     fn bpftrace() -> Result<Self> {
         let mut command = Command::new("bpftrace");
-        // Line-buffered: its "Attaching" line must reach us through the pipe.
+        // Line-buffered: its BEGIN line, printed once every probe is attached, must reach us
+        // through the pipe.
         command.args(["-B", "line", "-e", BPFTRACE_SCRIPT]);
-        Self::start(command, "Attaching", "bpftrace")
+        Self::start(command, "attached", "bpftrace")
     }
 
     /// Stops it (SIGINT), returning its output and the CPU seconds it used.
@@ -209,7 +212,16 @@ impl Tracer {
         let ticks = clock_ticks(self.child.id());
         // SAFETY: plain kill(2) on our child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        self.child.wait()?;
+        // Bounded: a tracer that ignores SIGINT is killed after 20 s.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                self.child.wait()?;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         std::thread::sleep(Duration::from_millis(100));
         let mut text = String::new();
         std::fs::File::open(&self.output)?.read_to_string(&mut text)?;
@@ -374,6 +386,7 @@ pub fn run() -> Result<()> {
         let tracer = Tracer::shuffletrace(&[])?;
         ours.push(tracer.started.as_secs_f64());
         tracer.stop()?;
+        eprintln!("xtask bench: start-up: shuffletrace {:?}", ours.last());
         if peer {
             let tracer = Tracer::bpftrace()?;
             theirs.push(tracer.started.as_secs_f64());
@@ -382,27 +395,36 @@ pub fn run() -> Result<()> {
     }
     let startup = (median(&mut ours), peer.then(|| median(&mut theirs)));
 
-    // Memory: 100,000 concurrent watched flows, then after they close.
-    let tracer = Tracer::shuffletrace(&["--max-flows", "262144", "--findings-only"])?;
-    let pid = tracer.child.id();
-    let hold = stload_command(&[
-        "hold".into(),
-        WATCHED.to_string(),
-        HELD.to_string(),
-        "4".into(),
-    ])
-    .output()?;
-    if !hold.status.success() {
-        bail!(
-            "stload hold failed: {}",
-            String::from_utf8_lossy(&hold.stderr)
-        );
+    // Memory: 100,000 concurrent watched flows (both ends of 50,000 connections), then after
+    // they close; once with flows that carry data (tracked by the collector), once quiet
+    // (kept by the kernel alone).
+    let mut memory = Vec::new();
+    for mode in ["data", "quiet"] {
+        let tracer = Tracer::shuffletrace(&["--max-flows", "262144", "--findings-only"])?;
+        let pid = tracer.child.id();
+        let hold = stload_command(&[
+            "hold".into(),
+            WATCHED.to_string(),
+            HELD.to_string(),
+            "4".into(),
+            mode.into(),
+        ])
+        .output()?;
+        if !hold.status.success() {
+            bail!(
+                "stload hold failed: {}",
+                String::from_utf8_lossy(&hold.stderr)
+            );
+        }
+        let peak_kib = status_kib(pid, "VmHWM:");
+        std::thread::sleep(Duration::from_secs(8));
+        let steady_kib = status_kib(pid, "VmRSS:");
+        let (output, _) = tracer.stop()?;
+        let (events, lost, _) = shuffletrace_delivery(&output);
+        eprintln!("xtask bench: memory ({mode}): peak {peak_kib} KiB");
+        memory.push((mode, peak_kib, steady_kib, events, lost));
     }
-    let peak_kib = status_kib(pid, "VmHWM:");
-    std::thread::sleep(Duration::from_secs(8));
-    let steady_kib = status_kib(pid, "VmRSS:");
-    let (output, _) = tracer.stop()?;
-    let (events, lost, _) = shuffletrace_delivery(&output);
+    let (_, peak_kib, _, _, lost) = memory[0];
 
     println!(
         "\n{:<40} {:>12} {:>14} {:>8} {:>12} {:>8}",
@@ -429,12 +451,19 @@ pub fn run() -> Result<()> {
             .map(|s| format!(", bpftrace {s:.3} s"))
             .unwrap_or_default()
     );
-    println!(
-        "memory with {} concurrent watched flows: peak RSS {:.1} MiB, {:.1} MiB after they closed ({events} events, {lost} lost)",
-        HELD * 2,
-        peak_kib as f64 / 1024.0,
-        steady_kib as f64 / 1024.0
-    );
+    for (mode, peak, steady, events, lost) in &memory {
+        println!(
+            "memory with {} concurrent watched flows ({}): peak RSS {:.1} MiB, {:.1} MiB after they closed ({events} records, {lost} lost)",
+            HELD * 2,
+            if *mode == "data" {
+                "each carried data: tracked by the collector"
+            } else {
+                "no data: kept by the kernel"
+            },
+            *peak as f64 / 1024.0,
+            *steady as f64 / 1024.0
+        );
+    }
     for line in &delivery {
         println!("{line}");
     }
@@ -478,7 +507,7 @@ pub fn run() -> Result<()> {
     }
 
     let json = format!(
-        "{{\n  \"rows\": [{}],\n  \"startup_s\": {{\"shuffletrace\": {:.4}, \"bpftrace\": {}}},\n  \"memory_100k_flows_mib\": {{\"peak\": {:.1}, \"after_close\": {:.1}}},\n  \"delivery\": [{}]\n}}\n",
+        "{{\n  \"rows\": [{}],\n  \"startup_s\": {{\"shuffletrace\": {:.4}, \"bpftrace\": {}}},\n  \"memory_100k_flows_mib\": {{\"data\": {{\"peak\": {:.1}, \"after_close\": {:.1}}}, \"quiet\": {{\"peak\": {:.1}, \"after_close\": {:.1}}}}},\n  \"delivery\": [{}]\n}}\n",
         rows.iter()
             .map(|r| format!(
                 "\n    {{\"workload\": \"{}\", \"untraced\": {:.1}, \"shuffletrace\": {:.1}, \"ratio\": {:.3}, \"bpftrace\": {}, \"bpftrace_ratio\": {}}}",
@@ -493,8 +522,10 @@ pub fn run() -> Result<()> {
             .join(","),
         startup.0,
         startup.1.map_or("null".into(), |s| format!("{s:.4}")),
-        peak_kib as f64 / 1024.0,
-        steady_kib as f64 / 1024.0,
+        memory[0].1 as f64 / 1024.0,
+        memory[0].2 as f64 / 1024.0,
+        memory[1].1 as f64 / 1024.0,
+        memory[1].2 as f64 / 1024.0,
         delivery.iter().map(|d| format!("\n    {:?}", d)).collect::<Vec<_>>().join(",")
     );
     std::fs::write(root().join("target/bench/latest.json"), json)?;
