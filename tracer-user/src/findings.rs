@@ -200,15 +200,24 @@ pub struct Track {
     retransmits_after_idle: u32,
     idle_break_reported: bool,
     tls_reported: bool,
+    /// The flow was added to the recent client connections (sidecar linking).
+    remembered: bool,
 }
 
 impl Track {
     fn remember(&mut self, event: &Event) {
+        // Evidence lines show neither owner nor pod (the finding carries them, from the
+        // flow): not cloning them saves an allocation per event of every tracked flow.
+        let kept = Event {
+            owner: None,
+            pod: None,
+            ..event.clone()
+        };
         if self.evidence.len() < MAX_EVIDENCE {
-            self.evidence.push(event.clone());
+            self.evidence.push(kept);
         } else if let Some(last) = self.evidence.last_mut() {
             // Keep the first events and the most recent one.
-            *last = event.clone();
+            *last = kept;
         }
     }
 }
@@ -298,8 +307,18 @@ impl Correlator {
 
     /// Remembers client connections (to link a sidecar's connection to the application's it
     /// intercepted) and what happened to them.
-    fn note_connection(&mut self, event: &Event, flow: &Flow) {
-        if let Some(known) = self.recent.iter_mut().find(|c| c.cookie == event.cookie) {
+    fn note_connection(&mut self, event: &Event, flow: &mut Flow) {
+        // Only flows that were remembered are looked up, newest first: the list is searched
+        // for every event of a client flow, and this keeps that O(1) in practice.
+        let known = if flow.track.remembered {
+            self.recent
+                .iter_mut()
+                .rev()
+                .find(|c| c.cookie == event.cookie)
+        } else {
+            None
+        };
+        if let Some(known) = known {
             known.local = flow.local;
             known.outcome = match event.kind {
                 EventKind::ResetReceived => "reset",
@@ -322,6 +341,7 @@ impl Correlator {
             if self.recent.len() >= RECENT_CONNECTIONS {
                 self.recent.pop_front();
             }
+            flow.track.remembered = true;
             self.recent.push_back(AppConnection {
                 cookie: event.cookie,
                 netns: event.netns,
@@ -813,6 +833,7 @@ impl Correlator {
         f.src = flow.local;
         f.dst = flow.remote;
         f.owner = flow.owner.clone();
+        f.pod = flow.pod.clone().flatten();
         f.count = 0;
         f.update_of = Some(original);
         f.first_ns = flow.first_ns;

@@ -187,9 +187,17 @@ impl FlowTable {
             })
             .map(|(&cookie, _)| cookie)
             .collect();
-        done.iter()
+        let expired = done
+            .iter()
             .filter_map(|&cookie| self.remove(cookie))
-            .collect()
+            .collect();
+        // The table never shrinks by itself: after a burst its capacity would stay at the
+        // high-water mark for the life of the process.
+        let len = self.flows.len();
+        if self.flows.capacity() > 4 * len.max(1024) {
+            self.flows.shrink_to(2 * len);
+        }
+        expired
     }
 
     fn remove(&mut self, cookie: u64) -> Option<Flow> {

@@ -30,16 +30,6 @@ fn housekeeping_interval(nat_idle: Duration) -> Duration {
     (nat_idle / 10).clamp(Duration::from_millis(100), Duration::from_secs(1))
 }
 
-/// Hands memory freed after start-up (the BTF parses, on two threads) back to the kernel:
-/// glibc keeps freed heap for reuse, which a 24/7 collector's RSS would carry forever.
-fn release_freed_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only releases free memory; it has no other effect.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 /// Registers a ring buffer with the runtime for readability.
 fn readable<T: AsRawFd>(ring: T) -> Result<AsyncFd<T>> {
     // SAFETY: the ring buffer owns its map fd and keeps it open and unchanged for as long as
@@ -107,7 +97,7 @@ impl<W: Write> Session<W> {
         let kernel = kernel_release();
         let reasons = ResetReasons::new(offsets::reset_reasons(&btf));
         drop(btf);
-        release_freed_memory();
+        crate::pipeline::release_freed_memory();
         let mut findings = settings.findings;
         findings.hz = match idle::kernel_hz(&kernel) {
             Ok((hz, source)) => {

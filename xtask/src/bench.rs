@@ -402,21 +402,33 @@ pub fn run() -> Result<()> {
     for mode in ["data", "quiet"] {
         let tracer = Tracer::shuffletrace(&["--max-flows", "262144", "--findings-only"])?;
         let pid = tracer.child.id();
-        let hold = stload_command(&[
+        // Peak RSS while the flows are held, sampled every 100 ms (VmHWM would include the
+        // transient peak of start-up, when the kernel BTF is parsed).
+        let mut hold = stload_command(&[
             "hold".into(),
             WATCHED.to_string(),
             HELD.to_string(),
             "4".into(),
             mode.into(),
         ])
-        .output()?;
-        if !hold.status.success() {
-            bail!(
-                "stload hold failed: {}",
-                String::from_utf8_lossy(&hold.stderr)
-            );
+        .stdout(Stdio::null())
+        .spawn()?;
+        let mut peak_kib = 0;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let status = loop {
+            peak_kib = peak_kib.max(status_kib(pid, "VmRSS:"));
+            if let Some(status) = hold.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = hold.kill();
+                bail!("stload hold did not finish in 120 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        if !status.success() {
+            bail!("stload hold failed");
         }
-        let peak_kib = status_kib(pid, "VmHWM:");
         std::thread::sleep(Duration::from_secs(8));
         let steady_kib = status_kib(pid, "VmRSS:");
         let (output, _) = tracer.stop()?;
