@@ -23,8 +23,8 @@ pub mod kind {
     pub const FIRST_PAYLOAD: u8 = 7;
     /// A quiet flow closed cleanly: its one record, sent instead of its state changes (see
     /// [`FlowSlot`](crate::FlowSlot)). `old_state` is the state it opened in (`SYN_SENT` or
-    /// `SYN_RECV`), `detail` its lifetime in milliseconds, flag
-    /// [`ESTABLISHED_REACHED`](crate::flag::ESTABLISHED_REACHED) whether it got that far.
+    /// `SYN_RECV`), `detail` its lifetime in milliseconds. Only flows that reached
+    /// ESTABLISHED are summarised.
     pub const FLOW_SUMMARY: u8 = 8;
 }
 
@@ -142,8 +142,6 @@ pub mod flag {
     pub const SOFT_ERROR: u16 = 1 << 3;
     /// `FIRST_PAYLOAD`: the segment was received (else sent).
     pub const RECEIVED: u16 = 1 << 4;
-    /// `FLOW_SUMMARY`: the flow reached ESTABLISHED.
-    pub const ESTABLISHED_REACHED: u16 = 1 << 5;
     /// A state change recorded while the flow was quiet, sent later when it stopped being
     /// quiet: `ts_ns` is when it happened, not when it was sent.
     pub const DEFERRED: u16 = 1 << 6;

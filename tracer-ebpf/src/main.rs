@@ -100,15 +100,12 @@ fn read<T>(base: *const u8, off: usize) -> Option<T> {
     unsafe { bpf_probe_read_kernel(base.wrapping_add(off) as *const T) }.ok()
 }
 
-/// Adds one to a per-CPU counter; returns true the first time it moves on this CPU.
+/// Adds one to a per-CPU counter.
 #[inline(always)]
-fn count(index: u32) -> bool {
-    match COUNTERS.get_ptr_mut(index) {
-        Some(slot) => unsafe {
-            *slot += 1;
-            *slot == 1
-        },
-        None => false,
+fn count(index: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: this CPU's own slot of a per-CPU array.
+        unsafe { *slot += 1 };
     }
 }
 
@@ -226,7 +223,7 @@ fn current_owner(flags: u16) -> SockOwner {
     }
 }
 
-#[derive(Default)]
+#[derive(Clone, Copy, Default)]
 struct Record {
     kind: u8,
     cookie: u64,
@@ -442,7 +439,8 @@ fn on_state_change(sk: *const u8, old_state: u8, new_state: u8) {
     }
 }
 
-/// Creates the flow's slot, quiet (nothing sent). Not inlined, like `track_activity`.
+/// Creates the flow's slot, quiet (nothing sent). Not inlined: it keeps the state change
+/// program's register pressure and stack down.
 #[inline(never)]
 fn open_flow(cookie: u64, slot: &FlowSlot, sk: *const u8) {
     if FLOWS.insert(&cookie, slot, 0).is_ok() {
@@ -500,8 +498,6 @@ fn note_quiet(cookie: u64, record: &mut Record) -> Quiet {
             record.old_state = slot.opened_new;
             record.detail =
                 (now.saturating_sub(slot.opened_ns) / 1_000_000).min(i32::MAX as u64) as i32;
-            record.flags |= flag::ESTABLISHED_REACHED;
-            record.netns = slot.netns;
             Quiet::Summarised
         }
         // A connect or handshake that ends without ESTABLISHED, or an error: not clean.
@@ -531,6 +527,7 @@ fn ship_quiet(cookie: u64, tuple: &Tuple) {
     }
     slot.shipped = 1;
     let recorded = &*slot;
+    // The opening transition, then ESTABLISHED and the latest change if they happened.
     let mut record = Record {
         kind: kind::STATE_CHANGE,
         cookie,
@@ -543,29 +540,15 @@ fn ship_quiet(cookie: u64, tuple: &Tuple) {
     };
     emit(record, tuple, &recorded.owner);
     if recorded.established_ns != 0 {
-        record = Record {
-            kind: kind::STATE_CHANGE,
-            cookie,
-            netns: recorded.netns,
-            old_state: recorded.opened_new,
-            new_state: tcp_state::ESTABLISHED,
-            flags: flag::DEFERRED,
-            ts_ns: recorded.established_ns,
-            ..Default::default()
-        };
+        record.old_state = recorded.opened_new;
+        record.new_state = tcp_state::ESTABLISHED;
+        record.ts_ns = recorded.established_ns;
         emit(record, tuple, &recorded.owner);
     }
     if recorded.latest_new != 0 {
-        record = Record {
-            kind: kind::STATE_CHANGE,
-            cookie,
-            netns: recorded.netns,
-            old_state: recorded.latest_old,
-            new_state: recorded.latest_new,
-            flags: flag::DEFERRED,
-            ts_ns: recorded.latest_ns,
-            ..Default::default()
-        };
+        record.old_state = recorded.latest_old;
+        record.new_state = recorded.latest_new;
+        record.ts_ns = recorded.latest_ns;
         emit(record, tuple, &recorded.owner);
     }
 }

@@ -263,36 +263,15 @@ impl<W: Write> Pipeline<W> {
     }
 
     pub fn housekeeping(&mut self, counters: KernelCounters, activity: &dyn ActivitySource) {
-        let new = |now: u64, before: u64| now.saturating_sub(before);
-        let lost = new(counters.ringbuf_full, self.reported.ringbuf_full);
-        if lost > 0 {
-            warn!("{lost} events lost: the ring buffer was full (counted in the stats line)");
-        }
-        let unowned = new(counters.owner_table_full, self.reported.owner_table_full);
-        if unowned > 0 {
-            warn!(
-                "{unowned} flows lost process attribution and are reported event by event: flow table full (--max-flows)"
-            );
-        }
-        let listeners = new(
-            counters.listener_table_full,
-            self.reported.listener_table_full,
-        );
-        if listeners > 0 {
-            warn!(
-                "{listeners} listeners not remembered: listener table full (accepted sockets lose attribution)"
-            );
-        }
-        let untracked = new(
-            counters.activity_table_full,
-            self.reported.activity_table_full,
-        );
-        if untracked > 0 {
-            warn!("{untracked} flows not idle-tracked: activity table full (--max-flows)");
-        }
-        let skipped = new(counters.recursion_misses, self.reported.recursion_misses);
-        if skipped > 0 {
-            warn!("{skipped} kernel program runs skipped by the kernel (recursion on a CPU)");
+        for ((_, now, meaning), (_, before, _)) in
+            counters.losses().into_iter().zip(self.reported.losses())
+        {
+            let new = now.saturating_sub(before);
+            if let Some(meaning) = meaning
+                && new > 0
+            {
+                warn!("{new} {meaning}");
+            }
         }
         self.reported = counters;
         let now = BootClock::now_boot_ns();
@@ -334,31 +313,11 @@ impl<W: Write> Pipeline<W> {
         let Some(metrics) = &self.metrics else {
             return;
         };
-        let before = self.metered.kernel;
-        for (reason, now, then) in [
-            ("ringbuf_full", counters.ringbuf_full, before.ringbuf_full),
-            (
-                "owner_table_full",
-                counters.owner_table_full,
-                before.owner_table_full,
-            ),
-            (
-                "listener_table_full",
-                counters.listener_table_full,
-                before.listener_table_full,
-            ),
-            (
-                "activity_table_full",
-                counters.activity_table_full,
-                before.activity_table_full,
-            ),
-            ("read_failed", counters.read_failed, before.read_failed),
-            (
-                "recursion_misses",
-                counters.recursion_misses,
-                before.recursion_misses,
-            ),
-        ] {
+        for ((reason, now, _), (_, then, _)) in counters
+            .losses()
+            .into_iter()
+            .zip(self.metered.kernel.losses())
+        {
             if now > then {
                 metrics.lost(reason, now - then);
             }

@@ -66,9 +66,9 @@ fn aya_btf() -> Result<aya::Btf> {
 /// Verification order: the costliest first, so two workers finish together.
 const VERIFY_ORDER: [&str; 8] = [
     "inet_sock_set_state",
-    "ingress_ttl",
+    INGRESS_PROGRAM,
     "inet_sk_error_report",
-    "egress_activity",
+    EGRESS_PROGRAM,
     "tcp_send_reset",
     "tcp_receive_reset",
     "tcp_retransmit_skb",
@@ -218,6 +218,47 @@ pub struct KernelCounters {
     pub activity_table_full: u64,
     /// Runs the kernel skipped because a program was already running on that CPU.
     pub recursion_misses: u64,
+}
+
+impl KernelCounters {
+    /// Each loss counter: its `reason` label in the metrics, its value, and what a rise means
+    /// (warned about as it happens; None: counted only).
+    pub fn losses(&self) -> [(&'static str, u64, Option<&'static str>); 6] {
+        [
+            (
+                "ringbuf_full",
+                self.ringbuf_full,
+                Some("events lost: the ring buffer was full (counted in the stats line)"),
+            ),
+            (
+                "owner_table_full",
+                self.owner_table_full,
+                Some(
+                    "flows lost process attribution and are reported event by event: flow table \
+                     full (--max-flows)",
+                ),
+            ),
+            (
+                "listener_table_full",
+                self.listener_table_full,
+                Some(
+                    "listeners not remembered: listener table full (accepted sockets lose \
+                     attribution)",
+                ),
+            ),
+            (
+                "activity_table_full",
+                self.activity_table_full,
+                Some("flows not idle-tracked: activity table full (--max-flows)"),
+            ),
+            ("read_failed", self.read_failed, None),
+            (
+                "recursion_misses",
+                self.recursion_misses,
+                Some("kernel program runs skipped by the kernel (recursion on a CPU)"),
+            ),
+        ]
+    }
 }
 
 /// Raises RLIMIT_MEMLOCK for kernels that still charge BPF maps to it (before 5.11).
