@@ -3,8 +3,6 @@
 //! prototypes. Rust eBPF has no CO-RE relocations, so these offsets are handed to the kernel
 //! programs at load time instead of being compiled in.
 
-use std::collections::HashMap;
-
 use anyhow::{Context as _, Result, bail};
 
 const BTF_MAGIC: u16 = 0xeb9f;
@@ -71,15 +69,17 @@ enum Type {
     Other,
 }
 
-/// Parsed BTF types with a name index. Names stay in the string section and are compared in
-/// place: copying the ~1M names of a kernel's BTF would dominate start-up.
+/// The kernel's BTF, indexed but not decoded: a type is decoded when it is looked up (a
+/// handful of them per start), so parsing is one pass over ~150,000 records that allocates
+/// nothing per type. Names stay in the string section and are compared in place.
 pub struct Btf {
-    types: Vec<Type>,
-    strings: Vec<u8>,
-    /// Type id -> name offset.
-    type_names: Vec<u32>,
-    /// Hash of a type name -> type ids with a name of that hash.
-    by_name: HashMap<u64, Vec<u32>>,
+    data: Vec<u8>,
+    /// Start of the string section in `data`, and its length.
+    strings: (usize, usize),
+    /// Type id -> position of its record in `data` (id 0, void, has none).
+    positions: Vec<u32>,
+    /// (hash of the name, type id) of every named type, sorted.
+    by_name: Vec<(u64, u32)>,
 }
 
 /// FNV-1a: a fast hash for the name index (its keys are checked against the names anyway).
@@ -96,18 +96,29 @@ pub struct FieldLocation {
     pub size: u32,
 }
 
-struct Reader<'a> {
-    data: &'a [u8],
+/// Reads a little-endian u32; callers have checked the bounds.
+fn u32_at(data: &[u8], pos: usize) -> u32 {
+    u32::from_le_bytes([data[pos], data[pos + 1], data[pos + 2], data[pos + 3]])
 }
 
-impl Reader<'_> {
-    fn u32_at(&self, pos: usize) -> Result<u32> {
-        let bytes = self
-            .data
-            .get(pos..pos + 4)
-            .with_context(|| format!("BTF truncated at byte {pos}"))?;
-        Ok(u32::from_le_bytes(bytes.try_into().expect("4 bytes")))
+fn checked_u32_at(data: &[u8], pos: usize) -> Result<u32> {
+    if pos + 4 > data.len() {
+        bail!("BTF truncated at byte {pos}");
     }
+    Ok(u32_at(data, pos))
+}
+
+/// Bytes that follow a type's 12-byte common header, by kind.
+fn extra_len(kind: u32, vlen: usize) -> Option<usize> {
+    Some(match kind {
+        KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
+        KIND_ARRAY => 12,
+        KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => 12 * vlen,
+        KIND_ENUM | KIND_FUNC_PROTO => 8 * vlen,
+        KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
+        | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => 0,
+        _ => return None,
+    })
 }
 
 impl Btf {
@@ -120,12 +131,17 @@ impl Btf {
                  standard on current distribution kernels)"
             )
         })?;
-        Self::parse(&data).with_context(|| format!("parsing {PATH}"))
+        Self::index(data).with_context(|| format!("parsing {PATH}"))
     }
 
     /// Parses little-endian BTF.
+    #[cfg(test)]
     pub fn parse(data: &[u8]) -> Result<Self> {
-        let reader = Reader { data };
+        Self::index(data.to_vec())
+    }
+
+    /// Checks the header and every type record's bounds, and indexes types by id and name.
+    fn index(data: Vec<u8>) -> Result<Self> {
         if data.len() < 24 {
             bail!("BTF header truncated ({} bytes)", data.len());
         }
@@ -133,148 +149,142 @@ impl Btf {
         if magic != BTF_MAGIC {
             bail!("not little-endian BTF (magic {magic:#x})");
         }
-        let hdr_len = reader.u32_at(4)? as usize;
-        let type_off = reader.u32_at(8)? as usize;
-        let type_len = reader.u32_at(12)? as usize;
-        let str_off = reader.u32_at(16)? as usize;
-        let str_len = reader.u32_at(20)? as usize;
-        let strings = data
-            .get(hdr_len + str_off..hdr_len + str_off + str_len)
-            .context("BTF string section out of bounds")?;
-        // Type id 0 is void.
-        let mut types = vec![Type::Other];
-        let mut names = vec![0u32];
+        let hdr_len = checked_u32_at(&data, 4)? as usize;
+        let type_off = checked_u32_at(&data, 8)? as usize;
+        let type_len = checked_u32_at(&data, 12)? as usize;
+        let str_off = checked_u32_at(&data, 16)? as usize;
+        let str_len = checked_u32_at(&data, 20)? as usize;
+        let str_start = hdr_len + str_off;
+        if str_start + str_len > data.len() {
+            bail!("BTF string section out of bounds");
+        }
         let mut pos = hdr_len + type_off;
         let end = pos + type_len;
         if end > data.len() {
             bail!("BTF type section out of bounds");
         }
+        let mut positions = vec![0u32];
+        let mut by_name = Vec::new();
+        let strings = &data[str_start..str_start + str_len];
         while pos < end {
-            let name_off = reader.u32_at(pos)?;
-            let info = reader.u32_at(pos + 4)?;
-            let size_or_type = reader.u32_at(pos + 8)?;
-            pos += 12;
-            let vlen = (info & 0xffff) as usize;
+            if pos + 12 > end {
+                bail!("BTF truncated at byte {pos}");
+            }
+            let name_off = u32_at(&data, pos) as usize;
+            let info = u32_at(&data, pos + 4);
             let kind = (info >> 24) & 0x1f;
-            let kind_flag = info >> 31 == 1;
-            let ty = match kind {
-                KIND_INT => {
-                    pos += 4;
-                    Type::Int { size: size_or_type }
-                }
-                KIND_PTR => Type::Ptr {
-                    target: size_or_type,
-                },
-                KIND_ARRAY => {
-                    let element = reader.u32_at(pos)?;
-                    let count = reader.u32_at(pos + 8)?;
-                    pos += 12;
-                    Type::Array { element, count }
-                }
-                KIND_STRUCT | KIND_UNION => {
-                    let mut members = Vec::with_capacity(vlen);
-                    for _ in 0..vlen {
-                        let name = reader.u32_at(pos)?;
-                        let type_id = reader.u32_at(pos + 4)?;
-                        let offset = reader.u32_at(pos + 8)?;
+            let vlen = (info & 0xffff) as usize;
+            let extra = extra_len(kind, vlen)
+                .with_context(|| format!("unknown BTF kind {kind} at type {}", positions.len()))?;
+            if pos + 12 + extra > end {
+                bail!("BTF truncated at byte {pos}");
+            }
+            let id = positions.len() as u32;
+            positions.push(pos as u32);
+            if name_off != 0 && name_off < strings.len() {
+                let rest = &strings[name_off..];
+                let len = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+                by_name.push((name_hash(&rest[..len]), id));
+            }
+            pos += 12 + extra;
+        }
+        by_name.sort_unstable();
+        Ok(Self {
+            data,
+            strings: (str_start, str_len),
+            positions,
+            by_name,
+        })
+    }
+
+    /// Decodes type `id`.
+    fn ty(&self, id: u32) -> Option<Type> {
+        let pos = *self.positions.get(id as usize)? as usize;
+        if id == 0 {
+            return Some(Type::Other);
+        }
+        let data = &self.data;
+        let info = u32_at(data, pos + 4);
+        let size_or_type = u32_at(data, pos + 8);
+        let vlen = (info & 0xffff) as usize;
+        let kind = (info >> 24) & 0x1f;
+        let kind_flag = info >> 31 == 1;
+        // Bounds of every record were checked when indexing.
+        let body = pos + 12;
+        let at = |i: usize, stride: usize, field: usize| u32_at(data, body + i * stride + field);
+        Some(match kind {
+            KIND_INT => Type::Int { size: size_or_type },
+            KIND_PTR => Type::Ptr {
+                target: size_or_type,
+            },
+            KIND_ARRAY => Type::Array {
+                element: at(0, 12, 0),
+                count: at(0, 12, 8),
+            },
+            KIND_STRUCT | KIND_UNION => Type::Struct {
+                size: size_or_type,
+                members: (0..vlen)
+                    .map(|i| {
+                        let offset = at(i, 12, 8);
                         let (bit_offset, bitfield_size) = if kind_flag {
                             (offset & 0xff_ffff, offset >> 24)
                         } else {
                             (offset, 0)
                         };
-                        members.push(Member {
-                            name,
-                            type_id,
+                        Member {
+                            name: at(i, 12, 0),
+                            type_id: at(i, 12, 4),
                             bit_offset,
                             bitfield_size,
-                        });
-                        pos += 12;
-                    }
-                    Type::Struct {
-                        size: size_or_type,
-                        members,
-                    }
-                }
-                KIND_ENUM => {
-                    let mut values = Vec::with_capacity(vlen);
-                    for _ in 0..vlen {
-                        let name = reader.u32_at(pos)?;
-                        let raw = reader.u32_at(pos + 4)?;
+                        }
+                    })
+                    .collect(),
+            },
+            KIND_ENUM => Type::Enum {
+                values: (0..vlen)
+                    .map(|i| {
+                        let raw = at(i, 8, 4);
                         let value = if kind_flag {
                             i64::from(raw as i32)
                         } else {
                             i64::from(raw)
                         };
-                        values.push((name, value));
-                        pos += 8;
-                    }
-                    Type::Enum { values }
+                        (at(i, 8, 0), value)
+                    })
+                    .collect(),
+            },
+            KIND_ENUM64 => Type::Enum {
+                values: (0..vlen)
+                    .map(|i| {
+                        let (lo, hi) = (u64::from(at(i, 12, 4)), u64::from(at(i, 12, 8)));
+                        (at(i, 12, 0), ((hi << 32) | lo) as i64)
+                    })
+                    .collect(),
+            },
+            KIND_FUNC_PROTO => Type::FuncProto {
+                params: (0..vlen).map(|i| at(i, 8, 4)).collect(),
+            },
+            KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                Type::Alias {
+                    target: size_or_type,
                 }
-                KIND_ENUM64 => {
-                    let mut values = Vec::with_capacity(vlen);
-                    for _ in 0..vlen {
-                        let name = reader.u32_at(pos)?;
-                        let lo = u64::from(reader.u32_at(pos + 4)?);
-                        let hi = u64::from(reader.u32_at(pos + 8)?);
-                        values.push((name, ((hi << 32) | lo) as i64));
-                        pos += 12;
-                    }
-                    Type::Enum { values }
-                }
-                KIND_FUNC_PROTO => {
-                    let mut params = Vec::with_capacity(vlen);
-                    for _ in 0..vlen {
-                        params.push(reader.u32_at(pos + 4)?);
-                        pos += 8;
-                    }
-                    Type::FuncProto { params }
-                }
-                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
-                    Type::Alias {
-                        target: size_or_type,
-                    }
-                }
-                KIND_VAR | KIND_DECL_TAG => {
-                    pos += 4;
-                    Type::Other
-                }
-                KIND_DATASEC => {
-                    pos += 12 * vlen;
-                    Type::Other
-                }
-                KIND_FWD | KIND_FUNC | KIND_FLOAT => Type::Other,
-                other => bail!("unknown BTF kind {other} at type {}", types.len()),
-            };
-            types.push(ty);
-            names.push(name_off);
-        }
-
-        let mut btf = Self {
-            types,
-            strings: strings.to_vec(),
-            type_names: names,
-            by_name: HashMap::new(),
-        };
-        let mut by_name: HashMap<u64, Vec<u32>> = HashMap::new();
-        for (id, &name) in btf.type_names.iter().enumerate() {
-            let bytes = btf.name_bytes(name);
-            if !bytes.is_empty() {
-                by_name.entry(name_hash(bytes)).or_default().push(id as u32);
             }
-        }
-        btf.by_name = by_name;
-        Ok(btf)
+            _ => Type::Other,
+        })
     }
 
-    fn ty(&self, id: u32) -> Option<&Type> {
-        self.types.get(id as usize)
+    fn type_name(&self, id: u32) -> &[u8] {
+        match self.positions.get(id as usize) {
+            Some(&pos) if id != 0 => self.name_bytes(u32_at(&self.data, pos as usize)),
+            _ => &[],
+        }
     }
 
     /// Follows typedefs and qualifiers.
     fn resolve(&self, mut id: u32) -> u32 {
         for _ in 0..32 {
             match self.ty(id) {
-                Some(Type::Alias { target }) => id = *target,
+                Some(Type::Alias { target }) => id = target,
                 _ => break,
             }
         }
@@ -282,7 +292,9 @@ impl Btf {
     }
 
     fn name_bytes(&self, offset: u32) -> &[u8] {
-        let rest = self.strings.get(offset as usize..).unwrap_or_default();
+        let (start, len) = self.strings;
+        let strings = &self.data[start..start + len];
+        let rest = strings.get(offset as usize..).unwrap_or_default();
         let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
         &rest[..end]
     }
@@ -292,15 +304,14 @@ impl Btf {
     }
 
     fn ids_named(&self, name: &str) -> Vec<u32> {
-        self.by_name
-            .get(&name_hash(name.as_bytes()))
-            .map(|ids| {
-                ids.iter()
-                    .copied()
-                    .filter(|&id| self.name_bytes(self.type_names[id as usize]) == name.as_bytes())
-                    .collect()
-            })
-            .unwrap_or_default()
+        let hash = name_hash(name.as_bytes());
+        let first = self.by_name.partition_point(|&(h, _)| h < hash);
+        self.by_name[first..]
+            .iter()
+            .take_while(|&&(h, _)| h == hash)
+            .map(|&(_, id)| id)
+            .filter(|&id| self.type_name(id) == name.as_bytes())
+            .collect()
     }
 
     /// The id of the struct (or union) with this name that has members (not a forward decl).
@@ -313,10 +324,10 @@ impl Btf {
     /// Size in bytes of a type (ints, pointers, structs; through typedefs).
     pub fn size_of(&self, id: u32) -> Option<u32> {
         match self.ty(self.resolve(id))? {
-            Type::Int { size } | Type::Struct { size, .. } => Some(*size),
+            Type::Int { size } | Type::Struct { size, .. } => Some(size),
             Type::Ptr { .. } => Some(8),
             Type::Enum { .. } => Some(4),
-            Type::Array { element, count } => self.size_of(*element)?.checked_mul(*count),
+            Type::Array { element, count } => self.size_of(element)?.checked_mul(count),
             _ => None,
         }
     }
@@ -327,7 +338,7 @@ impl Btf {
         let Some(Type::Struct { members, .. }) = self.ty(self.resolve(struct_id)) else {
             return None;
         };
-        for member in members {
+        for member in &members {
             if self.name_bytes(member.name) == name.as_bytes() {
                 return Some((member.clone(), member.bit_offset));
             }
@@ -396,10 +407,10 @@ impl Btf {
             return None;
         };
         // typedef -> pointer -> func_proto
-        let Some(Type::Ptr { target: proto_id }) = self.ty(self.resolve(*target)) else {
+        let Some(Type::Ptr { target: proto_id }) = self.ty(self.resolve(target)) else {
             return None;
         };
-        match self.ty(self.resolve(*proto_id)) {
+        match self.ty(self.resolve(proto_id)) {
             Some(Type::FuncProto { params }) => Some(params.len().saturating_sub(1)),
             _ => None,
         }

@@ -15,6 +15,7 @@ mod k8s;
 mod metrics;
 mod offsets;
 mod pipeline;
+mod prefetch;
 mod probe;
 mod probes;
 mod remedies;
@@ -82,7 +83,8 @@ fn main() -> ExitCode {
 /// Checks privileges and reads the kernel's BTF: what every tracing command needs first.
 pub fn prepare() -> Result<Btf> {
     probes::check_privileges()?;
-    probes::read_kernel_btf();
+    probes::start_kernel_reads();
+    session::start_kernel_reads();
     let started = std::time::Instant::now();
     let btf = Btf::from_kernel().map_err(|e| FatalError(format!("{e:#}")))?;
     tracing::debug!("kernel BTF parsed in {:?}", started.elapsed());

@@ -7,7 +7,6 @@ use std::{
     os::fd::AsFd as _,
     path::{Path, PathBuf},
     sync::Mutex,
-    thread::JoinHandle,
 };
 
 use anyhow::{Context as _, Result, anyhow};
@@ -18,7 +17,7 @@ use aya::{
 };
 use tracer_ebpf::{FlowActivity, counter};
 
-use crate::{btf::Btf, offsets};
+use crate::{btf::Btf, offsets, prefetch::Prefetch};
 
 /// The kernel programs, built for the bpf target by build.rs and embedded in this binary.
 static TRACER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
@@ -39,28 +38,29 @@ pub const PROGRAMS: [(&str, &str); 6] = [
     ("inet_sk_error_report", "inet_sk_error_report"),
 ];
 
-/// aya's parse of the kernel BTF, started early on another thread (see `read_kernel_btf`).
-static AYA_BTF: Mutex<Option<JoinHandle<Result<aya::Btf, aya::BtfError>>>> = Mutex::new(None);
+/// aya's parse of the kernel BTF, started at launch (see `start_kernel_reads`).
+static AYA_BTF: Prefetch<Result<aya::Btf, aya::BtfError>> = Prefetch::new();
 
-/// Starts parsing the kernel's BTF for aya in the background, so it overlaps the collector's
-/// own parse (each takes ~30 ms of start-up).
-pub fn read_kernel_btf() {
-    let handle = std::thread::spawn(aya::Btf::from_sys_fs);
-    if let Ok(mut slot) = AYA_BTF.lock() {
-        *slot = Some(handle);
-    }
+/// aya's loader, made at launch: `EbpfLoader::new()` parses the kernel's BTF itself (~30 ms),
+/// and probing the kernel's BPF features takes ~25 ms more, most of it waiting on the kernel.
+static LOADER: Prefetch<EbpfLoader<'static>> = Prefetch::new();
+
+/// Starts parsing the kernel's BTF for aya and making its loader in the background,
+/// overlapping the collector's own BTF parse.
+pub fn start_kernel_reads() {
+    AYA_BTF.start(aya::Btf::from_sys_fs);
+    LOADER.start(|| {
+        aya::features();
+        EbpfLoader::new()
+    });
 }
 
 /// aya's BTF: the background parse if one was started, else parsed now.
 fn aya_btf() -> Result<aya::Btf> {
-    let handle = AYA_BTF.lock().ok().and_then(|mut slot| slot.take());
-    let parsed = match handle {
-        Some(handle) => handle
-            .join()
-            .map_err(|_| anyhow!("the BTF reader thread failed"))?,
-        None => aya::Btf::from_sys_fs(),
-    };
-    parsed.context("reading kernel BTF")
+    AYA_BTF
+        .take()
+        .unwrap_or_else(aya::Btf::from_sys_fs)
+        .context("reading kernel BTF")
 }
 
 /// Verification order: the costliest first, so two workers finish together.
@@ -286,13 +286,14 @@ impl Probes {
         raise_memlock_limit();
         let offsets = offsets::resolve(btf)?;
         tracing::debug!("kernel offsets from BTF: {offsets:?}");
-        // One parse of the kernel's BTF for aya (relocations and tp_btf attach targets): each
-        // parse costs ~0.1-0.2 s of start-up.
+        // aya's parse of the kernel's BTF (tp_btf attach targets), made at launch.
         let started = std::time::Instant::now();
         let aya_btf = aya_btf()?;
         tracing::debug!("kernel BTF for aya ready after {:?}", started.elapsed());
-        let mut ebpf = EbpfLoader::new()
-            .btf(Some(&aya_btf))
+        let mut loader = LOADER.take().unwrap_or_default();
+        let mut ebpf = loader
+            // The object has no CO-RE relocations: the loader needs no BTF of its own.
+            .btf(None)
             .override_global("OFFSETS", &offsets, true)
             .override_global("WAKEUP_BYTES", &WAKEUP_BYTES, true)
             .override_global("IDLE_MARK_NS", &idle_mark_ns, true)

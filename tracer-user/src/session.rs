@@ -17,6 +17,7 @@ use crate::{
     findings::Config,
     idle, offsets,
     pipeline::Pipeline,
+    prefetch::Prefetch,
     probes::{self, KernelCounters, Probes},
     sinks::{Context, Output, Totals},
 };
@@ -48,6 +49,15 @@ fn node_name() -> String {
                 .map(|name| name.trim().to_owned())
         })
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// The kernel's tick rate and where it was read (decompressing /proc/config.gz takes
+/// ~10 ms), started at launch.
+static KERNEL_HZ: Prefetch<Result<(u32, &'static str), String>> = Prefetch::new();
+
+/// Starts reading what the session needs from the kernel, in the background.
+pub fn start_kernel_reads() {
+    KERNEL_HZ.start(|| idle::kernel_hz(&kernel_release()));
 }
 
 fn kernel_release() -> String {
@@ -99,7 +109,7 @@ impl<W: Write> Session<W> {
         drop(btf);
         crate::pipeline::release_freed_memory();
         let mut findings = settings.findings;
-        findings.hz = match idle::kernel_hz(&kernel) {
+        findings.hz = match KERNEL_HZ.take().unwrap_or_else(|| idle::kernel_hz(&kernel)) {
             Ok((hz, source)) => {
                 tracing::debug!("kernel HZ {hz} (from {source})");
                 hz
