@@ -16,8 +16,10 @@ use std::{
 use serde_json::Value;
 use support::{Topology, Tracer, connect, dump};
 
-fn refused_burst(topo: &Topology, count: usize) {
-    let target = SocketAddr::new(topo.server_v4, 7337);
+/// Refused connects to `port`. Each test here uses its own port: the tests run in parallel
+/// and a tracer sees every namespace.
+fn refused_burst(topo: &Topology, port: u16, count: usize) {
+    let target = SocketAddr::new(topo.server_v4, port);
     let refused = topo
         .client
         .run("st-burst", move || {
@@ -48,7 +50,7 @@ fn rotation_under_traffic_keeps_every_line_exactly_once() {
         "--trace-keep",
         "1000",
     ]);
-    refused_burst(&topo, 40);
+    refused_burst(&topo, 7337, 40);
     support::settle();
     let stdout = tracer.stop();
     let files: Vec<PathBuf> = {
@@ -114,7 +116,7 @@ fn rotation_under_traffic_keeps_every_line_exactly_once() {
 fn sigterm_right_after_a_burst_loses_no_finding() {
     let topo = Topology::new();
     let mut child = Command::new(env!("CARGO_BIN_EXE_shuffletrace"))
-        .args(["--format", "json", "--findings-only", "--ports", "7337"])
+        .args(["--format", "json", "--findings-only", "--ports", "10000"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -123,7 +125,7 @@ fn sigterm_right_after_a_burst_loses_no_finding() {
     let mut first = [0u8; 1];
     stdout.read_exact(&mut first).unwrap();
     let burst = 200;
-    refused_burst(&topo, burst);
+    refused_burst(&topo, 10000, burst);
     // No settling: the findings are still in the ring buffer and the aggregation windows.
     // SAFETY: plain kill(2) on our child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -171,13 +173,13 @@ fn metrics_scrape_returns_the_counts() {
         .unwrap();
     let tracer = Tracer::start_with(&[
         "--ports",
-        "7337",
+        "9083",
         "--metrics-addr",
         &addr.to_string(),
         "--aggregate-window",
         "200ms",
     ]);
-    refused_burst(&topo, 3);
+    refused_burst(&topo, 9083, 3);
     // Housekeeping closes the aggregation windows and updates the gauges.
     std::thread::sleep(Duration::from_millis(1500));
     let (status, health) = http_get(addr, "/healthz");
@@ -186,7 +188,7 @@ fn metrics_scrape_returns_the_counts() {
     assert_eq!(status, 200);
     let lines = tracer.stop();
     for expected in [
-        "shuffletrace_findings_total{kind=\"connect_refused\",port=\"7337\"} 3",
+        "shuffletrace_findings_total{kind=\"connect_refused\",port=\"9083\"} 3",
         "shuffletrace_events_total{event=\"reset_received\"} 3",
         "shuffletrace_events_total{event=\"socket_error\"} 3",
         "shuffletrace_flow_table_evictions_total 0",

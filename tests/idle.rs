@@ -216,13 +216,15 @@ fn nat_that_resets_a_forgotten_flow_warns_first_then_diagnoses_the_break() {
         "{}",
         dump(&lines)
     );
+    // Tests run in parallel and the tracer sees every namespace: only this test's count.
+    let ours = |f: &&Value| f["netns"] == net.client.inode() || f["netns"] == net.server.inode();
     assert!(
-        findings(&lines, "peer_reset").is_empty(),
+        !findings(&lines, "peer_reset").iter().any(ours),
         "{}",
         dump(&lines)
     );
     assert!(
-        findings(&lines, "middlebox_reset").is_empty(),
+        !findings(&lines, "middlebox_reset").iter().any(ours),
         "{}",
         dump(&lines)
     );
@@ -309,12 +311,20 @@ fn keepalive_below_the_threshold_keeps_the_flow_and_gives_no_warning() {
             dump(&lines)
         );
     }
-    // The flow was traced: the tracer saw it established.
-    assert!(
-        lines
-            .iter()
-            .any(|v| v["type"] == "event" && v["src"] == src.as_str()),
-        "{}",
-        dump(&lines)
-    );
+    // The flow was traced: it carried data cleanly, so the kernel kept it quiet (watched
+    // for idleness in its activity table) and summarised it when it closed. It is the only
+    // clean flow of these tests.
+    let stats = lines
+        .iter()
+        .rev()
+        .find(|v| v["type"] == "stats")
+        .unwrap_or_else(|| panic!("no stats line: {}", dump(&lines)));
+    let clean_clients: u64 = stats["clean_flows_by_port"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["port"] == 10000 && r["side"] == "client")
+        .map(|r| r["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(clean_clients, 1, "{}", dump(&lines));
 }

@@ -26,6 +26,9 @@ pub mod kind {
     /// `SYN_RECV`), `detail` its lifetime in milliseconds. Only flows that reached
     /// ESTABLISHED are summarised.
     pub const FLOW_SUMMARY: u8 = 8;
+    /// A quiet flow stopped being quiet: what it recorded, in one [`FlowHistory`](crate::FlowHistory)
+    /// record (userspace expands it into the deferred events, each with its own time).
+    pub const FLOW_HISTORY: u8 = 9;
 }
 
 /// What the first bytes of a flow's first data segment in one direction look like.
@@ -47,6 +50,27 @@ pub mod payload_class {
 
     /// Bytes the classifier looks at, at most.
     pub const HEAD: usize = 16;
+
+    /// Whether the first data received, answering the first data sent, may be a TLS
+    /// mismatch: a ClientHello answered without TLS, or plaintext answered with TLS. The
+    /// kernel sends a quiet flow's first payloads only then (userspace judges them); any
+    /// other first data keeps the flow quiet.
+    pub const fn answer_may_mismatch(sent: u8, received: u8) -> bool {
+        if sent == NONE || received == NONE {
+            return false;
+        }
+        if sent == TLS_CLIENT_HELLO {
+            !is_tls(received)
+        } else {
+            !is_tls(sent) && is_tls(received)
+        }
+    }
+
+    /// A ClientHello was sent and nothing came back: if the peer now closes or resets, it
+    /// may not speak TLS (userspace judges it).
+    pub const fn hello_unanswered(sent: u8, received: u8) -> bool {
+        sent == TLS_CLIENT_HELLO && received == NONE
+    }
 
     /// Whether a class is a TLS record of any kind.
     pub const fn is_tls(class: u8) -> bool {
@@ -172,9 +196,14 @@ pub mod tcp_state {
     pub const ESTABLISHED: u8 = 1;
     pub const SYN_SENT: u8 = 2;
     pub const SYN_RECV: u8 = 3;
+    pub const FIN_WAIT1: u8 = 4;
+    pub const FIN_WAIT2: u8 = 5;
+    pub const TIME_WAIT: u8 = 6;
     pub const CLOSE: u8 = 7;
     pub const CLOSE_WAIT: u8 = 8;
+    pub const LAST_ACK: u8 = 9;
     pub const LISTEN: u8 = 10;
+    pub const CLOSING: u8 = 11;
     pub const NEW_SYN_RECV: u8 = 12;
 }
 
@@ -249,8 +278,10 @@ pub struct Keepalive {
 }
 
 /// Per-flow activity kept in the kernel for idle tracking (`ACTIVITY` map, by socket cookie):
-/// updated by the cgroup_skb programs on every data segment of a watched established flow,
-/// read by userspace only when a flow is due for an idle check (see tracer-user's flows.rs).
+/// created by the cgroup_skb programs at a watched flow's first data segment and updated on
+/// every segment, removed at TCP_CLOSE. It carries the flow's tuple and netns, so userspace
+/// can scan the map for idle flows it was never told about (a flow that carries data
+/// cleanly stays quiet: see `FlowSlot`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowActivity {
@@ -266,11 +297,21 @@ pub struct FlowActivity {
     pub resumed_ns: u64,
     /// When the keepalive snapshot was last refreshed.
     pub keepalive_ns: u64,
+    /// When the first data segment was sent and received (0: not yet).
+    pub tx_first_ns: u64,
+    pub rx_first_ns: u64,
     pub keepalive: Keepalive,
+    pub netns: u32,
+    /// The flow's tuple, this host first (as in `FlowEvent`).
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub family: u8,
     /// Payload class of the first data segment sent and received (0: none yet).
     pub tx_class: u8,
     pub rx_class: u8,
-    pub _pad: [u8; 6],
+    pub _pad: u8,
 }
 
 /// The process that owns a socket, remembered at `connect()`/`listen()` (process context) and
@@ -290,10 +331,12 @@ pub struct SockOwner {
 /// What the kernel keeps per watched flow (socket cookie -> `FlowSlot`, created at
 /// connect()/accept, removed at TCP_CLOSE): its owner and, while the flow is *quiet*, the
 /// state changes not yet sent. A flow is quiet until something userspace must see happens
-/// (a retransmit, reset, error, its first data, or a close that is not clean); then the
-/// recorded state changes are sent first, in order and with their own times, and the flow
-/// is reported like any other from then on. A quiet flow that closes cleanly costs one
-/// `FLOW_SUMMARY` record instead of a record per state change.
+/// (a retransmit, reset or error, a close that is not clean, or first data that may be a TLS
+/// mismatch: see `payload_class::answer_may_mismatch`); then what it recorded (state
+/// changes, and its first payload classes from `FlowActivity`) is sent first, in order and
+/// with their own times, and the flow is reported like any other from then on. A quiet flow
+/// that closes cleanly costs one `FLOW_SUMMARY` record instead of a record per state change;
+/// one that carries data is watched for idleness by userspace scanning `ACTIVITY`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowSlot {
@@ -312,6 +355,29 @@ pub struct FlowSlot {
     /// When it reached ESTABLISHED (0: not yet).
     pub established_ns: u64,
     pub latest_ns: u64,
+}
+
+/// What a quiet flow recorded, sent in one record when it stops being quiet (kind
+/// `FLOW_HISTORY`): `event` carries the tuple, owner and netns, and the opening transition
+/// (`old_state`/`new_state`, `ts_ns`); the rest are the later recorded changes (0: did not
+/// happen). One record instead of up to five keeps both the ring buffer and the verifier's
+/// work small.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowHistory {
+    pub event: FlowEvent,
+    /// When it reached ESTABLISHED.
+    pub established_ns: u64,
+    /// The latest transition after ESTABLISHED.
+    pub latest_ns: u64,
+    /// When the first data was sent and received (see `FlowActivity`).
+    pub tx_first_ns: u64,
+    pub rx_first_ns: u64,
+    pub latest_old: u8,
+    pub latest_new: u8,
+    pub tx_class: u8,
+    pub rx_class: u8,
+    pub _pad: u32,
 }
 
 /// Key of the listener-owner table: a listening port in one network namespace.
@@ -384,6 +450,8 @@ pub struct KernelOffsets {
 const _: () = assert!(size_of::<FlowEvent>() == 120);
 const _: () = assert!(size_of::<SockOwner>() == 40);
 const _: () = assert!(size_of::<FlowSlot>() == 80);
+const _: () = assert!(size_of::<FlowActivity>() == 128);
+const _: () = assert!(size_of::<FlowHistory>() == 160);
 
 #[cfg(feature = "user")]
 mod user {
@@ -393,4 +461,5 @@ mod user {
     unsafe impl aya::Pod for super::ListenerKey {}
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::FlowActivity {}
+    unsafe impl aya::Pod for super::FlowSlot {}
 }

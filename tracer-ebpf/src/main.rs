@@ -22,8 +22,8 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, SkBuffContext},
 };
 use tracer_ebpf::{
-    AF_INET, AF_INET6, FlowActivity, FlowEvent, FlowSlot, Keepalive, KernelOffsets, ListenerKey,
-    SockOwner, counter, flag, kind, payload_class, tcp_state,
+    AF_INET, AF_INET6, FlowActivity, FlowEvent, FlowHistory, FlowSlot, Keepalive, KernelOffsets,
+    ListenerKey, SockOwner, counter, flag, kind, payload_class, tcp_state,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -81,6 +81,11 @@ static RST_TTL: LruHashMap<u64, u8> = LruHashMap::with_max_entries(4096, 0);
 /// Bounded like FLOWS; a full table is counted (ACTIVITY_TABLE_FULL).
 #[map]
 static ACTIVITY: HashMap<u64, FlowActivity> = HashMap::with_max_entries(131072, 0);
+
+/// One `FlowActivity` per CPU, where a new entry is built before it is inserted: the
+/// programs' stack (512 bytes across calls) has no room for it.
+#[map]
+static ACTIVITY_SCRATCH: PerCpuArray<FlowActivity> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU loss and overflow counters, indexed by `tracer_ebpf::counter`.
 #[map]
@@ -238,8 +243,51 @@ struct Record {
     ts_ns: u64,
 }
 
+/// Writes the wire form of a record in place (no copy on the stack, which the verifier
+/// limits to 512 bytes across calls); `now` is when it is sent.
+#[inline(always)]
+fn write_event(out: &mut FlowEvent, record: &Record, tuple: &Tuple, owner: &SockOwner, now: u64) {
+    let (idle_ms, gap_ms, resumed_ms) = idle_times(record.cookie, now);
+    out.ts_ns = if record.ts_ns != 0 { record.ts_ns } else { now };
+    out.cookie = record.cookie;
+    out.cgroup_id = owner.cgroup_id;
+    out.netns = record.netns;
+    out.pid = owner.pid;
+    out.tid = owner.tid;
+    out.uid = owner.uid;
+    out.detail = record.detail;
+    out.kind = record.kind;
+    out.family = tuple.family as u8;
+    out.old_state = record.old_state;
+    out.new_state = record.new_state;
+    out.local_port = tuple.local_port;
+    out.remote_port = tuple.remote_port;
+    out.flags = record.flags | owner.flags;
+    out.ttl = record.ttl;
+    out.peer_ttl = record.peer_ttl;
+    out.local_addr = tuple.local_addr;
+    out.remote_addr = tuple.remote_addr;
+    out.comm = owner.comm;
+    out.idle_ms = idle_ms;
+    out.gap_ms = gap_ms;
+    out.resumed_ms = resumed_ms;
+    out._pad = 0;
+}
+
+/// Submit flags: no wakeup, unless the unread data passed the wakeup mark.
+#[inline(always)]
+fn wakeup_flag() -> u64 {
+    // SAFETY: reading our own read-only global.
+    let wakeup_bytes = unsafe { core::ptr::read_volatile(&raw const WAKEUP_BYTES) };
+    if wakeup_bytes != 0 && EVENTS.query(BPF_RB_AVAIL_DATA) >= wakeup_bytes {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
+
 /// Not inlined: one copy per program keeps the programs' combined stack under the
-/// verifier's 512-byte limit (the quiet-flow path emits up to four records).
+/// verifier's 512-byte limit.
 #[inline(never)]
 fn emit(record: Record, tuple: &Tuple, owner: &SockOwner) {
     // Losses are counted, and reported by userspace (no logging here: aya-log's code in
@@ -250,41 +298,15 @@ fn emit(record: Record, tuple: &Tuple, owner: &SockOwner) {
     };
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    let (idle_ms, gap_ms, resumed_ms) = idle_times(record.cookie, now);
-    entry.write(FlowEvent {
-        ts_ns: if record.ts_ns != 0 { record.ts_ns } else { now },
-        cookie: record.cookie,
-        cgroup_id: owner.cgroup_id,
-        netns: record.netns,
-        pid: owner.pid,
-        tid: owner.tid,
-        uid: owner.uid,
-        detail: record.detail,
-        kind: record.kind,
-        family: tuple.family as u8,
-        old_state: record.old_state,
-        new_state: record.new_state,
-        local_port: tuple.local_port,
-        remote_port: tuple.remote_port,
-        flags: record.flags | owner.flags,
-        ttl: record.ttl,
-        peer_ttl: record.peer_ttl,
-        local_addr: tuple.local_addr,
-        remote_addr: tuple.remote_addr,
-        comm: owner.comm,
-        idle_ms,
-        gap_ms,
-        resumed_ms,
-        _pad: 0,
-    });
-    // SAFETY: reading our own read-only global.
-    let wakeup_bytes = unsafe { core::ptr::read_volatile(&raw const WAKEUP_BYTES) };
-    let wake = if wakeup_bytes != 0 && EVENTS.query(BPF_RB_AVAIL_DATA) >= wakeup_bytes {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
-    };
-    entry.submit(wake);
+    // SAFETY: the reserved record, every field written below before it is submitted.
+    write_event(
+        unsafe { &mut *entry.as_mut_ptr() },
+        &record,
+        tuple,
+        owner,
+        now,
+    );
+    entry.submit(wakeup_flag());
 }
 
 /// Reads the tuple of a socket and checks the watched-port set; None for unwatched flows.
@@ -492,8 +514,13 @@ fn note_quiet(cookie: u64, record: &mut Record) -> Quiet {
             slot.established_ns = now;
             Quiet::Recorded
         }
-        // Clean: it was established and closes without an error.
-        tcp_state::CLOSE if record.detail == 0 && slot.established_ns != 0 => {
+        // Clean: it was established and closes without an error, after the FIN handshake
+        // (ESTABLISHED or CLOSE_WAIT straight to CLOSE is an abort: a RST follows).
+        tcp_state::CLOSE
+            if record.detail == 0
+                && slot.established_ns != 0
+                && closes_gracefully(record.old_state) =>
+        {
             record.kind = kind::FLOW_SUMMARY;
             record.old_state = slot.opened_new;
             record.detail =
@@ -502,6 +529,8 @@ fn note_quiet(cookie: u64, record: &mut Record) -> Quiet {
         }
         // A connect or handshake that ends without ESTABLISHED, or an error: not clean.
         tcp_state::CLOSE => Quiet::Ends,
+        // The peer closes after our ClientHello without a word: it may not speak TLS.
+        tcp_state::CLOSE_WAIT if hello_unanswered(cookie) => Quiet::Ends,
         _ if slot.established_ns != 0 => {
             slot.latest_old = record.old_state;
             slot.latest_new = record.new_state;
@@ -512,9 +541,37 @@ fn note_quiet(cookie: u64, record: &mut Record) -> Quiet {
     }
 }
 
-/// Sends what a quiet flow recorded (its opening, ESTABLISHED, its latest state change), each
-/// with the time it happened, and reports the flow event by event from now on. Called
-/// before the first event of a flow that userspace must see.
+/// States a socket closes from after the FIN handshake.
+#[inline(always)]
+fn closes_gracefully(old_state: u8) -> bool {
+    matches!(
+        old_state,
+        tcp_state::FIN_WAIT1
+            | tcp_state::FIN_WAIT2
+            | tcp_state::CLOSING
+            | tcp_state::LAST_ACK
+            | tcp_state::TIME_WAIT
+    )
+}
+
+#[inline(always)]
+fn hello_unanswered(cookie: u64) -> bool {
+    // SAFETY: fields are read at once.
+    unsafe { ACTIVITY.get(&cookie) }
+        .is_some_and(|a| payload_class::hello_unanswered(a.tx_class, a.rx_class))
+}
+
+/// Whether a flow is quiet: it has a slot and nothing of it was sent yet.
+#[inline(always)]
+fn is_quiet(cookie: u64) -> bool {
+    // SAFETY: the field is read at once.
+    unsafe { FLOWS.get(&cookie) }.is_some_and(|slot| slot.shipped == 0)
+}
+
+/// Sends what a quiet flow recorded (its opening, ESTABLISHED, the first payload classes
+/// each way, its latest state change, each with the time it happened) in one
+/// `FLOW_HISTORY` record, and reports the flow event by event from now on. Called before the
+/// first event of a flow that userspace must see. Not inlined: one copy per program.
 #[inline(never)]
 fn ship_quiet(cookie: u64, tuple: &Tuple) {
     let Some(slot) = FLOWS.get_ptr_mut(&cookie) else {
@@ -526,31 +583,46 @@ fn ship_quiet(cookie: u64, tuple: &Tuple) {
         return;
     }
     slot.shipped = 1;
-    let recorded = &*slot;
-    // The opening transition, then ESTABLISHED and the latest change if they happened.
-    let mut record = Record {
-        kind: kind::STATE_CHANGE,
+    let Some(mut entry) = EVENTS.reserve::<FlowHistory>(0) else {
+        count(counter::RINGBUF_FULL);
+        return;
+    };
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let opening = Record {
+        kind: kind::FLOW_HISTORY,
         cookie,
-        netns: recorded.netns,
-        old_state: recorded.opened_old,
-        new_state: recorded.opened_new,
+        netns: slot.netns,
+        old_state: slot.opened_old,
+        new_state: slot.opened_new,
         flags: flag::DEFERRED,
-        ts_ns: recorded.opened_ns,
+        ts_ns: slot.opened_ns,
         ..Default::default()
     };
-    emit(record, tuple, &recorded.owner);
-    if recorded.established_ns != 0 {
-        record.old_state = recorded.opened_new;
-        record.new_state = tcp_state::ESTABLISHED;
-        record.ts_ns = recorded.established_ns;
-        emit(record, tuple, &recorded.owner);
+    // SAFETY: the reserved record, every field written below before it is submitted.
+    let history = unsafe { &mut *entry.as_mut_ptr() };
+    write_event(&mut history.event, &opening, tuple, &slot.owner, now);
+    history.established_ns = slot.established_ns;
+    history.latest_ns = slot.latest_ns;
+    history.latest_old = slot.latest_old;
+    history.latest_new = slot.latest_new;
+    history._pad = 0;
+    // SAFETY: fields are copied out at once.
+    match unsafe { ACTIVITY.get(&cookie) } {
+        Some(a) => {
+            history.tx_class = a.tx_class;
+            history.rx_class = a.rx_class;
+            history.tx_first_ns = a.tx_first_ns;
+            history.rx_first_ns = a.rx_first_ns;
+        }
+        None => {
+            history.tx_class = payload_class::NONE;
+            history.rx_class = payload_class::NONE;
+            history.tx_first_ns = 0;
+            history.rx_first_ns = 0;
+        }
     }
-    if recorded.latest_new != 0 {
-        record.old_state = recorded.latest_old;
-        record.new_state = recorded.latest_new;
-        record.ts_ns = recorded.latest_ns;
-        emit(record, tuple, &recorded.owner);
-    }
+    entry.submit(wakeup_flag());
 }
 
 /// Idle times of a tracked flow for an event (see `FlowEvent::idle_ms`); `u32::MAX` each
@@ -935,10 +1007,15 @@ fn skb_cookie(ctx: &SkBuffContext) -> u64 {
 }
 
 /// Starts idle tracking of a watched flow at its first data segment (a flow that never
-/// carries data costs nothing here); the entry is removed at TCP_CLOSE. Not inlined: it keeps
-/// the programs' register pressure and stack down.
+/// carries data costs nothing here), with its tuple and netns; the entry is removed at
+/// TCP_CLOSE. Not inlined: it keeps the programs' register pressure and stack down.
 #[inline(never)]
-fn start_activity(ctx: &SkBuffContext, cookie: u64) -> Option<()> {
+fn start_activity(
+    ctx: &SkBuffContext,
+    cookie: u64,
+    segment: &Segment,
+    received: bool,
+) -> Option<()> {
     // SAFETY: reading the skb's socket pointer from the program's own context.
     let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
     if sk.is_null() {
@@ -950,22 +1027,41 @@ fn start_activity(ctx: &SkBuffContext, cookie: u64) -> Option<()> {
     if tp.is_null() {
         return None;
     }
+    let (local, remote) = if received {
+        (segment.dest_addr, segment.source_addr)
+    } else {
+        (segment.source_addr, segment.dest_addr)
+    };
+    let (local_port, remote_port) = if received {
+        (segment.dest_port, segment.source_port)
+    } else {
+        (segment.source_port, segment.dest_port)
+    };
+    let scratch = ACTIVITY_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's own scratch entry; every field is written below.
+    let activity = unsafe { &mut *scratch };
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    let activity = FlowActivity {
-        last_rx_ns: now,
-        last_tx_ns: now,
-        last_packet_ns: now,
-        gap_ns: 0,
-        resumed_ns: 0,
-        keepalive_ns: now,
-        keepalive: read_keepalive(tp as *const u8),
-        tx_class: payload_class::NONE,
-        rx_class: payload_class::NONE,
-        _pad: [0; 6],
-    };
+    activity.local_addr = load_addr(ctx, local, segment.v6)?;
+    activity.remote_addr = load_addr(ctx, remote, segment.v6)?;
+    activity.last_rx_ns = now;
+    activity.last_tx_ns = now;
+    activity.last_packet_ns = now;
+    activity.gap_ns = 0;
+    activity.resumed_ns = 0;
+    activity.keepalive_ns = now;
+    activity.tx_first_ns = 0;
+    activity.rx_first_ns = 0;
+    activity.keepalive = read_keepalive(tp as *const u8);
+    activity.netns = read_sock_netns(tp as *const u8);
+    activity.local_port = local_port;
+    activity.remote_port = remote_port;
+    activity.family = if segment.v6 { AF_INET6 } else { AF_INET } as u8;
+    activity.tx_class = payload_class::NONE;
+    activity.rx_class = payload_class::NONE;
+    activity._pad = 0;
     // BPF_NOEXIST: the other direction's program may have created it a moment ago.
-    if ACTIVITY.insert(&cookie, &activity, BPF_NOEXIST).is_err()
+    if ACTIVITY.insert(&cookie, activity, BPF_NOEXIST).is_err()
         && unsafe { ACTIVITY.get(&cookie) }.is_none()
     {
         count(counter::ACTIVITY_TABLE_FULL);
@@ -979,16 +1075,17 @@ fn start_activity(ctx: &SkBuffContext, cookie: u64) -> Option<()> {
 fn note_segment(
     ctx: &SkBuffContext,
     cookie: u64,
-    payload: u32,
+    segment: &Segment,
     received: bool,
 ) -> Option<&'static mut FlowActivity> {
     if cookie == 0 {
         return None;
     }
+    let payload = segment.payload;
     let activity = match ACTIVITY.get_ptr_mut(&cookie) {
         Some(activity) => activity,
         None if payload > 0 => {
-            start_activity(ctx, cookie)?;
+            start_activity(ctx, cookie, segment, received)?;
             ACTIVITY.get_ptr_mut(&cookie)?
         }
         None => return None,
@@ -1062,54 +1159,38 @@ fn classify_payload(ctx: &SkBuffContext, segment: &Segment) -> u8 {
     }
 }
 
-/// Reports the class of a flow's first data segment in one direction.
+/// After the class of a flow's first data segment in one direction was recorded: a flow
+/// already reported gets it as an event; a quiet flow stays quiet unless its answer may be a
+/// TLS mismatch, and then sends what it recorded (its first payloads included).
 #[inline(always)]
-fn emit_first_payload(
-    ctx: &SkBuffContext,
-    segment: &Segment,
-    cookie: u64,
-    class: u8,
-    received: bool,
-) {
-    let (local_addr, remote_addr, local_port, remote_port) = if received {
-        (
-            segment.dest_addr,
-            segment.source_addr,
-            segment.dest_port,
-            segment.source_port,
-        )
-    } else {
-        (
-            segment.source_addr,
-            segment.dest_addr,
-            segment.source_port,
-            segment.dest_port,
-        )
-    };
-    let (Some(local), Some(remote)) = (
-        load_addr(ctx, local_addr, segment.v6),
-        load_addr(ctx, remote_addr, segment.v6),
-    ) else {
-        return;
-    };
+fn report_first_payload(activity: &FlowActivity, cookie: u64, received: bool) {
     let tuple = Tuple {
-        family: if segment.v6 { AF_INET6 } else { AF_INET },
-        local_port,
-        remote_port,
-        local_addr: local,
-        remote_addr: remote,
+        family: u16::from(activity.family),
+        local_port: activity.local_port,
+        remote_port: activity.remote_port,
+        local_addr: activity.local_addr,
+        remote_addr: activity.remote_addr,
     };
+    if is_quiet(cookie) {
+        if received && payload_class::answer_may_mismatch(activity.tx_class, activity.rx_class) {
+            ship_quiet(cookie, &tuple);
+        }
+        return;
+    }
     let record = Record {
         kind: kind::FIRST_PAYLOAD,
         cookie,
+        netns: activity.netns,
         old_state: tcp_state::ESTABLISHED,
         new_state: tcp_state::ESTABLISHED,
-        detail: i32::from(class),
+        detail: i32::from(if received {
+            activity.rx_class
+        } else {
+            activity.tx_class
+        }),
         flags: if received { flag::RECEIVED } else { 0 },
-        // The netns is joined from the flow's other events in userspace.
         ..Default::default()
     };
-    ship_quiet(cookie, &tuple);
     emit(record, &tuple, &owner_of(cookie));
 }
 
@@ -1142,10 +1223,11 @@ fn observe_ingress(ctx: &SkBuffContext) -> Option<()> {
         let _ = PEER_TTL.insert(&remote, &segment.ttl, 0);
     }
     let cookie = skb_cookie(ctx);
-    let activity = note_segment(ctx, cookie, segment.payload, true)?;
+    let activity = note_segment(ctx, cookie, &segment, true)?;
     if segment.payload > 0 && activity.rx_class == payload_class::NONE {
         activity.rx_class = classify_payload(ctx, &segment);
-        emit_first_payload(ctx, &segment, cookie, activity.rx_class, true);
+        activity.rx_first_ns = activity.last_packet_ns;
+        report_first_payload(activity, cookie, true);
     }
     Some(())
 }
@@ -1163,10 +1245,11 @@ pub fn egress_activity(ctx: SkBuffContext) -> i32 {
 fn observe_egress(ctx: &SkBuffContext) -> Option<()> {
     let segment = parse_segment(ctx)?;
     let cookie = skb_cookie(ctx);
-    let activity = note_segment(ctx, cookie, segment.payload, false)?;
+    let activity = note_segment(ctx, cookie, &segment, false)?;
     if segment.payload > 0 && activity.tx_class == payload_class::NONE {
         activity.tx_class = classify_payload(ctx, &segment);
-        emit_first_payload(ctx, &segment, cookie, activity.tx_class, false);
+        activity.tx_first_ns = activity.last_packet_ns;
+        report_first_payload(activity, cookie, false);
     }
     // Keepalive probes are segments too: a socket that turned keepalive on gets re-read.
     if activity

@@ -5,7 +5,10 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
-use tracer_ebpf::{AF_INET, AF_INET6, FlowEvent, flag, kind, tcp_state};
+use tracer_ebpf::{
+    AF_INET, AF_INET6, FlowActivity, FlowEvent, FlowHistory, FlowSlot, flag, kind, payload_class,
+    tcp_state,
+};
 
 /// What the kernel saw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -167,14 +170,127 @@ fn comm(bytes: &[u8; 16]) -> String {
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
-/// Decodes one ring-buffer record.
-pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
+/// Decodes one ring-buffer record into the events it holds, appended to `out`: one, or up
+/// to five for a quiet flow's history (see `tracer_ebpf::FlowHistory`), in time order.
+pub fn decode_into(record: &[u8], out: &mut Vec<Event>) -> Result<(), DecodeError> {
     if record.len() < size_of::<FlowEvent>() {
         return Err(DecodeError::Size(record.len()));
     }
     // SAFETY: length checked; FlowEvent is plain data valid for any bytes.
     let raw: FlowEvent = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
-    let kind = EventKind::from_wire(raw.kind).ok_or(DecodeError::Kind(raw.kind))?;
+    if raw.kind != kind::FLOW_HISTORY {
+        let kind = EventKind::from_wire(raw.kind).ok_or(DecodeError::Kind(raw.kind))?;
+        out.push(event_of(&raw, kind)?);
+        return Ok(());
+    }
+    if record.len() < size_of::<FlowHistory>() {
+        return Err(DecodeError::Size(record.len()));
+    }
+    // SAFETY: length checked; FlowHistory is plain data valid for any bytes.
+    let history: FlowHistory = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
+    out.extend(expand_history(&history)?);
+    Ok(())
+}
+
+/// The events a quiet flow recorded: its opening, then ESTABLISHED, its first payload each
+/// way and its latest state change, those that happened, in time order.
+pub fn expand_history(history: &FlowHistory) -> Result<Vec<Event>, DecodeError> {
+    let opening = event_of(&history.event, EventKind::StateChange)?;
+    let at = |boot_ns: u64| Event {
+        boot_ns,
+        ..opening.clone()
+    };
+    let mut later = Vec::with_capacity(4);
+    if history.established_ns != 0 {
+        later.push(Event {
+            old_state: opening.new_state,
+            new_state: tcp_state::ESTABLISHED,
+            ..at(history.established_ns)
+        });
+    }
+    for (class, boot_ns, received) in [
+        (history.tx_class, history.tx_first_ns, false),
+        (history.rx_class, history.rx_first_ns, true),
+    ] {
+        if class != payload_class::NONE {
+            later.push(Event {
+                kind: EventKind::FirstPayload,
+                old_state: tcp_state::ESTABLISHED,
+                new_state: tcp_state::ESTABLISHED,
+                detail: i32::from(class),
+                received,
+                ..at(boot_ns)
+            });
+        }
+    }
+    if history.latest_new != 0 {
+        later.push(Event {
+            old_state: history.latest_old,
+            new_state: history.latest_new,
+            ..at(history.latest_ns)
+        });
+    }
+    // Stable: ESTABLISHED stays before a first payload stamped in the same nanosecond.
+    later.sort_by_key(|event| event.boot_ns);
+    let mut events = Vec::with_capacity(1 + later.len());
+    events.push(opening);
+    events.extend(later);
+    Ok(events)
+}
+
+/// What the kernel knows of a flow it kept quiet (its activity record, and its slot when it
+/// was opened while tracing), as the history it would send: the flow's tuple from the
+/// activity record, its owner and recorded state changes from the slot.
+pub fn quiet_history(cookie: u64, activity: &FlowActivity, slot: Option<&FlowSlot>) -> FlowHistory {
+    let slot = slot.copied().unwrap_or_default();
+    FlowHistory {
+        event: FlowEvent {
+            ts_ns: slot.opened_ns,
+            cookie,
+            cgroup_id: slot.owner.cgroup_id,
+            netns: activity.netns,
+            pid: slot.owner.pid,
+            tid: slot.owner.tid,
+            uid: slot.owner.uid,
+            kind: kind::FLOW_HISTORY,
+            family: activity.family,
+            old_state: slot.opened_old,
+            new_state: slot.opened_new,
+            local_port: activity.local_port,
+            remote_port: activity.remote_port,
+            flags: slot.owner.flags | flag::DEFERRED,
+            local_addr: activity.local_addr,
+            remote_addr: activity.remote_addr,
+            comm: slot.owner.comm,
+            idle_ms: u32::MAX,
+            gap_ms: u32::MAX,
+            resumed_ms: u32::MAX,
+            ..Default::default()
+        },
+        established_ns: slot.established_ns,
+        latest_ns: slot.latest_ns,
+        tx_first_ns: activity.tx_first_ns,
+        rx_first_ns: activity.rx_first_ns,
+        latest_old: slot.latest_old,
+        latest_new: slot.latest_new,
+        tx_class: activity.tx_class,
+        rx_class: activity.rx_class,
+        _pad: 0,
+    }
+}
+
+/// Decodes a ring-buffer record that holds one event.
+#[cfg(test)]
+pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
+    let mut out = Vec::new();
+    decode_into(record, &mut out)?;
+    out.into_iter()
+        .next()
+        .ok_or(DecodeError::Size(record.len()))
+}
+
+/// The event a wire record describes, as `kind`.
+fn event_of(raw: &FlowEvent, kind: EventKind) -> Result<Event, DecodeError> {
     let local = SocketAddr::new(address(raw.family, raw.local_addr)?, raw.local_port);
     let remote = SocketAddr::new(address(raw.family, raw.remote_addr)?, raw.remote_port);
     let owner = (raw.flags & flag::OWNER_KNOWN != 0).then(|| Owner {
@@ -350,6 +466,90 @@ mod tests {
         .to_vec()
     }
 
+    fn history(
+        established_ns: u64,
+        tx: (u8, u64),
+        rx: (u8, u64),
+        latest: (u8, u8, u64),
+    ) -> Vec<u8> {
+        let mut event = wire(kind::FLOW_HISTORY, AF_INET);
+        (event.old_state, event.new_state, event.ts_ns, event.detail) = (7, 2, 10, 0);
+        let history = FlowHistory {
+            event,
+            established_ns,
+            tx_class: tx.0,
+            tx_first_ns: tx.1,
+            rx_class: rx.0,
+            rx_first_ns: rx.1,
+            latest_old: latest.0,
+            latest_new: latest.1,
+            latest_ns: latest.2,
+            ..Default::default()
+        };
+        // SAFETY: plain data.
+        unsafe {
+            std::slice::from_raw_parts(
+                (&history as *const FlowHistory).cast::<u8>(),
+                size_of::<FlowHistory>(),
+            )
+        }
+        .to_vec()
+    }
+
+    fn expanded(record: &[u8]) -> Vec<(EventKind, u8, u8, i32, bool, u64)> {
+        let mut out = Vec::new();
+        decode_into(record, &mut out).unwrap();
+        out.iter()
+            .map(|e| {
+                let (k, o, n, d) = (e.kind, e.old_state, e.new_state, e.detail);
+                (k, o, n, d, e.received, e.boot_ns)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_quiet_flows_history_expands_in_time_order() {
+        use payload_class::{OTHER, TLS_CLIENT_HELLO};
+        use tcp_state::{CLOSE, CLOSE_WAIT, ESTABLISHED as EST, SYN_SENT};
+        // A client: connect, established, ClientHello sent, the peer closes without a word.
+        let client = history(20, (TLS_CLIENT_HELLO, 30), (0, 0), (EST, CLOSE_WAIT, 40));
+        assert_eq!(
+            expanded(&client),
+            [
+                (EventKind::StateChange, CLOSE, SYN_SENT, 0, false, 10),
+                (EventKind::StateChange, SYN_SENT, EST, 0, false, 20),
+                (EventKind::FirstPayload, EST, EST, 1, false, 30),
+                (EventKind::StateChange, EST, CLOSE_WAIT, 0, false, 40),
+            ]
+        );
+        // A server hears first: its received payload comes before the one it sent, and a
+        // close recorded earlier than both stays in its place.
+        let server = history(
+            20,
+            (OTHER, 35),
+            (TLS_CLIENT_HELLO, 30),
+            (EST, CLOSE_WAIT, 25),
+        );
+        let order: Vec<(EventKind, bool, u64)> =
+            expanded(&server).iter().map(|e| (e.0, e.4, e.5)).collect();
+        assert_eq!(
+            order,
+            [
+                (EventKind::StateChange, false, 10),
+                (EventKind::StateChange, false, 20),
+                (EventKind::StateChange, false, 25),
+                (EventKind::FirstPayload, true, 30),
+                (EventKind::FirstPayload, false, 35),
+            ]
+        );
+        // Only the opening happened: one event. A cut history is an error.
+        assert_eq!(expanded(&history(0, (0, 0), (0, 0), (0, 0, 0))).len(), 1);
+        assert_eq!(
+            decode_into(&client[..150], &mut Vec::new()),
+            Err(DecodeError::Size(150))
+        );
+    }
+
     #[test]
     fn decodes_ipv4_event_with_owner() {
         let event = decode(&bytes(&wire(kind::SOCKET_ERROR, AF_INET))).unwrap();
@@ -390,6 +590,23 @@ mod tests {
         let mut raw = wire(kind::RESET_RECEIVED, AF_INET);
         raw.flags = 0;
         assert!(decode(&bytes(&raw)).unwrap().owner.is_none());
+    }
+
+    /// Which first payloads make a quiet flow report itself (shared with the kernel).
+    #[test]
+    fn first_payloads_that_may_be_tls_mismatches() {
+        use tracer_ebpf::payload_class::*;
+        assert!(answer_may_mismatch(TLS_CLIENT_HELLO, SPARK_RPC));
+        assert!(answer_may_mismatch(TLS_CLIENT_HELLO, HTTP));
+        assert!(answer_may_mismatch(SPARK_RPC, TLS_ALERT));
+        assert!(answer_may_mismatch(THRIFT_SASL, TLS_RECORD));
+        assert!(!answer_may_mismatch(TLS_CLIENT_HELLO, TLS_SERVER_HELLO));
+        assert!(!answer_may_mismatch(SPARK_RPC, SPARK_RPC));
+        assert!(!answer_may_mismatch(NONE, TLS_ALERT));
+        assert!(!answer_may_mismatch(TLS_CLIENT_HELLO, NONE));
+        assert!(hello_unanswered(TLS_CLIENT_HELLO, NONE));
+        assert!(!hello_unanswered(TLS_CLIENT_HELLO, TLS_SERVER_HELLO));
+        assert!(!hello_unanswered(OTHER, NONE));
     }
 
     /// First bytes of real first segments (captured from openssl/Python/rustls/Spark/beeline

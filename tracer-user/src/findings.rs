@@ -205,7 +205,7 @@ pub struct Track {
 }
 
 impl Track {
-    fn remember(&mut self, event: &Event) {
+    pub fn remember(&mut self, event: &Event) {
         // Evidence lines show neither owner nor pod (the finding carries them, from the
         // flow): not cloning them saves an allocation per event of every tracked flow.
         let kept = Event {

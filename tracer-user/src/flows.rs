@@ -2,10 +2,7 @@
 //! same flow need (its owner, state and counts). Bounded: past `capacity` the closed flows go
 //! first, then the least recently seen; every eviction is counted.
 
-use std::{
-    collections::{BTreeSet, HashMap},
-    net::SocketAddr,
-};
+use std::{collections::HashMap, net::SocketAddr};
 
 use crate::{
     events::{Event, EventKind, Owner, Side},
@@ -40,10 +37,7 @@ pub struct Flow {
     /// Payload class of the first data segment sent and received (0: none yet).
     pub tx_class: u8,
     pub rx_class: u8,
-    /// Idle tracking: the next scheduled check, the last data time of the idle period already
-    /// reported, and the keepalive settings the kernel last saw.
-    pub idle_due_ns: Option<u64>,
-    pub idle_reported_for: Option<u64>,
+    /// The keepalive settings the kernel last saw (idle tracking).
     pub keepalive: Option<KeepaliveSettings>,
     /// The flow's pod: None until looked up, then Some(None) when it is in no pod.
     pub pod: Option<Option<std::sync::Arc<crate::k8s::PodRef>>>,
@@ -54,8 +48,6 @@ pub struct Flow {
 #[derive(Debug)]
 pub struct FlowTable {
     flows: HashMap<u64, Flow>,
-    /// (due time, cookie) of scheduled idle checks; one entry per flow at most.
-    idle_checks: BTreeSet<(u64, u64)>,
     capacity: usize,
     evictions: u64,
 }
@@ -64,7 +56,6 @@ impl FlowTable {
     pub fn new(capacity: usize) -> Self {
         Self {
             flows: HashMap::new(),
-            idle_checks: BTreeSet::new(),
             capacity: capacity.max(1),
             evictions: 0,
         }
@@ -112,8 +103,6 @@ impl FlowTable {
             netns: event.netns,
             tx_class: 0,
             rx_class: 0,
-            idle_due_ns: None,
-            idle_reported_for: None,
             keepalive: None,
             pod: None,
             track: Track::default(),
@@ -201,44 +190,12 @@ impl FlowTable {
     }
 
     fn remove(&mut self, cookie: u64) -> Option<Flow> {
-        let flow = self.flows.remove(&cookie)?;
-        if let Some(due) = flow.idle_due_ns {
-            self.idle_checks.remove(&(due, cookie));
-        }
-        Some(flow)
+        self.flows.remove(&cookie)
     }
 
     /// Removes and returns every flow (at shutdown, so pending updates can be written).
     pub fn drain(&mut self) -> Vec<Flow> {
-        self.idle_checks.clear();
         self.flows.drain().map(|(_, flow)| flow).collect()
-    }
-
-    /// Schedules (or moves) the idle check of a flow.
-    pub fn schedule_idle_check(&mut self, cookie: u64, due_ns: u64) {
-        let Some(flow) = self.flows.get_mut(&cookie) else {
-            return;
-        };
-        if let Some(previous) = flow.idle_due_ns.replace(due_ns) {
-            self.idle_checks.remove(&(previous, cookie));
-        }
-        self.idle_checks.insert((due_ns, cookie));
-    }
-
-    /// Flows whose idle check is due, unscheduled (the caller reschedules them).
-    pub fn take_due_idle_checks(&mut self, now_ns: u64) -> Vec<u64> {
-        let mut due = Vec::new();
-        while let Some(&(when, cookie)) = self.idle_checks.first() {
-            if when > now_ns {
-                break;
-            }
-            self.idle_checks.pop_first();
-            if let Some(flow) = self.flows.get_mut(&cookie) {
-                flow.idle_due_ns = None;
-            }
-            due.push(cookie);
-        }
-        due
     }
 
     /// Frees at least one slot: closed flows first, then the least recently seen

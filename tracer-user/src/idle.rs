@@ -1,16 +1,16 @@
 //! Idle tracking against NAT idle timeouts: the threshold in force, a socket's effective
-//! keepalive, and the scheduled checks of watched established flows.
+//! keepalive, and the check of a flow's activity.
 //!
-//! Why this is cheap: the kernel records the last data segment of each watched established
-//! flow in the `ACTIVITY` map as packets pass (cgroup_skb, watched ports only). Userspace never
-//! walks the node's sockets: each flow carries the time of its next check, which is when it
-//! could first have been idle for 80% of the threshold (last data + 0.8 x threshold), and only
-//! flows due are looked up, one map lookup each. A busy flow is looked at about once per
-//! 0.8 x threshold; an idle one every fifth of the threshold.
+//! Why this is cheap: the kernel records the last segment of each watched flow that carries
+//! data in the `ACTIVITY` map as packets pass (cgroup_skb, watched ports only), with the
+//! flow's tuple; a flow that carries data cleanly is never sent to userspace at all. The
+//! collector scans that map every tenth of the threshold (`scan_interval_ns`) and reports
+//! the flows idle past 80% of it: no per-flow state in userspace, whatever the number of
+//! flows, and no event per flow.
 
 use std::{io::Read as _, time::Duration};
 
-use tracer_ebpf::{FlowActivity, Keepalive};
+use tracer_ebpf::{FlowActivity, FlowSlot, Keepalive};
 
 use crate::cli::UsageError;
 
@@ -95,9 +95,18 @@ impl KeepaliveSettings {
     }
 }
 
-/// Reads idle-tracking records; implemented over the kernel map, and by tests.
+/// Reads the kernel's idle-tracking records; implemented over the kernel maps.
 pub trait ActivitySource {
-    fn activity(&self, cookie: u64) -> Option<FlowActivity>;
+    /// Calls `each` with every flow the kernel tracks activity for.
+    fn scan(&self, each: &mut dyn FnMut(u64, &FlowActivity));
+    /// The kernel's slot of a flow (owner, recorded state changes), if it has one.
+    fn slot(&self, cookie: u64) -> Option<FlowSlot>;
+}
+
+/// How often the kernel's activity table is scanned: a tenth of the threshold (so a flow is
+/// reported between 80% and 90% of it), at least every 100 ms and at most every 30 s.
+pub fn scan_interval_ns(nat: &NatIdle) -> u64 {
+    (nat.threshold_ns() / 10).clamp(100_000_000, 30_000_000_000)
 }
 
 /// The outcome of one scheduled check.

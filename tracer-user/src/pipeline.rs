@@ -1,16 +1,16 @@
 //! The collector: decoded events through the flow table and the correlator to the output.
 
-use std::io::Write;
+use std::{collections::HashMap, io::Write};
 
 use aya::maps::{MapData, RingBuf};
-use tracer_ebpf::tcp_state;
+use tracer_ebpf::FlowActivity;
 use tracing::warn;
 
 use crate::{
     clock::BootClock,
     events::{self, Event, EventKind, ResetReasons},
     findings::{Aggregator, Config, Correlator, Finding},
-    flows::FlowTable,
+    flows::{Flow, FlowTable},
     idle::{self, ActivitySource, Check, KeepaliveSettings},
     metrics::Metrics,
     probes::KernelCounters,
@@ -57,6 +57,11 @@ pub struct Pipeline<W: Write> {
     /// Period of `stats` lines, and when the last one was written.
     pub stats_interval_ns: u64,
     last_stats_ns: u64,
+    /// Cookie -> last-data time of the idle period reported for it (bounded by the kernel's
+    /// activity table: entries of flows gone from it are dropped at each scan).
+    idle_reported: HashMap<u64, u64>,
+    /// When the kernel's activity table is scanned next.
+    next_idle_scan_ns: u64,
     /// Counts already given to the metrics (they take deltas).
     metered: Metered,
 }
@@ -88,6 +93,8 @@ impl<W: Write> Pipeline<W> {
             stats_interval_ns: 60_000_000_000,
             last_stats_ns: BootClock::now_boot_ns(),
             metered: Metered::default(),
+            idle_reported: HashMap::new(),
+            next_idle_scan_ns: 0,
         }
     }
 
@@ -184,23 +191,6 @@ impl<W: Write> Pipeline<W> {
         self.attribute(&mut event);
         let flow = self.flows.get_mut(event.cookie);
         self.correlator.on_event(&event, flow, &mut self.found);
-        let tracked_from = match event.kind {
-            EventKind::StateChange if event.new_state == tcp_state::ESTABLISHED => true,
-            // The kernel starts tracking a flow's activity at its first data segment; a flow
-            // whose ESTABLISHED check found nothing yet is checked again from here.
-            EventKind::FirstPayload => self
-                .flows
-                .get_mut(event.cookie)
-                .is_some_and(|flow| flow.idle_due_ns.is_none()),
-            _ => false,
-        };
-        if tracked_from {
-            // The first check is due when the flow could first have been idle for 80% of the
-            // NAT threshold.
-            let warn_at = self.config.nat_idle.threshold_ns() / 5 * 4;
-            self.flows
-                .schedule_idle_check(event.cookie, event.boot_ns + warn_at);
-        }
         if !self.findings_only && !self.output_closed && self.output.event(&event).is_err() {
             self.output_closed = true;
         }
@@ -208,9 +198,14 @@ impl<W: Write> Pipeline<W> {
     }
 
     pub fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+        let mut decoded = Vec::new();
         while let Some(record) = ring.next() {
-            match events::decode(&record) {
-                Ok(event) => self.process(event),
+            match events::decode_into(&record, &mut decoded) {
+                Ok(()) => {
+                    for event in decoded.drain(..) {
+                        self.process(event);
+                    }
+                }
                 Err(error) => {
                     self.totals.decode_errors += 1;
                     warn!("undecodable ring-buffer record: {error}");
@@ -222,44 +217,90 @@ impl<W: Write> Pipeline<W> {
         }
     }
 
-    /// Warns about new losses since the last check, and ages out closed flows.
-    /// Runs the idle checks that are due (one kernel map lookup per flow due).
-    fn idle_checks(&mut self, now: u64, activity: &dyn ActivitySource) {
-        for cookie in self.flows.take_due_idle_checks(now) {
-            let Some(record) = activity.activity(cookie) else {
-                continue; // closed, or never tracked by the kernel
-            };
-            let Some(flow) = self.flows.get_mut(cookie) else {
-                continue;
-            };
-            flow.keepalive = Some(KeepaliveSettings::from_kernel(
-                &record.keepalive,
-                self.config.hz,
-            ));
-            let next = match idle::check(
-                &record,
-                now,
-                &self.config.nat_idle,
-                self.config.hz,
-                flow.idle_reported_for,
-            ) {
-                Check::Later(next) | Check::Quiet(next) => next,
-                Check::AtRisk {
-                    idle_ns,
-                    last_data_ns,
-                    next,
-                    ..
-                } => {
-                    flow.idle_reported_for = Some(last_data_ns);
+    /// Every tenth of the NAT threshold: scans the kernel's activity table and reports each
+    /// flow idle past 80% of it without keepalive that would save it, once per idle period.
+    /// Flows the kernel kept quiet are described from its tables (tuple, owner, recorded
+    /// state changes); nothing is kept per flow but the reported idle periods.
+    fn idle_scan(&mut self, now: u64, source: &dyn ActivitySource) {
+        if now < self.next_idle_scan_ns {
+            return;
+        }
+        self.next_idle_scan_ns = now + idle::scan_interval_ns(&self.config.nat_idle);
+        let (nat, hz) = (self.config.nat_idle, self.config.hz);
+        let reported = &self.idle_reported;
+        let mut still_reported = HashMap::new();
+        let mut at_risk = Vec::new();
+        source.scan(&mut |cookie, activity| {
+            let reported_for = reported.get(&cookie).copied();
+            if let Some(last) = reported_for {
+                still_reported.insert(cookie, last);
+            }
+            if let Check::AtRisk {
+                idle_ns,
+                last_data_ns,
+                ..
+            } = idle::check(activity, now, &nat, hz, reported_for)
+            {
+                at_risk.push((cookie, *activity, idle_ns, last_data_ns));
+            }
+        });
+        // Flows gone from the kernel's table are forgotten: the map stays bounded by it.
+        self.idle_reported = still_reported;
+        for (cookie, activity, idle_ns, last_data_ns) in at_risk {
+            self.idle_reported.insert(cookie, last_data_ns);
+            let keepalive = KeepaliveSettings::from_kernel(&activity.keepalive, hz);
+            let finding = match self.flows.get_mut(cookie) {
+                Some(flow) => {
+                    flow.keepalive = Some(keepalive);
+                    if flow.netns == 0 {
+                        flow.netns = activity.netns;
+                    }
                     let netns = flow.netns;
-                    let finding = self.correlator.idle_at_risk(flow, netns, idle_ns, now);
-                    self.found.push(finding);
-                    next
+                    self.correlator.idle_at_risk(flow, netns, idle_ns, now)
+                }
+                None => {
+                    // Unreadable (an address family it does not know): nothing to report.
+                    let Some(mut flow) = self.quiet_flow(cookie, &activity, source) else {
+                        continue;
+                    };
+                    flow.keepalive = Some(keepalive);
+                    self.correlator
+                        .idle_at_risk(&flow, activity.netns, idle_ns, now)
                 }
             };
-            self.flows.schedule_idle_check(cookie, next);
+            self.found.push(finding);
         }
         self.publish(0);
+    }
+
+    /// A flow the kernel kept quiet, rebuilt from its tables (not added to the flow table:
+    /// the kernel keeps tracking it), with the recorded events as evidence.
+    fn quiet_flow(
+        &mut self,
+        cookie: u64,
+        activity: &FlowActivity,
+        source: &dyn ActivitySource,
+    ) -> Option<Flow> {
+        let slot = source.slot(cookie);
+        let history = events::quiet_history(cookie, activity, slot.as_ref());
+        let mut scratch = FlowTable::new(1);
+        let mut pod = None;
+        let recorded = events::expand_history(&history).unwrap_or_default();
+        // Without a slot (a flow opened before tracing started) the opening is unknown.
+        let skip = usize::from(slot.is_none() && recorded.len() > 1);
+        for mut event in recorded.into_iter().skip(skip) {
+            if pod.is_none() {
+                self.attribute(&mut event);
+                pod = Some(event.pod.clone());
+            }
+            if let Some(flow) = scratch.observe(&mut event) {
+                flow.track.remember(&event);
+            }
+        }
+        let mut flow = scratch.drain().pop()?;
+        flow.netns = activity.netns;
+        flow.pod = pod;
+        Some(flow)
     }
 
     pub fn housekeeping(&mut self, counters: KernelCounters, activity: &dyn ActivitySource) {
@@ -275,7 +316,7 @@ impl<W: Write> Pipeline<W> {
         }
         self.reported = counters;
         let now = BootClock::now_boot_ns();
-        self.idle_checks(now, activity);
+        self.idle_scan(now, activity);
         self.correlator.due_tls(now, &mut self.found);
         let expired = self.flows.expire(now);
         let trim = expired.len() >= TRIM_AFTER_EXPIRED;

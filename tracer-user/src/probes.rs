@@ -15,7 +15,7 @@ use aya::{
     maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, Program},
 };
-use tracer_ebpf::{FlowActivity, counter};
+use tracer_ebpf::{FlowActivity, FlowSlot, counter};
 
 use crate::{btf::Btf, offsets, prefetch::Prefetch};
 
@@ -203,8 +203,23 @@ pub struct Probes {
 }
 
 impl crate::idle::ActivitySource for Probes {
-    fn activity(&self, cookie: u64) -> Option<FlowActivity> {
-        Probes::activity(self, cookie)
+    fn scan(&self, each: &mut dyn FnMut(u64, &FlowActivity)) {
+        let Some(map) = self.ebpf.map("ACTIVITY") else {
+            return;
+        };
+        let Ok(activity) = aya::maps::HashMap::<_, u64, FlowActivity>::try_from(map) else {
+            return;
+        };
+        // An entry removed while the scan passes is skipped (the flow closed).
+        for (cookie, record) in activity.iter().flatten() {
+            each(cookie, &record);
+        }
+    }
+
+    fn slot(&self, cookie: u64) -> Option<FlowSlot> {
+        let map = self.ebpf.map("FLOWS")?;
+        let slots = aya::maps::HashMap::<_, u64, FlowSlot>::try_from(map).ok()?;
+        slots.get(&cookie, 0).ok()
     }
 }
 
@@ -412,13 +427,6 @@ impl Probes {
                 let _ = prog.unload();
             }
         }
-    }
-
-    /// The kernel's activity record of an idle-tracked flow (one map lookup).
-    pub fn activity(&self, cookie: u64) -> Option<FlowActivity> {
-        let map = self.ebpf.map("ACTIVITY")?;
-        let activity = aya::maps::HashMap::<_, u64, FlowActivity>::try_from(map).ok()?;
-        activity.get(&cookie, 0).ok()
     }
 
     /// Reads the per-CPU loss counters and each program's recursion misses.
