@@ -43,6 +43,7 @@ fn serve(
     listener: TcpListener,
     drain: bool,
     hold: bool,
+    echo_byte: bool,
     stop: Arc<AtomicBool>,
 ) -> thread::JoinHandle<()> {
     use std::os::fd::AsRawFd as _;
@@ -75,6 +76,12 @@ fn serve(
                     while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
                 });
             } else if hold {
+                // Answer the client's byte: data both ways, nothing left unread (closing a
+                // socket with unread data is an abort, a RST: an anomaly, not a held flow).
+                let mut byte = [0u8; 1];
+                if echo_byte && conn.read_exact(&mut byte).is_ok() {
+                    let _ = conn.write_all(&byte);
+                }
                 held.push(conn);
             }
             // Otherwise dropped (closed) at once, so the 4-tuple is free for the next round.
@@ -145,6 +152,7 @@ fn main() {
                     TcpListener::bind(addr).expect("bind"),
                     false,
                     false,
+                    false,
                     stop.clone(),
                 )
             });
@@ -174,6 +182,7 @@ fn main() {
             let server = serve(
                 TcpListener::bind(addr).expect("bind"),
                 true,
+                false,
                 false,
                 stop.clone(),
             );
@@ -241,15 +250,18 @@ fn main() {
                 TcpListener::bind(addr).expect("bind"),
                 false,
                 true,
+                !quiet,
                 stop.clone(),
             );
             let mut held = Vec::with_capacity(count as usize);
             for _ in 0..count {
                 let mut stream = TcpStream::connect(addr).expect("connect");
                 if !quiet {
-                    // A byte makes both ends flows the collector tracks (a flow that never
-                    // carries data stays in the kernel; see the README).
+                    // A byte each way: both ends are flows that carry data (watched for
+                    // idleness; a flow that never carries data is not).
                     stream.write_all(b"x").expect("write");
+                    let mut byte = [0u8; 1];
+                    stream.read_exact(&mut byte).expect("echo");
                 }
                 held.push(stream);
             }
