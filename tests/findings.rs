@@ -7,13 +7,12 @@ mod support;
 use std::{
     io::{ErrorKind, Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd as _,
     sync::mpsc,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
-use support::{Routed, Tracer, connect, dump, exec_in, findings, settle};
+use support::{Routed, Tracer, abort_on_close, connect, dump, exec_in, findings, settle};
 
 fn pid() -> u64 {
     u64::from(std::process::id())
@@ -61,24 +60,6 @@ fn listen(
         listener
     });
     (ready_rx, handle)
-}
-
-fn set_linger_zero(stream: &TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: valid socket and option struct.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const linger).cast(),
-            size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0);
 }
 
 #[test]
@@ -461,7 +442,7 @@ fn server_abort_is_a_peer_reset() {
         let mut buf = [0u8; 4];
         conn.read_exact(&mut buf).unwrap();
         conn.write_all(b"ok").unwrap();
-        set_linger_zero(&conn);
+        abort_on_close(&conn);
         drop(conn); // RST
     });
     let error = net

@@ -15,7 +15,7 @@ use std::{
 };
 
 use serde_json::Value;
-use support::{Routed, Tracer, connect, dump, exec_in, findings, settle};
+use support::{Routed, Tracer, clean_flows, connect, dump, exec_in, findings, last_stats, settle};
 
 /// The NAT threshold the tests use, and conntrack's matching established timeout.
 const NAT_IDLE_S: u64 = 4;
@@ -314,17 +314,6 @@ fn keepalive_below_the_threshold_keeps_the_flow_and_gives_no_warning() {
     // The flow was traced: it carried data cleanly, so the kernel kept it quiet (watched
     // for idleness in its activity table) and summarised it when it closed. It is the only
     // clean flow of these tests.
-    let stats = lines
-        .iter()
-        .rev()
-        .find(|v| v["type"] == "stats")
-        .unwrap_or_else(|| panic!("no stats line: {}", dump(&lines)));
-    let clean_clients: u64 = stats["clean_flows_by_port"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["port"] == 10000 && r["side"] == "client")
-        .map(|r| r["count"].as_u64().unwrap())
-        .sum();
+    let clean_clients = clean_flows(last_stats(&lines), 10000, Some("client"));
     assert_eq!(clean_clients, 1, "{}", dump(&lines));
 }

@@ -9,14 +9,17 @@ mod support;
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener},
-    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    os::unix::process::CommandExt as _,
     process::Command,
     sync::mpsc,
     time::Duration,
 };
 
 use serde_json::Value;
-use support::{Topology, Tracer, connect, dump, events, mentions, settle};
+use support::{
+    Topology, Tracer, abort_on_close, clean_flows, connect, dump, events, last_stats, mentions,
+    settle,
+};
 
 #[test]
 fn refused_connect_to_closed_port_ipv4_and_ipv6() {
@@ -146,19 +149,9 @@ fn successful_connect_to_open_watched_port() {
         "nothing but the listener for a clean flow from {local}: {}",
         ctx()
     );
-    let stats = lines
-        .iter()
-        .rev()
-        .find(|v| v["type"] == "stats")
-        .unwrap_or_else(|| panic!("no stats line: {}", ctx()));
+    let stats = last_stats(&lines);
     for side in ["client", "server"] {
-        let count: u64 = stats["clean_flows_by_port"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|r| r["port"] == 10000 && r["side"] == side)
-            .map(|r| r["count"].as_u64().unwrap())
-            .sum();
+        let count = clean_flows(stats, 10000, Some(side));
         assert_eq!(count, 1, "{side}: {}", ctx());
     }
 }
@@ -280,21 +273,7 @@ fn clean_connections_are_summarised_exactly() {
         let mut buf = [0u8; 4];
         conn.read_exact(&mut buf).unwrap();
         // An abortive close (SO_LINGER 0): a RST, which the talking flow must report.
-        let linger = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
-        // SAFETY: a valid socket and option value.
-        let rc = unsafe {
-            libc::setsockopt(
-                conn.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                (&raw const linger).cast(),
-                size_of::<libc::linger>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(rc, 0);
+        abort_on_close(&conn);
     });
     ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
     let talker = topo
@@ -318,20 +297,8 @@ fn clean_connections_are_summarised_exactly() {
     settle();
     let lines = tracer.stop();
     let ctx = || dump(&lines);
-    let stats = lines
-        .iter()
-        .rev()
-        .find(|v| v["type"] == "stats")
-        .unwrap_or_else(|| panic!("no stats line: {}", ctx()));
-    let row = |side: &str| {
-        stats["clean_flows_by_port"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["port"] == PORT && r["side"] == side)
-            .map(|r| r["count"].as_u64().unwrap())
-            .unwrap_or(0)
-    };
+    let stats = last_stats(&lines);
+    let row = |side| clean_flows(stats, PORT, Some(side));
     assert_eq!(row("client"), CLEAN as u64, "{}", ctx());
     assert_eq!(row("server"), CLEAN as u64, "{}", ctx());
     assert_eq!(stats["clean_flows"], 2 * CLEAN as u64, "{}", ctx());

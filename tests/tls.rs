@@ -15,7 +15,9 @@ use std::{
 
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
 use serde_json::Value;
-use support::{Netns, Routed, Tracer, connect, dump, exec_in, findings, settle};
+use support::{
+    Netns, Routed, Tracer, clean_flows, connect, dump, exec_in, findings, last_stats, settle,
+};
 
 /// A Spark transport frame: 8-byte big-endian length (including itself), type RpcRequest (3),
 /// then a request id and a body.
@@ -292,17 +294,6 @@ fn a_correct_tls_client_gives_no_finding() {
         "{}",
         dump(&lines)
     );
-    let stats = lines
-        .iter()
-        .rev()
-        .find(|v| v["type"] == "stats")
-        .unwrap_or_else(|| panic!("no stats line: {}", dump(&lines)));
-    let clean: u64 = stats["clean_flows_by_port"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["port"] == 8443)
-        .map(|r| r["count"].as_u64().unwrap())
-        .sum();
+    let clean = clean_flows(last_stats(&lines), 8443, None);
     assert_eq!(clean, 2, "{}", dump(&lines));
 }

@@ -5,7 +5,7 @@
 use std::{
     io::{BufRead as _, BufReader},
     net::{IpAddr, SocketAddr, TcpStream},
-    os::unix::fs::MetadataExt as _,
+    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
     process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicU32, Ordering},
@@ -239,6 +239,46 @@ pub fn dump(lines: &[Value]) -> String {
 
 pub fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
     TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+}
+
+/// Closes with a RST instead of a FIN when the stream is dropped (SO_LINGER 0).
+pub fn abort_on_close(stream: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: valid socket and option struct.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+}
+
+/// The last `stats` line of a run (written at shutdown, after everything was drained).
+pub fn last_stats(lines: &[Value]) -> &Value {
+    lines
+        .iter()
+        .rev()
+        .find(|v| v["type"] == "stats")
+        .unwrap_or_else(|| panic!("no stats line: {}", dump(lines)))
+}
+
+/// Clean flows the kernel summarised on server port `port`, on one side (`client` or
+/// `server`) or both (None), from a `stats` line.
+pub fn clean_flows(stats: &Value, port: u16, side: Option<&str>) -> u64 {
+    stats["clean_flows_by_port"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no clean_flows_by_port in {stats}"))
+        .iter()
+        .filter(|r| r["port"] == port && side.is_none_or(|side| r["side"] == side))
+        .map(|r| r["count"].as_u64().unwrap())
+        .sum()
 }
 
 /// Lets the last kernel events of the connections (FIN handshakes finish asynchronously)

@@ -104,6 +104,32 @@ pub struct Event {
     pub pod: Option<std::sync::Arc<crate::k8s::PodRef>>,
 }
 
+/// An event for unit tests: a flow 10.0.0.1:40000 -> 10.0.0.2:7337 in netns 1, no owner, side
+/// or detail; each test overrides what it looks at.
+#[cfg(test)]
+pub fn sample_event(kind: EventKind, cookie: u64, boot_ns: u64) -> Event {
+    Event {
+        boot_ns,
+        kind,
+        cookie,
+        netns: 1,
+        local: "10.0.0.1:40000".parse().unwrap(),
+        remote: "10.0.0.2:7337".parse().unwrap(),
+        owner: None,
+        side: None,
+        old_state: 0,
+        new_state: 0,
+        detail: 0,
+        no_socket: false,
+        soft_error: false,
+        received: false,
+        ttl: None,
+        peer_ttl: None,
+        idle: None,
+        pod: None,
+    }
+}
+
 /// Idle state of a flow when the event happened, from the kernel's activity record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Idle {

@@ -1061,12 +1061,6 @@ mod tests {
 
     fn ev(kind: EventKind, cookie: u64, ns: u64, old: u8, new: u8, detail: i32) -> Event {
         Event {
-            boot_ns: ns,
-            kind,
-            cookie,
-            netns: 1,
-            local: "10.0.0.1:40000".parse().unwrap(),
-            remote: "10.0.0.2:7337".parse().unwrap(),
             owner: Some(Owner {
                 pid: 42,
                 tid: 42,
@@ -1078,13 +1072,7 @@ mod tests {
             old_state: old,
             new_state: new,
             detail,
-            no_socket: false,
-            soft_error: false,
-            received: false,
-            ttl: None,
-            peer_ttl: None,
-            idle: None,
-            pod: None,
+            ..crate::events::sample_event(kind, cookie, ns)
         }
     }
 

@@ -227,24 +227,9 @@ mod tests {
 
     fn event(cookie: u64, boot_ns: u64, kind: EventKind, old: u8, new: u8) -> Event {
         Event {
-            boot_ns,
-            kind,
-            cookie,
-            netns: 1,
-            local: "10.0.0.1:40000".parse().unwrap(),
-            remote: "10.0.0.2:7337".parse().unwrap(),
-            owner: None,
-            side: None,
             old_state: old,
             new_state: new,
-            detail: 0,
-            no_socket: false,
-            soft_error: false,
-            received: false,
-            ttl: None,
-            peer_ttl: None,
-            idle: None,
-            pod: None,
+            ..crate::events::sample_event(kind, cookie, boot_ns)
         }
     }
 

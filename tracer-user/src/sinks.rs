@@ -703,11 +703,7 @@ mod tests {
 
     fn refused() -> Event {
         Event {
-            boot_ns: 5,
-            kind: EventKind::SocketError,
-            cookie: 77,
             netns: 4026531840,
-            local: "10.0.0.1:40000".parse().unwrap(),
             remote: "[fd00::2]:7337".parse().unwrap(),
             owner: Some(Owner {
                 pid: 10,
@@ -720,13 +716,7 @@ mod tests {
             old_state: 7,
             new_state: 7,
             detail: libc::ECONNREFUSED,
-            no_socket: false,
-            soft_error: false,
-            received: false,
-            ttl: None,
-            peer_ttl: None,
-            idle: None,
-            pod: None,
+            ..crate::events::sample_event(EventKind::SocketError, 77, 5)
         }
     }
 

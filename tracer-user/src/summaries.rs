@@ -88,28 +88,16 @@ impl FlowSummaries {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::EventKind;
+    use crate::events::{EventKind, sample_event};
 
     fn summary(local: &str, remote: &str, opened: u8, ms: i32) -> Event {
         Event {
-            boot_ns: 1,
-            kind: EventKind::FlowSummary,
-            cookie: 9,
-            netns: 1,
             local: local.parse().unwrap(),
             remote: remote.parse().unwrap(),
-            owner: None,
-            side: None,
             old_state: opened,
             new_state: tcp_state::CLOSE,
             detail: ms,
-            no_socket: false,
-            soft_error: false,
-            received: false,
-            ttl: None,
-            peer_ttl: None,
-            idle: None,
-            pod: None,
+            ..sample_event(EventKind::FlowSummary, 9, 1)
         }
     }
 
