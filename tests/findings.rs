@@ -587,3 +587,57 @@ fn probe_reports_every_port_with_its_finding() {
     let (code, lines) = probe(&net, &[&server, "--ports", "10000", "--format", "json"]);
     assert_eq!(code, Some(0), "all open: {}", dump(&lines));
 }
+
+#[test]
+fn a_refusal_storm_is_counted_in_the_kernel_and_every_count_is_exact() {
+    let net = Routed::new();
+    let target = SocketAddr::new(net.server_ip, 7337);
+    let tracer = Tracer::start_with(&["--ports", "7337", "--aggregate-window", "400ms"]);
+    let attempts = 600;
+    let refused = net
+        .client
+        .run("st-storm", move || {
+            (0..attempts)
+                .filter(|_| {
+                    std::thread::sleep(Duration::from_millis(2));
+                    connect(target).is_err()
+                })
+                .count()
+        })
+        .join()
+        .unwrap();
+    assert_eq!(refused, attempts);
+    settle();
+    let lines = tracer.stop();
+    let about = |kind: &str, field: &str| -> Vec<&Value> {
+        findings(&lines, kind)
+            .into_iter()
+            .filter(|f| f[field] == target.to_string().as_str())
+            .collect()
+    };
+    let total =
+        |found: &[&Value]| -> u64 { found.iter().map(|f| f["count"].as_u64().unwrap()).sum() };
+    let client: Vec<&Value> = about("connect_refused", "dst");
+    let server: Vec<&Value> = about("local_reset", "src");
+    assert_eq!(total(&client), attempts as u64, "{}", dump(&lines));
+    assert_eq!(total(&server), attempts as u64, "{}", dump(&lines));
+    // Folded: the first refusal of each window in full, the rest as counts.
+    assert!(client.len() < attempts / 10, "{} lines", client.len());
+    for finding in &client {
+        assert_eq!(finding["comm"], "st-storm", "{finding}");
+        assert_eq!(finding["pid"], pid());
+        assert_eq!(finding["netns"], net.client.inode());
+        assert!(!finding["evidence"].as_array().unwrap().is_empty());
+    }
+    let sent = support::events(&lines, "reset_received")
+        .into_iter()
+        .filter(|e| e["dst"] == target.to_string().as_str())
+        .count();
+    assert!(sent < attempts / 5, "{sent} RSTs sent one by one");
+    let stats = support::last_stats(&lines);
+    assert!(
+        stats["repeats_counted"].as_u64().unwrap() >= 2 * (attempts - attempts / 5) as u64,
+        "{stats}"
+    );
+    assert_eq!(stats["lost_events"], 0);
+}

@@ -183,8 +183,11 @@ pub mod counter {
     pub const READ_FAILED: u32 = 3;
     /// The flow-activity table was full: an established flow is not idle-tracked.
     pub const ACTIVITY_TABLE_FULL: u32 = 4;
+    /// The repeat table was full: a repeated refusal or RST was sent in full instead of
+    /// counted (nothing is lost; it costs ring-buffer space).
+    pub const REPEAT_TABLE_FULL: u32 = 5;
     /// Number of counters.
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 /// Address families as the kernel spells them.
@@ -342,7 +345,7 @@ pub struct SockOwner {
 pub struct FlowSlot {
     pub owner: SockOwner,
     pub netns: u32,
-    /// Non-zero once the flow's state changes are sent as they happen.
+    /// [`slot::QUIET`], [`slot::SHIPPED`] or [`slot::COUNTED`].
     pub shipped: u8,
     /// The opening transition (CLOSE -> SYN_SENT, or -> SYN_RECV for an accepted socket).
     pub opened_old: u8,
@@ -355,6 +358,16 @@ pub struct FlowSlot {
     /// When it reached ESTABLISHED (0: not yet).
     pub established_ns: u64,
     pub latest_ns: u64,
+}
+
+/// Values of [`FlowSlot::shipped`].
+pub mod slot {
+    /// Nothing of the flow was sent yet.
+    pub const QUIET: u8 = 0;
+    /// The flow's events are sent as they happen.
+    pub const SHIPPED: u8 = 1;
+    /// A refused connect counted as a repeat (see `RepeatKey`): none of its events is sent.
+    pub const COUNTED: u8 = 2;
 }
 
 /// What a quiet flow recorded, sent in one record when it stops being quiet (kind
@@ -378,6 +391,63 @@ pub struct FlowHistory {
     pub tx_class: u8,
     pub rx_class: u8,
     pub _pad: u32,
+}
+
+/// Key of the repeat table (`REPEATS`): one kind of anomaly that comes in storms, between
+/// one client address and one service. A connect refused again and again (a missing
+/// shuffle service, a HiveServer2 that is down) or a port scan would otherwise cost several
+/// ring-buffer records per attempt: the first occurrence of a key in each window is sent in
+/// full (it becomes the finding, with its evidence); the rest of the window is counted in
+/// [`RepeatCount`] and userspace reads the counts, so the findings' counts stay exact.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RepeatKey {
+    /// This host's address and the peer's (as in `FlowEvent`).
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    pub netns: u32,
+    /// The owner's thread group id (0: no owner, a RST sent without a socket).
+    pub pid: u32,
+    /// The event's `detail`: the reason of a RST sent.
+    pub detail: i32,
+    /// The service's port: the remote port of a refused connect, the local port of a RST
+    /// sent for a segment that matched no socket. The client's port is not in the key.
+    pub service_port: u16,
+    /// `kind::RESET_RECEIVED` (a RST answering our SYN: a refused connect) or
+    /// `kind::RESET_SENT` (a RST sent without a socket).
+    pub kind: u8,
+    pub family: u8,
+    /// TTL of the RST and of the peer's own packets (as in `FlowEvent`): a forged RST is
+    /// another key.
+    pub ttl: u8,
+    pub peer_ttl: u8,
+    pub _pad: u16,
+}
+
+/// Value of the repeat table (see [`RepeatKey`]).
+///
+/// Occurrences within the window length after `window_start_ns` are counted; the first one
+/// after it opens the next window and is sent in full. An entry without any occurrence for
+/// a window length is *idle*: the kernel no longer writes it (it sends in full) and
+/// userspace removes it after reading its final count, so that removal cannot lose a count.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RepeatCount {
+    /// When the current window opened: the time of the occurrence sent in full.
+    pub window_start_ns: u64,
+    /// The latest occurrence, counted or sent.
+    pub active_ns: u64,
+    /// The first and the latest occurrence counted.
+    pub first_ns: u64,
+    pub last_ns: u64,
+    /// Occurrences counted instead of sent, over all windows (only ever incremented;
+    /// userspace reports what it has not reported yet).
+    pub counted: u64,
+    /// The owner of the occurrence sent in full (none for a RST sent without a socket).
+    pub owner: SockOwner,
+    /// The client's port in the latest occurrence counted.
+    pub last_client_port: u16,
+    pub _pad: [u8; 6],
 }
 
 /// Key of the listener-owner table: a listening port in one network namespace.
@@ -452,6 +522,8 @@ const _: () = assert!(size_of::<SockOwner>() == 40);
 const _: () = assert!(size_of::<FlowSlot>() == 80);
 const _: () = assert!(size_of::<FlowActivity>() == 128);
 const _: () = assert!(size_of::<FlowHistory>() == 160);
+const _: () = assert!(size_of::<RepeatKey>() == 52);
+const _: () = assert!(size_of::<RepeatCount>() == 88);
 
 #[cfg(feature = "user")]
 mod user {
@@ -462,4 +534,6 @@ mod user {
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::FlowActivity {}
     unsafe impl aya::Pod for super::FlowSlot {}
+    unsafe impl aya::Pod for super::RepeatKey {}
+    unsafe impl aya::Pod for super::RepeatCount {}
 }

@@ -8,6 +8,9 @@
 //! other program) and needs neither kprobes nor ftrace trampolines.
 #![no_std]
 #![no_main]
+// The BPF atomic add (see `counted_as_repeat`).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 use core::ffi::c_void;
 
@@ -23,7 +26,8 @@ use aya_ebpf::{
 };
 use tracer_ebpf::{
     AF_INET, AF_INET6, FlowActivity, FlowEvent, FlowHistory, FlowSlot, Keepalive, KernelOffsets,
-    ListenerKey, SockOwner, counter, flag, kind, payload_class, tcp_state,
+    ListenerKey, RepeatCount, RepeatKey, SockOwner, counter, flag, kind, payload_class, slot,
+    tcp_state,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -46,6 +50,11 @@ static WAKEUP_BYTES: u64 = 0;
 /// whose length is recorded (half the NAT idle threshold; set by userspace).
 #[unsafe(no_mangle)]
 static IDLE_MARK_NS: u64 = 0;
+
+/// Window of the repeat table (see `tracer_ebpf::RepeatKey`): userspace's aggregation window
+/// (0: every occurrence is sent).
+#[unsafe(no_mangle)]
+static REPEAT_WINDOW_NS: u64 = 0;
 
 /// The watched-port set: index = port, non-zero = watched. An array lookup is the cheapest
 /// check for unwatched traffic and holds any mix of single ports and ranges.
@@ -86,6 +95,18 @@ static ACTIVITY: HashMap<u64, FlowActivity> = HashMap::with_max_entries(131072, 
 /// programs' stack (512 bytes across calls) has no room for it.
 #[map]
 static ACTIVITY_SCRATCH: PerCpuArray<FlowActivity> = PerCpuArray::with_max_entries(1, 0);
+
+/// Repeated refusals and RSTs without a socket, counted instead of sent (see
+/// `tracer_ebpf::RepeatKey`). Bounded; when full, occurrences are sent in full and counted
+/// (REPEAT_TABLE_FULL). Entries are removed by userspace once their window is over.
+#[map]
+static REPEATS: HashMap<RepeatKey, RepeatCount> = HashMap::with_max_entries(4096, 0);
+
+/// Cookies of refused connects counted as repeats, whose socket error is reported after the
+/// flow's slot is gone (TCP reports it after the CLOSE): that report is not sent either.
+/// LRU-bounded; an entry is consumed a moment after it is written.
+#[map]
+static COUNTED_ERRORS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(1024, 0);
 
 /// Per-CPU loss and overflow counters, indexed by `tracer_ebpf::counter`.
 #[map]
@@ -419,8 +440,16 @@ fn on_state_change(sk: *const u8, old_state: u8, new_state: u8) {
         ..Default::default()
     };
     let quiet = note_quiet(cookie, &mut record);
-    if matches!(quiet, Quiet::Recorded) {
-        return;
+    match quiet {
+        Quiet::Recorded => return,
+        Quiet::Counted => {
+            if new_state == tcp_state::CLOSE {
+                let _ = ACTIVITY.remove(&cookie);
+                let _ = FLOWS.remove(&cookie);
+            }
+            return;
+        }
+        _ => {}
     }
     if read_addrs(sk, &mut tuple).is_none() {
         count(counter::READ_FAILED);
@@ -494,6 +523,8 @@ enum Quiet {
     Summarised,
     /// The flow stops being quiet: send what it recorded, then this change.
     Ends,
+    /// A refused connect counted as a repeat: nothing of it is sent.
+    Counted,
 }
 
 /// Records a state change of a quiet flow, or turns a clean close into its summary.
@@ -504,8 +535,10 @@ fn note_quiet(cookie: u64, record: &mut Record) -> Quiet {
     };
     // SAFETY: a live map value, written only by this flow's own events.
     let slot = unsafe { &mut *slot };
-    if slot.shipped != 0 {
-        return Quiet::No;
+    match slot.shipped {
+        slot::QUIET => {}
+        slot::COUNTED => return Quiet::Counted,
+        _ => return Quiet::No,
     }
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
@@ -571,21 +604,24 @@ fn is_quiet(cookie: u64) -> bool {
 /// Sends what a quiet flow recorded (its opening, ESTABLISHED, the first payload classes
 /// each way, its latest state change, each with the time it happened) in one
 /// `FLOW_HISTORY` record, and reports the flow event by event from now on. Called before the
-/// first event of a flow that userspace must see. Not inlined: one copy per program.
+/// first event of a flow that userspace must see; false when the flow's events are not sent
+/// (a refused connect counted as a repeat). Not inlined: one copy per program.
 #[inline(never)]
-fn ship_quiet(cookie: u64, tuple: &Tuple) {
+fn ship_quiet(cookie: u64, tuple: &Tuple) -> bool {
     let Some(slot) = FLOWS.get_ptr_mut(&cookie) else {
-        return;
+        return true;
     };
     // SAFETY: a live map value; the fields are copied out before anything else.
     let slot = unsafe { &mut *slot };
-    if slot.shipped != 0 {
-        return;
+    match slot.shipped {
+        slot::QUIET => {}
+        slot::COUNTED => return false,
+        _ => return true,
     }
-    slot.shipped = 1;
+    slot.shipped = slot::SHIPPED;
     let Some(mut entry) = EVENTS.reserve::<FlowHistory>(0) else {
         count(counter::RINGBUF_FULL);
-        return;
+        return true;
     };
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
@@ -623,6 +659,102 @@ fn ship_quiet(cookie: u64, tuple: &Tuple) {
         }
     }
     entry.submit(wakeup_flag());
+    true
+}
+
+/// Counts an occurrence of `key` that repeats the one sent in full within the window
+/// (`REPEAT_WINDOW_NS`): true when it was counted and must not be sent. The first occurrence
+/// of a key opens its window and is sent, and so is the first after the window, which opens
+/// the next. Not inlined: one copy per program.
+#[inline(never)]
+fn counted_as_repeat(key: &RepeatKey, owner: &SockOwner, client_port: u16) -> bool {
+    // SAFETY: reading our own read-only global.
+    let window = unsafe { core::ptr::read_volatile(&raw const REPEAT_WINDOW_NS) };
+    if window == 0 {
+        return false;
+    }
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    if let Some(entry) = REPEATS.get_ptr_mut(key) {
+        // SAFETY: a live map value; the count is only ever added to atomically.
+        let entry = unsafe { &mut *entry };
+        if now.saturating_sub(entry.active_ns) >= window {
+            // Idle: userspace removes it once it has read the final count; never written
+            // again, sent in full until then.
+            return false;
+        }
+        entry.active_ns = now;
+        if now.saturating_sub(entry.window_start_ns) >= window {
+            entry.window_start_ns = now;
+            return false;
+        }
+        if entry.counted == 0 {
+            entry.first_ns = now;
+        }
+        // Atomic: other CPUs count into the same entry. (The bpf target has no
+        // compare-and-swap, so core's atomic types lack fetch_add; the intrinsic becomes the
+        // BPF atomic add instruction.)
+        // SAFETY: an aligned u64 in a live map value.
+        unsafe {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                &raw mut entry.counted,
+                1,
+            )
+        };
+        entry.last_ns = now;
+        entry.last_client_port = client_port;
+        return true;
+    }
+    let entry = RepeatCount {
+        window_start_ns: now,
+        active_ns: now,
+        first_ns: 0,
+        last_ns: 0,
+        counted: 0,
+        owner: *owner,
+        last_client_port: client_port,
+        _pad: [0; 6],
+    };
+    // BPF_NOEXIST: another CPU may have opened the window a moment ago (then both are sent).
+    // SAFETY: the value is not kept.
+    if REPEATS.insert(key, &entry, BPF_NOEXIST).is_err() && unsafe { REPEATS.get(key) }.is_none() {
+        count(counter::REPEAT_TABLE_FULL);
+    }
+    false
+}
+
+/// A RST answering the SYN of a quiet flow (a refused connect): counted instead of sent when
+/// it repeats one sent within the window; the flow's later events are then not sent either.
+#[inline(never)]
+fn refusal_counted(cookie: u64, tuple: &Tuple, netns: u32, ttl: u8, peer_ttl: u8) -> bool {
+    let Some(flow) = FLOWS.get_ptr_mut(&cookie) else {
+        return false;
+    };
+    // SAFETY: a live map value, written only by this flow's own events.
+    let flow = unsafe { &mut *flow };
+    if flow.shipped != slot::QUIET {
+        // Already reported (a SYN retransmitted first): its end is reported in full.
+        return false;
+    }
+    let key = RepeatKey {
+        local_addr: tuple.local_addr,
+        remote_addr: tuple.remote_addr,
+        netns,
+        pid: flow.owner.pid,
+        detail: 0,
+        service_port: tuple.remote_port,
+        kind: kind::RESET_RECEIVED,
+        family: tuple.family as u8,
+        ttl,
+        peer_ttl,
+        _pad: 0,
+    };
+    if !counted_as_repeat(&key, &flow.owner, tuple.local_port) {
+        return false;
+    }
+    flow.shipped = slot::COUNTED;
+    let _ = COUNTED_ERRORS.insert(&cookie, &1, 0);
+    true
 }
 
 /// Idle times of a tracked flow for an event (see `FlowEvent::idle_ms`); `u32::MAX` each
@@ -689,20 +821,33 @@ fn emit_for_sock(sk: *const u8, event_kind: u8, detail: i32, flags: u16) {
         // SAFETY: the value is copied out at once.
         peer_ttl = unsafe { PEER_TTL.get(&peer) }.copied().unwrap_or(0);
     }
+    let netns = read_sock_netns(sk);
+    if event_kind == kind::RESET_RECEIVED
+        && state == tcp_state::SYN_SENT
+        && refusal_counted(cookie, &tuple, netns, ttl, peer_ttl)
+    {
+        return;
+    }
+    // SAFETY: the value is not kept.
+    if event_kind == kind::SOCKET_ERROR && unsafe { COUNTED_ERRORS.get(&cookie) }.is_some() {
+        let _ = COUNTED_ERRORS.remove(&cookie);
+        return;
+    }
     let record = Record {
         ttl,
         peer_ttl,
         kind: event_kind,
         cookie,
-        netns: read_sock_netns(sk),
+        netns,
         old_state: state,
         new_state: state,
         detail,
         flags,
         ..Default::default()
     };
-    ship_quiet(cookie, &tuple);
-    emit(record, &tuple, &owner_of(cookie));
+    if ship_quiet(cookie, &tuple) {
+        emit(record, &tuple, &owner_of(cookie));
+    }
 }
 
 #[btf_tracepoint(function = "tcp_retransmit_skb")]
@@ -827,6 +972,22 @@ pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
     // provoked the RST, reversed, since the RST goes back to its sender.
     let skb: *const u8 = ctx.arg(1);
     if let Some((tuple, netns)) = packet_tuple(skb) {
+        let key = RepeatKey {
+            local_addr: tuple.local_addr,
+            remote_addr: tuple.remote_addr,
+            netns,
+            pid: 0,
+            detail: reason,
+            service_port: tuple.local_port,
+            kind: kind::RESET_SENT,
+            family: tuple.family as u8,
+            ttl: 0,
+            peer_ttl: 0,
+            _pad: 0,
+        };
+        if counted_as_repeat(&key, &SockOwner::default(), tuple.remote_port) {
+            return 0;
+        }
         let record = Record {
             kind: kind::RESET_SENT,
             cookie: 0,

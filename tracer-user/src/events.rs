@@ -6,8 +6,8 @@ use std::{
 };
 
 use tracer_ebpf::{
-    AF_INET, AF_INET6, FlowActivity, FlowEvent, FlowHistory, FlowSlot, flag, kind, payload_class,
-    tcp_state,
+    AF_INET, AF_INET6, FlowActivity, FlowEvent, FlowHistory, FlowSlot, RepeatCount, RepeatKey,
+    flag, kind, payload_class, tcp_state,
 };
 
 /// What the kernel saw.
@@ -303,6 +303,63 @@ pub fn quiet_history(cookie: u64, activity: &FlowActivity, slot: Option<&FlowSlo
         rx_class: activity.rx_class,
         _pad: 0,
     }
+}
+
+/// Socket cookies count up from 1; this one stands for the flows of counted repeats, which
+/// userspace never saw (see `repeat_event`).
+pub const REPEAT_COOKIE: u64 = u64::MAX;
+
+/// The latest occurrence of a repeat the kernel counted instead of sending (see
+/// `tracer_ebpf::RepeatKey`), as the event it would have sent: the RST that answered a SYN
+/// (a refused connect, `REPEAT_COOKIE`), or a RST sent without a socket.
+pub fn repeat_event(key: &RepeatKey, count: &RepeatCount) -> Result<Event, DecodeError> {
+    let refused = key.kind == kind::RESET_RECEIVED;
+    let (state, local_port, remote_port, cookie, flags) = if refused {
+        let owner = count.owner;
+        (
+            tcp_state::SYN_SENT,
+            count.last_client_port,
+            key.service_port,
+            REPEAT_COOKIE,
+            owner.flags,
+        )
+    } else {
+        (
+            tcp_state::CLOSE,
+            key.service_port,
+            count.last_client_port,
+            0,
+            flag::NO_SOCKET,
+        )
+    };
+    let raw = FlowEvent {
+        ts_ns: count.last_ns,
+        cookie,
+        cgroup_id: count.owner.cgroup_id,
+        netns: key.netns,
+        pid: count.owner.pid,
+        tid: count.owner.tid,
+        uid: count.owner.uid,
+        detail: key.detail,
+        kind: key.kind,
+        family: key.family,
+        old_state: state,
+        new_state: state,
+        local_port,
+        remote_port,
+        flags,
+        ttl: key.ttl,
+        peer_ttl: key.peer_ttl,
+        local_addr: key.local_addr,
+        remote_addr: key.remote_addr,
+        comm: count.owner.comm,
+        idle_ms: u32::MAX,
+        gap_ms: u32::MAX,
+        resumed_ms: u32::MAX,
+        _pad: 0,
+    };
+    let kind = EventKind::from_wire(raw.kind).ok_or(DecodeError::Kind(raw.kind))?;
+    event_of(&raw, kind)
 }
 
 /// Decodes a ring-buffer record that holds one event.
@@ -609,6 +666,68 @@ mod tests {
             decode(&bytes(&wire(kind::STATE_CHANGE, 3))),
             Err(DecodeError::Family(3))
         );
+    }
+
+    #[test]
+    fn counted_repeats_become_the_events_the_kernel_would_have_sent() {
+        let mut key = RepeatKey {
+            netns: 7,
+            pid: 42,
+            service_port: 7337,
+            kind: kind::RESET_RECEIVED,
+            family: AF_INET as u8,
+            ttl: 63,
+            peer_ttl: 63,
+            ..Default::default()
+        };
+        key.local_addr[..4].copy_from_slice(&[10, 0, 0, 1]);
+        key.remote_addr[..4].copy_from_slice(&[10, 0, 0, 2]);
+        let count = RepeatCount {
+            last_ns: 99,
+            counted: 5,
+            last_client_port: 40001,
+            owner: tracer_ebpf::SockOwner {
+                pid: 42,
+                uid: 1000,
+                flags: flag::OWNER_KNOWN,
+                comm: *b"java\0\0\0\0\0\0\0\0\0\0\0\0",
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let refused = repeat_event(&key, &count).unwrap();
+        assert_eq!(refused.kind, EventKind::ResetReceived);
+        assert_eq!(refused.cookie, REPEAT_COOKIE);
+        assert_eq!(refused.boot_ns, 99);
+        assert_eq!(refused.local, "10.0.0.1:40001".parse().unwrap());
+        assert_eq!(refused.remote, "10.0.0.2:7337".parse().unwrap());
+        assert_eq!(refused.new_state, tcp_state::SYN_SENT);
+        assert_eq!((refused.ttl, refused.peer_ttl), (Some(63), Some(63)));
+        let owner = refused.owner.unwrap();
+        assert_eq!(
+            (owner.pid, owner.uid, owner.comm.as_str()),
+            (42, 1000, "java")
+        );
+        assert_eq!(refused.side, Some(Side::Client));
+
+        // A RST sent for a closed port: the service is this host's end, no owner.
+        key.kind = kind::RESET_SENT;
+        key.pid = 0;
+        key.detail = 2;
+        key.ttl = 0;
+        key.peer_ttl = 0;
+        let count = RepeatCount {
+            owner: Default::default(),
+            ..count
+        };
+        let reset = repeat_event(&key, &count).unwrap();
+        assert_eq!(reset.kind, EventKind::ResetSent);
+        assert_eq!(reset.cookie, 0);
+        assert!(reset.no_socket);
+        assert_eq!(reset.detail, 2);
+        assert_eq!(reset.local, "10.0.0.1:7337".parse().unwrap());
+        assert_eq!(reset.remote, "10.0.0.2:40001".parse().unwrap());
+        assert_eq!(reset.owner, None);
     }
 
     #[test]

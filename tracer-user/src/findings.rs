@@ -876,6 +876,16 @@ impl Correlator {
     }
 }
 
+impl Finding {
+    /// The port of the service the finding is about (this host's for the server side).
+    pub fn service_port(&self) -> u16 {
+        match self.side {
+            Some(Side::Server) => self.src.port(),
+            _ => self.dst.port(),
+        }
+    }
+}
+
 /// Words for an aggregate line: how many occurrences it stands for.
 fn close_aggregate(mut f: Finding) -> Finding {
     if f.count > 1 {

@@ -19,6 +19,7 @@ mod prefetch;
 mod probe;
 mod probes;
 mod remedies;
+mod repeats;
 mod report;
 mod session;
 mod sinks;

@@ -47,6 +47,7 @@ pub struct Metrics {
     events: Family<EventLabels, Counter>,
     findings: Family<FindingLabels, Counter>,
     clean_flows: Family<CleanFlowLabels, Counter>,
+    repeats: Family<FindingLabels, Counter>,
     lost: Family<LossLabels, Counter>,
     flows: Gauge,
     evictions: Counter,
@@ -73,6 +74,13 @@ impl Metrics {
             "Flows that opened and closed cleanly (one summary each, no events), by server \
              port and this host's side",
             clean_flows.clone(),
+        );
+        let repeats = Family::<FindingLabels, Counter>::default();
+        registry.register(
+            "repeats_counted",
+            "Finding occurrences the kernel counted instead of sending their events (included \
+             in findings), by kind and the server's port",
+            repeats.clone(),
         );
         let lost = Family::<LossLabels, Counter>::default();
         registry.register(
@@ -103,6 +111,7 @@ impl Metrics {
             events,
             findings,
             clean_flows,
+            repeats,
             lost,
             flows,
             evictions,
@@ -114,6 +123,12 @@ impl Metrics {
 
     pub fn event(&self, event: &'static str) {
         self.events.get_or_create(&EventLabels { event }).inc();
+    }
+
+    pub fn repeats(&self, kind: &'static str, port: u16, count: u64) {
+        self.repeats
+            .get_or_create(&FindingLabels { kind, port })
+            .inc_by(count);
     }
 
     pub fn finding(&self, kind: &'static str, port: u16, count: u64) {

@@ -14,6 +14,7 @@ use crate::{
     idle::{self, ActivitySource, Check, KeepaliveSettings},
     metrics::Metrics,
     probes::KernelCounters,
+    repeats::{RepeatSource, Repeats},
     sinks::{Output, Totals},
     summaries::FlowSummaries,
 };
@@ -64,6 +65,8 @@ pub struct Pipeline<W: Write> {
     next_idle_scan_ns: u64,
     /// Counts already given to the metrics (they take deltas).
     metered: Metered,
+    /// What was reported of the kernel's counted repeats.
+    pub repeats: Repeats,
 }
 
 #[derive(Default)]
@@ -95,6 +98,7 @@ impl<W: Write> Pipeline<W> {
             metered: Metered::default(),
             idle_reported: HashMap::new(),
             next_idle_scan_ns: 0,
+            repeats: Repeats::new(config.aggregate_window_ns),
         }
     }
 
@@ -114,11 +118,7 @@ impl<W: Write> Pipeline<W> {
             captured.push(finding.clone());
         }
         if let Some(metrics) = &self.metrics {
-            let port = match finding.side {
-                Some(crate::events::Side::Server) => finding.src.port(),
-                _ => finding.dst.port(),
-            };
-            metrics.finding(finding.kind.name(), port, finding.count);
+            metrics.finding(finding.kind.name(), finding.service_port(), finding.count);
         }
         if !self.output_closed && self.output.finding(finding).is_err() {
             self.output_closed = true;
@@ -303,7 +303,41 @@ impl<W: Write> Pipeline<W> {
         Some(flow)
     }
 
-    pub fn housekeeping(&mut self, counters: KernelCounters, activity: &dyn ActivitySource) {
+    /// Reads what the kernel counted instead of sending (see `repeats`): each key's new
+    /// occurrences become one finding with that count, built from the latest occurrence as
+    /// the kernel would have sent it, and join the aggregate of the finding sent in full.
+    pub fn report_repeats(&mut self, now: u64, source: &mut dyn RepeatSource) {
+        for repeated in self.repeats.harvest(now, source) {
+            let Ok(mut event) = events::repeat_event(&repeated.key, &repeated.count) else {
+                self.totals.decode_errors += 1;
+                continue;
+            };
+            self.attribute(&mut event);
+            // Its own flow: a refused connect's verdict needs one, and must not meet others.
+            let mut scratch = FlowTable::new(1);
+            let flow = scratch.observe(&mut event);
+            let mut found = Vec::new();
+            self.correlator.on_event(&event, flow, &mut found);
+            for mut finding in found {
+                finding.count = repeated.new;
+                finding.first_ns = repeated.first_ns;
+                if let Some(metrics) = &self.metrics {
+                    metrics.repeats(finding.kind.name(), finding.service_port(), repeated.new);
+                }
+                self.found.push(finding);
+            }
+        }
+        self.totals.repeats_counted = self.repeats.total();
+        self.publish(0);
+    }
+
+    /// Loss counters, idle scan, counted repeats, owed updates, aged-out flows, closed
+    /// aggregation windows, metrics and the periodic stats line.
+    pub fn housekeeping<K: ActivitySource + RepeatSource>(
+        &mut self,
+        counters: KernelCounters,
+        kernel: &mut K,
+    ) {
         for ((_, now, meaning), (_, before, _)) in
             counters.losses().into_iter().zip(self.reported.losses())
         {
@@ -316,7 +350,10 @@ impl<W: Write> Pipeline<W> {
         }
         self.reported = counters;
         let now = BootClock::now_boot_ns();
-        self.idle_scan(now, activity);
+        self.idle_scan(now, &*kernel);
+        // Before the aggregation windows close: what the kernel counted within a window
+        // joins that window's line.
+        self.report_repeats(now, kernel);
         self.correlator.due_tls(now, &mut self.found);
         let expired = self.flows.expire(now);
         let trim = expired.len() >= TRIM_AFTER_EXPIRED;

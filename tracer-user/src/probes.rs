@@ -15,7 +15,7 @@ use aya::{
     maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, Program},
 };
-use tracer_ebpf::{FlowActivity, FlowSlot, counter};
+use tracer_ebpf::{FlowActivity, FlowSlot, RepeatCount, RepeatKey, counter};
 
 use crate::{btf::Btf, offsets, prefetch::Prefetch};
 
@@ -223,6 +223,29 @@ impl crate::idle::ActivitySource for Probes {
     }
 }
 
+impl crate::repeats::RepeatSource for Probes {
+    fn repeats(&self, each: &mut dyn FnMut(&RepeatKey, &RepeatCount)) {
+        let Some(map) = self.ebpf.map("REPEATS") else {
+            return;
+        };
+        let Ok(table) = aya::maps::HashMap::<_, RepeatKey, RepeatCount>::try_from(map) else {
+            return;
+        };
+        for (key, count) in table.iter().flatten() {
+            each(&key, &count);
+        }
+    }
+
+    fn forget(&mut self, key: &RepeatKey) {
+        if let Some(map) = self.ebpf.map_mut("REPEATS")
+            && let Ok(mut table) = aya::maps::HashMap::<_, RepeatKey, RepeatCount>::try_from(map)
+        {
+            // Already gone is fine: nothing else removes entries.
+            let _ = table.remove(key);
+        }
+    }
+}
+
 /// Loss and overflow counts summed over CPUs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct KernelCounters {
@@ -231,6 +254,8 @@ pub struct KernelCounters {
     pub listener_table_full: u64,
     pub read_failed: u64,
     pub activity_table_full: u64,
+    /// Repeats sent in full because the repeat table was full (nothing lost).
+    pub repeat_table_full: u64,
     /// Runs the kernel skipped because a program was already running on that CPU.
     pub recursion_misses: u64,
 }
@@ -238,7 +263,7 @@ pub struct KernelCounters {
 impl KernelCounters {
     /// Each loss counter: its `reason` label in the metrics, its value, and what a rise means
     /// (warned about as it happens; None: counted only).
-    pub fn losses(&self) -> [(&'static str, u64, Option<&'static str>); 6] {
+    pub fn losses(&self) -> [(&'static str, u64, Option<&'static str>); 7] {
         [
             (
                 "ringbuf_full",
@@ -265,6 +290,14 @@ impl KernelCounters {
                 "activity_table_full",
                 self.activity_table_full,
                 Some("flows not idle-tracked: activity table full (--max-flows)"),
+            ),
+            (
+                "repeat_table_full",
+                self.repeat_table_full,
+                Some(
+                    "repeated refusals or RSTs sent one by one instead of counted: repeat table \
+                     full (nothing lost)",
+                ),
             ),
             ("read_failed", self.read_failed, None),
             (
@@ -296,6 +329,7 @@ impl Probes {
         ports: &[u16],
         max_flows: u32,
         idle_mark_ns: u64,
+        repeat_window_ns: u64,
         host_root: &Path,
     ) -> Result<Self> {
         raise_memlock_limit();
@@ -312,6 +346,7 @@ impl Probes {
             .override_global("OFFSETS", &offsets, true)
             .override_global("WAKEUP_BYTES", &WAKEUP_BYTES, true)
             .override_global("IDLE_MARK_NS", &idle_mark_ns, true)
+            .override_global("REPEAT_WINDOW_NS", &repeat_window_ns, true)
             .map_max_entries("FLOWS", max_flows.max(1))
             .map_max_entries("ACTIVITY", max_flows.max(1))
             .load(TRACER_OBJECT)
@@ -446,6 +481,7 @@ impl Probes {
             counters.listener_table_full = sum(counter::LISTENER_TABLE_FULL);
             counters.read_failed = sum(counter::READ_FAILED);
             counters.activity_table_full = sum(counter::ACTIVITY_TABLE_FULL);
+            counters.repeat_table_full = sum(counter::REPEAT_TABLE_FULL);
         }
         for program in [INGRESS_PROGRAM, EGRESS_PROGRAM] {
             counters.recursion_misses += self

@@ -97,6 +97,7 @@ impl<W: Write> Session<W> {
             settings.ports,
             settings.max_flows,
             settings.findings.nat_idle.threshold_ns() / 2,
+            settings.findings.aggregate_window_ns,
             settings
                 .host_root
                 .as_deref()
@@ -184,13 +185,21 @@ impl<W: Write> Session<W> {
         loop {
             tokio::select! {
                 output = &mut stop => return Ok(Some(output)),
-                _ = poll.tick() => pipeline.drain(ring.get_mut()),
+                _ = poll.tick() => {
+                    pipeline.drain(ring.get_mut());
+                    // A window that is over is removed at once, so the kernel opens the next
+                    // one (and sends its first occurrence) without waiting for housekeeping.
+                    let now = BootClock::now_boot_ns();
+                    if pipeline.repeats.removal_due(now) {
+                        pipeline.report_repeats(now, probes);
+                    }
+                }
                 guard = ring.readable_mut() => {
                     let mut guard = guard.context("waiting on the ring buffer")?;
                     pipeline.drain(guard.get_inner_mut());
                     guard.clear_ready();
                 }
-                _ = housekeeping.tick() => pipeline.housekeeping(probes.counters(), &*probes),
+                _ = housekeeping.tick() => pipeline.housekeeping(probes.counters(), probes),
             }
             if pipeline.output_closed {
                 info!("stdout closed: stopping");
@@ -205,7 +214,7 @@ impl<W: Write> Session<W> {
         self.probes.detach();
         self.pipeline.drain(self.ring.get_mut());
         let counters = self.probes.counters();
-        self.pipeline.housekeeping(counters, &self.probes);
+        self.pipeline.housekeeping(counters, &mut self.probes);
         self.pipeline.finish();
         let totals = self.pipeline.totals;
         if !self.pipeline.output_closed {

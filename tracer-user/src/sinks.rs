@@ -39,6 +39,8 @@ pub struct Totals {
     pub decode_errors: u64,
     pub flows: usize,
     pub flow_evictions: u64,
+    /// Refusals and RSTs the kernel counted instead of sending (in the findings' counts).
+    pub repeats_counted: u64,
 }
 
 #[derive(Serialize)]
@@ -154,6 +156,7 @@ struct StatsLine<'a> {
     listener_table_full: u64,
     read_failed: u64,
     activity_table_full: u64,
+    repeat_table_full: u64,
     recursion_misses: u64,
     flows: usize,
     flow_evictions: u64,
@@ -163,6 +166,7 @@ struct StatsLine<'a> {
     clean_flows: u64,
     clean_flows_unattributed: u64,
     clean_flows_by_port: Vec<crate::summaries::PortSummary>,
+    repeats_counted: u64,
 }
 
 #[derive(Serialize)]
@@ -631,6 +635,7 @@ impl<W: Write> Output<W> {
             listener_table_full: kernel.listener_table_full,
             read_failed: kernel.read_failed,
             activity_table_full: kernel.activity_table_full,
+            repeat_table_full: kernel.repeat_table_full,
             recursion_misses: kernel.recursion_misses,
             flows: totals.flows,
             flow_evictions: totals.flow_evictions,
@@ -640,6 +645,7 @@ impl<W: Write> Output<W> {
             clean_flows: summaries.total(),
             clean_flows_unattributed: summaries.unattributed(),
             clean_flows_by_port: summaries.rows(),
+            repeats_counted: totals.repeats_counted,
         };
         let json = to_line(&line)?;
         self.publish(Some(json), None)
