@@ -49,9 +49,9 @@ fn rotation_under_traffic_keeps_every_line_exactly_once() {
         "4KiB",
         "--trace-keep",
         "1000",
-        // Every refusal sent and printed on its own: enough lines to rotate.
+        // No folding: every refusal sent and printed on its own, enough lines to rotate.
         "--aggregate-window",
-        "0",
+        "1ns",
     ]);
     refused_burst(&topo, 7337, 40);
     support::settle();

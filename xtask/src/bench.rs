@@ -231,24 +231,50 @@ impl Tracer {
     }
 }
 
-/// events decoded, events lost and clean flows summarised, from shuffletrace's last stats
-/// line.
-fn shuffletrace_delivery(output: &str) -> (u64, u64, u64) {
+/// A number from shuffletrace's last stats line (0 when missing).
+fn stats_number(output: &str, key: &str) -> u64 {
     output
         .lines()
         .rev()
         .find(|l| l.contains("\"type\":\"stats\""))
-        .map(|l| {
-            let num = |key: &str| {
-                l.split(&format!("\"{key}\":"))
-                    .nth(1)
-                    .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(0)
-            };
-            (num("events"), num("lost_events"), num("clean_flows"))
+        .and_then(|l| {
+            l.split(&format!("\"{key}\":"))
+                .nth(1)?
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
         })
-        .unwrap_or((0, 0, 0))
+        .unwrap_or(0)
+}
+
+/// events decoded, events lost and clean flows summarised, from shuffletrace's last stats
+/// line.
+fn shuffletrace_delivery(output: &str) -> (u64, u64, u64) {
+    (
+        stats_number(output, "events"),
+        stats_number(output, "lost_events"),
+        stats_number(output, "clean_flows"),
+    )
+}
+
+/// Sum of `count` over shuffletrace's finding lines of one kind, and the occurrences of it
+/// the kernel counted instead of sending (`repeats counted` is in the stats line, over all
+/// kinds).
+fn finding_count(output: &str, kind: &str) -> u64 {
+    let tag = format!("\"kind\":\"{kind}\"");
+    output
+        .lines()
+        .filter(|l| l.contains("\"type\":\"finding\"") && l.contains(&tag))
+        .filter_map(|l| {
+            l.rsplit_once("\"count\":")?
+                .1
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
 }
 
 /// events printed and lost, from bpftrace's output.
@@ -271,16 +297,27 @@ struct Row {
     untraced: f64,
     shuffletrace: f64,
     bpftrace: Option<f64>,
+    /// Events lost in any shuffletrace round.
+    lost: u64,
+    /// For a workload whose every operation must be one finding: whether each round's
+    /// finding count was exact.
+    exact: Option<bool>,
 }
+
+/// A finding every operation of a workload must give (kind), counted exactly.
+type Expected = Option<&'static str>;
 
 /// Interleaved rounds of one workload: untraced, shuffletrace, bpftrace (if available).
 fn compare(
     name: &str,
     load: &[String],
     with_peer: bool,
+    expected: Expected,
     delivery: &mut Vec<String>,
 ) -> Result<Row> {
     let (mut plain, mut traced, mut peer) = (Vec::new(), Vec::new(), Vec::new());
+    let ops: u64 = load.get(2).and_then(|n| n.parse().ok()).unwrap_or(0);
+    let (mut all_lost, mut exact) = (0, expected.map(|_| true));
     for round in 0..ROUNDS {
         plain.push(stload(load)?);
         eprintln!(
@@ -295,11 +332,21 @@ fn compare(
             traced[round]
         );
         let (events, lost, clean) = shuffletrace_delivery(&output);
+        all_lost += lost;
+        let found = expected.map(|kind| (kind, finding_count(&output, kind)));
+        if let Some((_, count)) = found {
+            exact = exact.map(|e| e && count == ops);
+        }
         if round == 0 {
             delivery.push(format!(
-                "{name}: {ops} operations; shuffletrace decoded {events} records ({clean} of them clean-flow summaries), lost {lost}; collector CPU {cpu:.2} s ({:.2} s per million records)",
+                "{name}: {ops} operations; shuffletrace decoded {events} records ({clean} of them clean-flow summaries{}), lost {lost}; collector CPU {cpu:.2} s ({:.2} s per million records)",
+                found
+                    .map(|(kind, count)| format!(
+                        "; {kind} findings count {count}; {} repeated refusals and RSTs counted in the kernel instead of sent",
+                        stats_number(&output, "repeats_counted")
+                    ))
+                    .unwrap_or_default(),
                 if events > 0 { cpu * 1e6 / events as f64 } else { 0.0 },
-                ops = load.get(2).map_or("?", String::as_str),
             ));
         }
         if with_peer {
@@ -323,6 +370,8 @@ fn compare(
         untraced: median(&mut plain),
         shuffletrace: median(&mut traced),
         bpftrace: with_peer.then(|| median(&mut peer)),
+        lost: all_lost,
+        exact,
     })
 }
 
@@ -352,30 +401,35 @@ pub fn run() -> Result<()> {
             "churn, watched port (conn/s)",
             &churn(WATCHED, CHURN),
             peer,
+            None,
             &mut delivery,
         )?,
         compare(
             "churn, unwatched port (conn/s)",
             &churn(UNWATCHED, CHURN),
             peer,
+            None,
             &mut delivery,
         )?,
         compare(
             "refused connects, watched (conn/s)",
             &refused,
             peer,
+            Some("connect_refused"),
             &mut delivery,
         )?,
         compare(
             "bulk, watched port (MB/s)",
             &["bulk".into(), WATCHED.to_string(), "3".into()],
             false,
+            None,
             &mut delivery,
         )?,
         compare(
             "bulk, unwatched port (MB/s)",
             &["bulk".into(), UNWATCHED.to_string(), "3".into()],
             false,
+            None,
             &mut delivery,
         )?,
     ];
@@ -507,12 +561,13 @@ pub fn run() -> Result<()> {
             peak_mib <= 32.0,
         ),
         (
-            "shuffletrace lost no event".to_owned(),
-            lost == 0
-                && delivery
-                    .iter()
-                    .filter(|d| d.contains("shuffletrace decoded"))
-                    .all(|d| d.contains("lost 0;")),
+            "shuffletrace lost no event (every round of every workload)".to_owned(),
+            lost == 0 && rows.iter().all(|r| r.lost == 0),
+        ),
+        (
+            "every refused connect is counted in a connect_refused finding (every round)"
+                .to_owned(),
+            rows.iter().all(|r| r.exact != Some(false)),
         ),
     ] {
         println!("  [{}] {goal}", if met { "met" } else { "MISSED" });
