@@ -225,7 +225,11 @@ impl<W: Write> Pipeline<W> {
         if now < self.next_idle_scan_ns {
             return;
         }
-        self.next_idle_scan_ns = now + idle::scan_interval_ns(&self.config.nat_idle);
+        // A tenth early: housekeeping ticks at the scan interval, and a tick that comes a
+        // moment before the due time must not put the scan off by a whole interval (which
+        // would let a flow pass 90% of the threshold unreported).
+        let interval = idle::scan_interval_ns(&self.config.nat_idle);
+        self.next_idle_scan_ns = now + interval - interval / 10;
         let (nat, hz) = (self.config.nat_idle, self.config.hz);
         let reported = &self.idle_reported;
         let mut still_reported = HashMap::new();
