@@ -12,6 +12,7 @@ mod findings;
 mod flows;
 mod idle;
 mod k8s;
+mod map_batch;
 mod metrics;
 mod offsets;
 mod pipeline;

@@ -204,16 +204,10 @@ pub struct Probes {
 
 impl crate::idle::ActivitySource for Probes {
     fn scan(&self, each: &mut dyn FnMut(u64, &FlowActivity)) {
-        let Some(map) = self.ebpf.map("ACTIVITY") else {
-            return;
-        };
-        let Ok(activity) = aya::maps::HashMap::<_, u64, FlowActivity>::try_from(map) else {
-            return;
-        };
         // An entry removed while the scan passes is skipped (the flow closed).
-        for (cookie, record) in activity.iter().flatten() {
-            each(cookie, &record);
-        }
+        self.scan_hash::<u64, FlowActivity>("ACTIVITY", &mut |cookie, record| {
+            each(*cookie, record)
+        });
     }
 
     fn slot(&self, cookie: u64) -> Option<FlowSlot> {
@@ -225,15 +219,7 @@ impl crate::idle::ActivitySource for Probes {
 
 impl crate::repeats::RepeatSource for Probes {
     fn repeats(&self, each: &mut dyn FnMut(&RepeatKey, &RepeatCount)) {
-        let Some(map) = self.ebpf.map("REPEATS") else {
-            return;
-        };
-        let Ok(table) = aya::maps::HashMap::<_, RepeatKey, RepeatCount>::try_from(map) else {
-            return;
-        };
-        for (key, count) in table.iter().flatten() {
-            each(&key, &count);
-        }
+        self.scan_hash("REPEATS", each);
     }
 
     fn forget(&mut self, key: &RepeatKey) {
@@ -433,6 +419,30 @@ impl Probes {
             attached,
             missing,
         })
+    }
+
+    /// Calls `each` with every entry of one of the programs' hash maps: in batches where the
+    /// kernel can (a few syscalls for the whole table), else entry by entry.
+    fn scan_hash<K: aya::Pod, V: aya::Pod>(&self, name: &str, each: &mut dyn FnMut(&K, &V)) {
+        let Some(map) = self.ebpf.map(name) else {
+            return;
+        };
+        if let aya::maps::Map::HashMap(data) = map {
+            match crate::map_batch::for_each(data, each) {
+                Ok(()) => return,
+                Err(crate::map_batch::BatchError::Unsupported) => {}
+                Err(crate::map_batch::BatchError::Io(error)) => {
+                    tracing::debug!("reading {name} in batches: {error}");
+                    return;
+                }
+            }
+        }
+        let Ok(table) = aya::maps::HashMap::<_, K, V>::try_from(map) else {
+            return;
+        };
+        for (key, value) in table.iter().flatten() {
+            each(&key, &value);
+        }
     }
 
     /// Takes the event ring buffer out of the object (to be read through AsyncFd).

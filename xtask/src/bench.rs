@@ -339,14 +339,18 @@ fn compare(
         }
         if round == 0 {
             delivery.push(format!(
-                "{name}: {ops} operations; shuffletrace decoded {events} records ({clean} of them clean-flow summaries{}), lost {lost}; collector CPU {cpu:.2} s ({:.2} s per million records)",
+                "{name}: {ops} operations; shuffletrace decoded {events} records ({clean} of them clean-flow summaries{}), lost {lost}; collector CPU {cpu:.2} s{}",
                 found
                     .map(|(kind, count)| format!(
                         "; {kind} findings count {count}; {} repeated refusals and RSTs counted in the kernel instead of sent",
                         stats_number(&output, "repeats_counted")
                     ))
                     .unwrap_or_default(),
-                if events > 0 { cpu * 1e6 / events as f64 } else { 0.0 },
+                if events >= 10_000 {
+                    format!(" ({:.2} s per million records)", cpu * 1e6 / events as f64)
+                } else {
+                    String::new()
+                },
             ));
         }
         if with_peer {
