@@ -118,8 +118,17 @@ fn tls_findings(lines: &[Value]) -> Vec<&Value> {
     findings(lines, "tls_mismatch")
 }
 
-#[test]
-fn sidecar_tls_to_a_plaintext_shuffle_port_is_a_tls_mismatch() {
+/// What the sidecar does to the application's connection after its upstream failed.
+#[derive(Clone, Copy, PartialEq)]
+enum SidecarEnds {
+    Reset,
+    Close,
+}
+
+/// An application's plaintext Spark frame to 7337, intercepted by a TLS-originating sidecar
+/// (Istio-style): the sidecar's ClientHello meets a plaintext server. Returns the tracer's
+/// lines and the tls_mismatch, which names the application's connection.
+fn sidecar_to_plaintext(ends: SidecarEnds) -> (Vec<Value>, Value) {
     let net = Routed::new();
     let target = SocketAddr::new(net.server_ip, 7337);
     // Istio-style interception: the application's outbound 7337 goes to the sidecar on 15001;
@@ -160,6 +169,11 @@ fn sidecar_tls_to_a_plaintext_shuffle_port_is_a_tls_mismatch() {
             &net.client.name,
             "/usr/bin/python3",
             script,
+            if ends == SidecarEnds::Close {
+                "close"
+            } else {
+                "reset"
+            },
         ])
         .stdout(Stdio::piped())
         .spawn()
@@ -184,7 +198,11 @@ fn sidecar_tls_to_a_plaintext_shuffle_port_is_a_tls_mismatch() {
         })
         .join()
         .unwrap();
-    assert_eq!(outcome, "ConnectionReset", "the application saw a reset");
+    let expected = match ends {
+        SidecarEnds::Reset => "ConnectionReset",
+        SidecarEnds::Close => "closed",
+    };
+    assert_eq!(outcome, expected, "what the application saw");
     let received = server.join().unwrap();
     assert_eq!(
         received[0], 0x16,
@@ -195,7 +213,7 @@ fn sidecar_tls_to_a_plaintext_shuffle_port_is_a_tls_mismatch() {
     let lines = tracer.stop();
     let found = tls_findings(&lines);
     assert_eq!(found.len(), 1, "one tls_mismatch:\n{}", dump(&lines));
-    let f = found[0];
+    let f = found[0].clone();
     assert_eq!(f["direction"], "tls_to_plaintext");
     assert_eq!(f["sidecar"], true);
     assert_eq!(f["uid"], 1337);
@@ -207,13 +225,19 @@ fn sidecar_tls_to_a_plaintext_shuffle_port_is_a_tls_mismatch() {
     assert_eq!(app["comm"], "st-exec", "{}", dump(&lines));
     assert_eq!(app["pid"], u64::from(std::process::id()));
     assert_eq!(app["src"], app_local.to_string().as_str());
-    assert_eq!(app["outcome"], "reset", "{}", dump(&lines));
     let remedy = f["remedy"].as_str().unwrap();
     assert!(
         remedy.contains("traffic.sidecar.istio.io/excludeOutboundPorts"),
         "{remedy}"
     );
     assert!(remedy.contains("PERMISSIVE"), "{remedy}");
+    (lines, f)
+}
+
+#[test]
+fn sidecar_tls_to_a_plaintext_shuffle_port_is_a_tls_mismatch() {
+    let (lines, f) = sidecar_to_plaintext(SidecarEnds::Reset);
+    assert_eq!(f["intercepted"]["outcome"], "reset", "{}", dump(&lines));
     // The classes are in the event stream too, and no payload is.
     assert!(
         lines
@@ -221,6 +245,14 @@ fn sidecar_tls_to_a_plaintext_shuffle_port_is_a_tls_mismatch() {
             .any(|v| v["event"] == "first_payload" && v["class"] == "tls_client_hello")
     );
     assert!(!lines.iter().any(|v| v.to_string().contains("open-blocks")));
+}
+
+#[test]
+fn a_sidecar_that_closes_the_application_cleanly_still_names_it() {
+    // The application's connection carried data and closed cleanly: the kernel kept it quiet
+    // and sent only its summary, which is what links it.
+    let (lines, f) = sidecar_to_plaintext(SidecarEnds::Close);
+    assert_eq!(f["intercepted"]["outcome"], "closed", "{}", dump(&lines));
 }
 
 #[test]

@@ -1,7 +1,9 @@
 """A stand-in for an Istio/Envoy sidecar in the tests: accepts the application's plaintext
 connection that iptables REDIRECTed to port 15001, drops to uid 1337 (Istio's proxy uid) and
 names itself "envoy", and opens a TLS connection to the original destination (SO_ORIGINAL_DST),
-relaying the application's bytes into it. One connection, then it exits."""
+relaying the application's bytes into it. One connection, then it exits. After the upstream
+failure it resets the application's connection, or with the argument `close` closes it
+cleanly."""
 
 import ctypes
 import os
@@ -38,6 +40,7 @@ try:
     tls.recv(4096)
 except (OSError, ssl.SSLError) as error:
     print(f"upstream failed: {error}", file=sys.stderr, flush=True)
-# Like Envoy after an upstream failure: reset the application's connection.
-app.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+# Like Envoy after an upstream failure: reset the application's connection (or close it).
+if sys.argv[1:] != ["close"]:
+    app.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 app.close()

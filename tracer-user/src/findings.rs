@@ -354,6 +354,29 @@ impl Correlator {
         }
     }
 
+    /// A clean client flow the kernel kept quiet and summarised: remembered for sidecar
+    /// linking like the connections reported event by event (a sidecar that fails upstream
+    /// may close the application's connection cleanly).
+    pub fn note_summary(&mut self, event: &Event) {
+        if event.old_state != tcp_state::SYN_SENT || is_sidecar(event.owner.as_ref()) {
+            return;
+        }
+        if self.recent.len() >= RECENT_CONNECTIONS {
+            self.recent.pop_front();
+        }
+        // Rounded up: the lifetime is in whole milliseconds.
+        let lifetime_ns = (u64::try_from(event.detail).unwrap_or(0) + 1) * 1_000_000;
+        self.recent.push_back(AppConnection {
+            cookie: event.cookie,
+            netns: event.netns,
+            local: event.local,
+            remote: event.remote,
+            owner: event.owner.clone(),
+            started_ns: event.boot_ns.saturating_sub(lifetime_ns),
+            outcome: "closed",
+        });
+    }
+
     /// A TLS ClientHello answered without TLS, or plaintext answered with TLS.
     fn check_tls(&mut self, event: &Event, flow: &mut Flow) {
         use tracer_ebpf::payload_class::{NONE, TLS_CLIENT_HELLO, is_tls};

@@ -179,8 +179,10 @@ impl<W: Write> Pipeline<W> {
             metrics.event(event.kind.name());
         }
         if event.kind == EventKind::FlowSummary {
-            // A clean flow the kernel never reported otherwise: counted, nothing to correlate.
+            // A clean flow the kernel never reported otherwise: counted, and remembered only
+            // for linking a sidecar's finding to the connection it intercepted.
             self.summaries.add(&event);
+            self.correlator.note_summary(&event);
             if let Some(metrics) = &self.metrics {
                 let (port, side) = crate::summaries::port_and_side(&event);
                 metrics.clean_flow(port, side);
