@@ -402,7 +402,7 @@ impl<W: Write> Pipeline<W> {
             .into_iter()
             .zip(self.metered.kernel.losses())
         {
-            if now > then {
+            if now > then && !KernelCounters::NOTHING_LOST.contains(&reason) {
                 metrics.lost(reason, now - then);
             }
         }
