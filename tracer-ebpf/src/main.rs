@@ -444,8 +444,7 @@ fn on_state_change(sk: *const u8, old_state: u8, new_state: u8) {
         Quiet::Recorded => return,
         Quiet::Counted => {
             if new_state == tcp_state::CLOSE {
-                let _ = ACTIVITY.remove(&cookie);
-                let _ = FLOWS.remove(&cookie);
+                forget_flow(cookie);
             }
             return;
         }
@@ -477,7 +476,6 @@ fn on_state_change(sk: *const u8, old_state: u8, new_state: u8) {
     };
     emit(record, &tuple, &owner);
     if new_state == tcp_state::CLOSE {
-        let _ = ACTIVITY.remove(&cookie);
         if old_state == tcp_state::LISTEN {
             let key = ListenerKey {
                 netns,
@@ -486,8 +484,15 @@ fn on_state_change(sk: *const u8, old_state: u8, new_state: u8) {
             };
             let _ = LISTENERS.remove(&key);
         }
-        let _ = FLOWS.remove(&cookie);
+        forget_flow(cookie);
     }
+}
+
+/// At TCP_CLOSE: the flow's slot and activity record go.
+#[inline(always)]
+fn forget_flow(cookie: u64) {
+    let _ = ACTIVITY.remove(&cookie);
+    let _ = FLOWS.remove(&cookie);
 }
 
 /// Creates the flow's slot, quiet (nothing sent). Not inlined: it keeps the state change
@@ -598,7 +603,7 @@ fn hello_unanswered(cookie: u64) -> bool {
 #[inline(always)]
 fn is_quiet(cookie: u64) -> bool {
     // SAFETY: the field is read at once.
-    unsafe { FLOWS.get(&cookie) }.is_some_and(|slot| slot.shipped == 0)
+    unsafe { FLOWS.get(&cookie) }.is_some_and(|flow| flow.shipped == slot::QUIET)
 }
 
 /// Sends what a quiet flow recorded (its opening, ESTABLISHED, the first payload classes

@@ -177,6 +177,8 @@ pub struct FindingArgs {
 
     /// Identical findings (same kind, service, client and process) within this window are
     /// printed once, then as one line with their exact count when the window closes.
+    /// Repeated refusals and RSTs without a socket within it are counted in the kernel instead
+    /// of sent (the counts stay exact). `1ns` turns folding off.
     #[arg(long, value_name = "D", default_value = "10s")]
     pub aggregate_window: String,
 

@@ -315,13 +315,12 @@ pub const REPEAT_COOKIE: u64 = u64::MAX;
 pub fn repeat_event(key: &RepeatKey, count: &RepeatCount) -> Result<Event, DecodeError> {
     let refused = key.kind == kind::RESET_RECEIVED;
     let (state, local_port, remote_port, cookie, flags) = if refused {
-        let owner = count.owner;
         (
             tcp_state::SYN_SENT,
             count.last_client_port,
             key.service_port,
             REPEAT_COOKIE,
-            owner.flags,
+            count.owner.flags,
         )
     } else {
         (

@@ -338,11 +338,8 @@ impl Correlator {
             && event.new_state == tcp_state::SYN_SENT
             && !is_sidecar(event.owner.as_ref())
         {
-            if self.recent.len() >= RECENT_CONNECTIONS {
-                self.recent.pop_front();
-            }
             flow.track.remembered = true;
-            self.recent.push_back(AppConnection {
+            self.remember_connection(AppConnection {
                 cookie: event.cookie,
                 netns: event.netns,
                 local: flow.local,
@@ -354,6 +351,14 @@ impl Correlator {
         }
     }
 
+    /// Adds a client connection to the bounded recent list, the oldest leaving first.
+    fn remember_connection(&mut self, connection: AppConnection) {
+        if self.recent.len() >= RECENT_CONNECTIONS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(connection);
+    }
+
     /// A clean client flow the kernel kept quiet and summarised: remembered for sidecar
     /// linking like the connections reported event by event (a sidecar that fails upstream
     /// may close the application's connection cleanly).
@@ -361,12 +366,9 @@ impl Correlator {
         if event.old_state != tcp_state::SYN_SENT || is_sidecar(event.owner.as_ref()) {
             return;
         }
-        if self.recent.len() >= RECENT_CONNECTIONS {
-            self.recent.pop_front();
-        }
         // Rounded up: the lifetime is in whole milliseconds.
         let lifetime_ns = (u64::try_from(event.detail).unwrap_or(0) + 1) * 1_000_000;
-        self.recent.push_back(AppConnection {
+        self.remember_connection(AppConnection {
             cookie: event.cookie,
             netns: event.netns,
             local: event.local,

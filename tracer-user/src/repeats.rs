@@ -5,7 +5,7 @@
 //! finding count stays exact. Entries whose window is over are removed after their final
 //! count is read: the table stays bounded and the kernel can open a new window.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use tracer_ebpf::{RepeatCount, RepeatKey};
 
@@ -72,7 +72,7 @@ impl Repeats {
     pub fn harvest(&mut self, now_ns: u64, source: &mut dyn RepeatSource) -> Vec<Repeated> {
         let mut found = Vec::new();
         let mut live = HashMap::with_capacity(self.reported.len());
-        let mut over = Vec::new();
+        let mut over = HashSet::new();
         let mut next_removal_ns = u64::MAX;
         let window_ns = self.window_ns;
         let reported = &self.reported;
@@ -98,7 +98,7 @@ impl Repeats {
                 .saturating_add(window_ns)
                 .saturating_add(REMOVE_AFTER_NS);
             if now_ns >= removable_at {
-                over.push(*key);
+                over.insert(*key);
             } else {
                 live.insert(*key, (count.counted.max(before), count.last_ns));
                 next_removal_ns = next_removal_ns.min(removable_at);

@@ -187,8 +187,8 @@ impl<W: Write> Session<W> {
                 output = &mut stop => return Ok(Some(output)),
                 _ = poll.tick() => {
                     pipeline.drain(ring.get_mut());
-                    // A window that is over is removed at once, so the kernel opens the next
-                    // one (and sends its first occurrence) without waiting for housekeeping.
+                    // An idle repeat entry is removed as soon as it may be: until then the
+                    // kernel sends its key's occurrences in full (a storm that resumes).
                     let now = BootClock::now_boot_ns();
                     if pipeline.repeats.removal_due(now) {
                         pipeline.report_repeats(now, probes);
