@@ -514,6 +514,14 @@ pub struct KernelOffsets {
     pub net_keepalive_time: u32,
     pub net_keepalive_intvl: u32,
     pub net_keepalive_probes: u32,
+    /// `SKB_DROP_REASON_NO_SOCKET` in this kernel's `enum skb_drop_reason`, when the
+    /// `kfree_skb` program stands in for `tcp_send_reset` without a socket (before 6.10);
+    /// 0: it is not needed, or this kernel gives no drop reasons (before 5.17).
+    pub no_socket_drop_reason: u32,
+    /// Non-zero when tracing programs cannot call `bpf_get_socket_cookie` (before 5.12): every
+    /// program keys flows by the socket's kernel address instead, which userspace turns into
+    /// an opaque number before it shows one.
+    pub flow_key_is_address: u32,
 }
 
 // The ring-buffer record size is part of the contract with the decoder; keep it 8-aligned.

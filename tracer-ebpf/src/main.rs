@@ -12,13 +12,13 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
-use core::ffi::c_void;
+use core::{ffi::c_void, mem::MaybeUninit};
 
 use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_uid_gid, bpf_get_socket_cookie, bpf_ktime_get_boot_ns,
-        bpf_probe_read_kernel, bpf_skc_to_tcp_sock,
+        bpf_get_current_uid_gid, bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_skc_to_tcp_sock,
+        generated,
     },
     macros::{btf_tracepoint, cgroup_skb, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -91,6 +91,11 @@ static RST_TTL: LruHashMap<u64, u8> = LruHashMap::with_max_entries(4096, 0);
 #[map]
 static ACTIVITY: HashMap<u64, FlowActivity> = HashMap::with_max_entries(131072, 0);
 
+/// One `FlowSlot` per CPU, where a new flow's slot is built before it is inserted (see
+/// `ACTIVITY_SCRATCH`).
+#[map]
+static SLOT_SCRATCH: PerCpuArray<FlowSlot> = PerCpuArray::with_max_entries(1, 0);
+
 /// One `FlowActivity` per CPU, where a new entry is built before it is inserted: the
 /// programs' stack (512 bytes across calls) has no room for it.
 #[map]
@@ -119,11 +124,30 @@ macro_rules! offset {
     };
 }
 
-/// Reads a `T` at `base + off` in kernel memory.
+/// Reads a `T` at `base + off` in kernel memory, and whether it could be read. On a fault
+/// (a NULL or stale pointer) the helper zeroes its destination: the value is all zero.
 #[inline(always)]
-fn read<T>(base: *const u8, off: usize) -> Option<T> {
-    // SAFETY: bpf_probe_read_kernel faults safely on a bad address.
-    unsafe { bpf_probe_read_kernel(base.wrapping_add(off) as *const T) }.ok()
+fn read_checked<T>(base: *const u8, off: usize) -> (T, bool) {
+    let mut value = MaybeUninit::<T>::uninit();
+    // SAFETY: the helper faults safely on a bad address and writes all of `value` either
+    // way (zeroes on a fault); T is plain data for which zero is a valid value.
+    unsafe {
+        let rc = generated::bpf_probe_read_kernel(
+            value.as_mut_ptr().cast(),
+            size_of::<T>() as u32,
+            base.wrapping_add(off).cast(),
+        );
+        (value.assume_init(), rc == 0)
+    }
+}
+
+/// Reads a `T` at `base + off` in kernel memory; zero when it cannot be read. No branch on
+/// the helper's result: each branch per read doubles the paths a verifier walks where it
+/// cannot prune them (Linux 6.1 walks over 200,000 instructions for what 6.18 does in
+/// 20,000).
+#[inline(always)]
+fn read<T>(base: *const u8, off: usize) -> T {
+    read_checked(base, off).0
 }
 
 /// Adds one to a per-CPU counter.
@@ -156,7 +180,7 @@ struct Tuple {
 #[inline(always)]
 fn read_ports(sk: *const u8) -> Option<Tuple> {
     // skc_dport (network order) then skc_num (host order), read as one little-endian u32.
-    let portpair: u32 = read(sk, offset!(skc_portpair))?;
+    let portpair: u32 = read(sk, offset!(skc_portpair));
     let remote_port = u16::from_be(portpair as u16);
     let mut local_port = (portpair >> 16) as u16;
     if !is_watched(remote_port) {
@@ -164,15 +188,15 @@ fn read_ports(sk: *const u8) -> Option<Tuple> {
             // The kernel clears skc_num when a socket enters CLOSE (before the tracepoint,
             // and before the RST or error that follows); inet_sport still holds the port.
             // Only full sockets get here: request and time-wait sockets keep skc_num.
-            local_port = read::<u16>(sk, offset!(inet_sport)).map_or(0, u16::from_be);
+            local_port = u16::from_be(read(sk, offset!(inet_sport)));
         }
         if !is_watched(local_port) {
             return None;
         }
     } else if local_port == 0 {
-        local_port = read::<u16>(sk, offset!(inet_sport)).map_or(0, u16::from_be);
+        local_port = u16::from_be(read(sk, offset!(inet_sport)));
     }
-    let family: u16 = read(sk, offset!(skc_family))?;
+    let family: u16 = read(sk, offset!(skc_family));
     if family != AF_INET && family != AF_INET6 {
         return None;
     }
@@ -187,39 +211,40 @@ fn read_ports(sk: *const u8) -> Option<Tuple> {
 
 #[inline(always)]
 fn read_addrs(sk: *const u8, tuple: &mut Tuple) -> Option<()> {
-    if tuple.family == AF_INET {
-        let pair: [u8; 8] = read(sk, offset!(skc_addrpair))?;
+    let ok = if tuple.family == AF_INET {
+        let (pair, ok) = read_checked::<[u8; 8]>(sk, offset!(skc_addrpair));
         tuple.remote_addr[..4].copy_from_slice(&pair[..4]);
         tuple.local_addr[..4].copy_from_slice(&pair[4..]);
+        ok
     } else {
-        tuple.remote_addr = read(sk, offset!(skc_v6_daddr))?;
-        tuple.local_addr = read(sk, offset!(skc_v6_rcv_saddr))?;
-    }
-    Some(())
+        let (remote, remote_ok) = read_checked(sk, offset!(skc_v6_daddr));
+        let (local, local_ok) = read_checked(sk, offset!(skc_v6_rcv_saddr));
+        tuple.remote_addr = remote;
+        tuple.local_addr = local;
+        remote_ok & local_ok
+    };
+    ok.then_some(())
 }
 
 #[inline(always)]
 fn read_netns_of(net: *const u8) -> u32 {
-    if net.is_null() {
-        return 0;
-    }
-    read(net, offset!(net_ns_inum)).unwrap_or(0)
+    // A NULL `net` reads as 0 (the read faults).
+    read(net, offset!(net_ns_inum))
 }
 
 #[inline(always)]
 fn read_sock_netns(sk: *const u8) -> u32 {
-    let net: *const u8 = read(sk, offset!(skc_net)).unwrap_or(core::ptr::null());
-    read_netns_of(net)
+    read_netns_of(read(sk, offset!(skc_net)))
 }
 
 #[inline(always)]
 fn is_tcp_sock(sk: *const u8) -> bool {
     let protocol = if offset!(sk_protocol_size) == 1 {
-        read::<u8>(sk, offset!(sk_protocol)).map(u16::from)
+        u16::from(read::<u8>(sk, offset!(sk_protocol)))
     } else {
         read::<u16>(sk, offset!(sk_protocol))
     };
-    protocol == Some(IPPROTO_TCP)
+    protocol == IPPROTO_TCP
 }
 
 #[inline(always)]
@@ -229,23 +254,38 @@ fn ready() -> bool {
 
 #[inline(always)]
 fn cookie_of(sk: *const u8) -> u64 {
+    if offset!(flow_key_is_address) != 0 {
+        // Linux before 5.12: tracing programs cannot ask for the cookie (the branch is pruned
+        // there, so the helper call is never seen by that verifier). The socket's address
+        // keys the flow while it lives; its slot goes at TCP_CLOSE, before it can be reused.
+        return sk as u64;
+    }
     // SAFETY: `sk` is the tracepoint's BTF-typed socket pointer; the helper accepts NULL.
     unsafe { bpf_get_socket_cookie(sk as *mut c_void) }
 }
 
-/// The current task as a socket owner; only meaningful in process context (connect, listen).
+/// Writes the current task as a socket owner in place; only meaningful in process context
+/// (connect, listen).
 #[inline(always)]
-fn current_owner(flags: u16) -> SockOwner {
+fn set_current_owner(owner: &mut SockOwner) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    SockOwner {
-        // SAFETY: helper without arguments.
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        pid: (pid_tgid >> 32) as u32,
-        tid: pid_tgid as u32,
-        uid: bpf_get_current_uid_gid() as u32,
-        flags: flags | flag::OWNER_KNOWN,
-        _pad: 0,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    // SAFETY: helper without arguments.
+    owner.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    owner.pid = (pid_tgid >> 32) as u32;
+    owner.tid = pid_tgid as u32;
+    owner.uid = bpf_get_current_uid_gid() as u32;
+    owner.flags = flag::OWNER_KNOWN;
+    owner._pad = 0;
+    owner.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+}
+
+/// The owner recorded in a flow's slot (NO_OWNER without a slot).
+#[inline(always)]
+fn flow_owner(cookie: u64) -> &'static SockOwner {
+    // SAFETY: a live map value, read at once by `emit`.
+    match unsafe { FLOWS.get(&cookie) } {
+        Some(slot) => &slot.owner,
+        None => &NO_OWNER,
     }
 }
 
@@ -307,10 +347,28 @@ fn wakeup_flag() -> u64 {
     }
 }
 
+// Owners are passed to `emit` by reference to where they live (a map value, or NO_OWNER),
+// never copied onto a caller's stack: verifiers before 6.18 count the combined stack of a
+// call chain against 512 bytes. And no subprogram branches on a constant its caller passed
+// or returns a constant its caller branches on: Linux 6.1's verifier cannot trace such a
+// value's precision across the call and then keeps every state apart (hundreds of
+// thousands of instructions verified instead of tens).
+
+/// No owner: every field zero, no `OWNER_KNOWN` flag.
+static NO_OWNER: SockOwner = SockOwner {
+    cgroup_id: 0,
+    pid: 0,
+    tid: 0,
+    uid: 0,
+    flags: 0,
+    _pad: 0,
+    comm: [0; 16],
+};
+
 /// Not inlined: one copy per program keeps the programs' combined stack under the
 /// verifier's 512-byte limit.
 #[inline(never)]
-fn emit(record: Record, tuple: &Tuple, owner: &SockOwner) {
+fn emit(record: &Record, tuple: &Tuple, owner: &SockOwner) {
     // Losses are counted, and reported by userspace (no logging here: aya-log's code in
     // every program multiplies the verifier's work, and start-up time with it).
     let Some(mut entry) = EVENTS.reserve::<FlowEvent>(0) else {
@@ -322,7 +380,7 @@ fn emit(record: Record, tuple: &Tuple, owner: &SockOwner) {
     // SAFETY: the reserved record, every field written below before it is submitted.
     write_event(
         unsafe { &mut *entry.as_mut_ptr() },
-        &record,
+        record,
         tuple,
         owner,
         now,
@@ -341,27 +399,20 @@ fn watched_tuple(sk: *const u8) -> Option<Tuple> {
     Some(tuple)
 }
 
-// Owners are passed as plain values, zeroed (no OWNER_KNOWN flag) when unknown: an
-// Option<struct> copies undefined bytes on its None path, which the verifier rejects.
-
-fn owner_of(cookie: u64) -> SockOwner {
-    // SAFETY: the value is copied out at once.
-    match unsafe { FLOWS.get(&cookie) } {
-        Some(slot) => slot.owner,
-        None => SockOwner::default(),
-    }
+/// The process listening on a (netns, port), as remembered at listen(); NO_OWNER if none.
+#[inline(always)]
+fn listener(key: &ListenerKey) -> &'static SockOwner {
+    // SAFETY: a live map value, read at once by the caller.
+    unsafe { LISTENERS.get(key) }.unwrap_or(&NO_OWNER)
 }
 
-fn listener_owner(netns: u32, port: u16) -> SockOwner {
-    let key = ListenerKey {
+/// The listener key of a (netns, port).
+#[inline(always)]
+fn listener_key(netns: u32, port: u16) -> ListenerKey {
+    ListenerKey {
         netns,
         port,
         _pad: 0,
-    };
-    // SAFETY: the value is copied out at once.
-    match unsafe { LISTENERS.get(&key) } {
-        Some(owner) => *owner,
-        None => SockOwner::default(),
     }
 }
 
@@ -388,28 +439,12 @@ fn on_state_change(sk: *const u8, old_state: u8, new_state: u8) {
         return;
     }
     let cookie = cookie_of(sk);
-    if new_state == tcp_state::SYN_SENT || new_state == tcp_state::SYN_RECV {
-        let netns = read_sock_netns(sk);
-        let owner = if new_state == tcp_state::SYN_SENT {
-            // connect(): process context, the caller owns the socket.
-            current_owner(0)
-        } else {
-            // A child socket cloned from a listener (softirq; reported as LISTEN -> SYN_RECV
-            // on current kernels, CLOSE -> SYN_RECV on older ones): the listener's owner.
-            let mut owner = listener_owner(netns, tuple.local_port);
-            owner.flags |= flag::ACCEPTED;
-            owner
-        };
-        let slot = FlowSlot {
-            owner,
-            netns,
-            opened_old: old_state,
-            opened_new: new_state,
-            // SAFETY: helper without arguments.
-            opened_ns: unsafe { bpf_ktime_get_boot_ns() },
-            ..Default::default()
-        };
-        open_flow(cookie, &slot, sk);
+    if new_state == tcp_state::SYN_SENT {
+        open_connect(cookie, sk, old_state, new_state);
+        return;
+    }
+    if new_state == tcp_state::SYN_RECV {
+        open_accepted(cookie, sk, old_state, new_state, tuple.local_port);
         return;
     }
     // The error that closes a socket is set before the CLOSE transition and before the owner
@@ -456,35 +491,34 @@ fn on_state_change(sk: *const u8, old_state: u8, new_state: u8) {
     }
     let netns = read_sock_netns(sk);
     record.netns = netns;
-    if matches!(quiet, Quiet::Ends) {
-        ship_quiet(cookie, &tuple);
-    }
-    let owner = if old_state == tcp_state::CLOSE && new_state == tcp_state::LISTEN {
+    let key = listener_key(netns, tuple.local_port);
+    // Every decision is taken before the first call below, and the code after each call is
+    // specialised (CLOSING) instead of branching again on the states: see the note on
+    // `emit`'s owner.
+    if old_state == tcp_state::CLOSE && new_state == tcp_state::LISTEN {
         // listen(): remember the server process for the sockets it will accept.
-        let owner = current_owner(0);
-        let key = ListenerKey {
-            netns,
-            port: tuple.local_port,
-            _pad: 0,
-        };
-        if LISTENERS.insert(&key, &owner, 0).is_err() {
-            count(counter::LISTENER_TABLE_FULL);
-        }
-        owner
-    } else {
-        owner_of(cookie)
-    };
-    emit(record, &tuple, &owner);
-    if new_state == tcp_state::CLOSE {
+        remember_listener(&key);
+        emit(&record, &tuple, listener(&key));
+    } else if new_state == tcp_state::CLOSE {
         if old_state == tcp_state::LISTEN {
-            let key = ListenerKey {
-                netns,
-                port: tuple.local_port,
-                _pad: 0,
-            };
             let _ = LISTENERS.remove(&key);
         }
-        forget_flow(cookie);
+        report_change::<true>(&record, &tuple, matches!(quiet, Quiet::Ends));
+    } else {
+        report_change::<false>(&record, &tuple, matches!(quiet, Quiet::Ends));
+    }
+}
+
+/// Sends a state change (after what the flow recorded while quiet, when it stops being
+/// quiet); at CLOSE the flow's kernel records go.
+#[inline(always)]
+fn report_change<const CLOSING: bool>(record: &Record, tuple: &Tuple, ends_quiet: bool) {
+    if ends_quiet {
+        ship_quiet(record.cookie, tuple);
+    }
+    emit(record, tuple, flow_owner(record.cookie));
+    if CLOSING {
+        forget_flow(record.cookie);
     }
 }
 
@@ -495,11 +529,73 @@ fn forget_flow(cookie: u64) {
     let _ = FLOWS.remove(&cookie);
 }
 
-/// Creates the flow's slot, quiet (nothing sent). Not inlined: it keeps the state change
-/// program's register pressure and stack down.
+/// listen(): remembers the current process as the owner of the sockets the listener on
+/// `port` will accept. Not inlined: the owner is built in this frame only.
 #[inline(never)]
-fn open_flow(cookie: u64, slot: &FlowSlot, sk: *const u8) {
-    if FLOWS.insert(&cookie, slot, 0).is_ok() {
+fn remember_listener(key: &ListenerKey) {
+    let mut owner = SockOwner::default();
+    set_current_owner(&mut owner);
+    if LISTENERS.insert(key, &owner, 0).is_err() {
+        count(counter::LISTENER_TABLE_FULL);
+    }
+}
+
+/// connect(): a new flow owned by the calling process (process context). Not inlined: it
+/// keeps the state change program's stack down.
+#[inline(never)]
+fn open_connect(cookie: u64, sk: *const u8, old_state: u8, new_state: u8) {
+    open_flow(cookie, sk, old_state, new_state, 0, |owner, _| {
+        set_current_owner(owner);
+    });
+}
+
+/// A child socket cloned from a listener (softirq; LISTEN -> SYN_RECV on current kernels,
+/// CLOSE -> SYN_RECV on older ones): a new flow owned by the listener's process.
+#[inline(never)]
+fn open_accepted(cookie: u64, sk: *const u8, old_state: u8, new_state: u8, local_port: u16) {
+    open_flow(
+        cookie,
+        sk,
+        old_state,
+        new_state,
+        flag::ACCEPTED,
+        |owner, netns| {
+            *owner = *listener(&listener_key(netns, local_port));
+            owner.flags |= flag::ACCEPTED;
+        },
+    );
+}
+
+/// Creates the flow's slot, quiet (nothing sent), with the owner `set_owner` writes. The
+/// slot is built in a per-CPU scratch entry, not on the stack.
+#[inline(always)]
+fn open_flow(
+    cookie: u64,
+    sk: *const u8,
+    old_state: u8,
+    new_state: u8,
+    flags: u16,
+    set_owner: impl FnOnce(&mut SockOwner, u32),
+) {
+    let Some(slot) = SLOT_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's own scratch entry; every field is written below.
+    let slot = unsafe { &mut *slot };
+    let netns = read_sock_netns(sk);
+    set_owner(&mut slot.owner, netns);
+    slot.netns = netns;
+    slot.shipped = slot::QUIET;
+    slot.opened_old = old_state;
+    slot.opened_new = new_state;
+    slot.latest_old = 0;
+    slot.latest_new = 0;
+    slot._pad = [0; 7];
+    // SAFETY: helper without arguments.
+    slot.opened_ns = unsafe { bpf_ktime_get_boot_ns() };
+    slot.established_ns = 0;
+    slot.latest_ns = 0;
+    if FLOWS.insert(&cookie, &*slot, 0).is_ok() {
         return;
     }
     count(counter::OWNER_TABLE_FULL);
@@ -510,12 +606,13 @@ fn open_flow(cookie: u64, slot: &FlowSlot, sk: *const u8) {
     let record = Record {
         kind: kind::STATE_CHANGE,
         cookie,
-        netns: slot.netns,
-        old_state: slot.opened_old,
-        new_state: slot.opened_new,
+        netns,
+        old_state,
+        new_state,
+        flags,
         ..Default::default()
     };
-    emit(record, &tuple, &slot.owner);
+    emit(&record, &tuple, &slot.owner);
 }
 
 /// What a state change means for a quiet flow.
@@ -609,24 +706,21 @@ fn is_quiet(cookie: u64) -> bool {
 /// Sends what a quiet flow recorded (its opening, ESTABLISHED, the first payload classes
 /// each way, its latest state change, each with the time it happened) in one
 /// `FLOW_HISTORY` record, and reports the flow event by event from now on. Called before the
-/// first event of a flow that userspace must see; false when the flow's events are not sent
-/// (a refused connect counted as a repeat). Not inlined: one copy per program.
+/// first event of a flow that userspace must see. Not inlined: one copy per program.
 #[inline(never)]
-fn ship_quiet(cookie: u64, tuple: &Tuple) -> bool {
+fn ship_quiet(cookie: u64, tuple: &Tuple) {
     let Some(slot) = FLOWS.get_ptr_mut(&cookie) else {
-        return true;
+        return;
     };
     // SAFETY: a live map value; the fields are copied out before anything else.
     let slot = unsafe { &mut *slot };
-    match slot.shipped {
-        slot::QUIET => {}
-        slot::COUNTED => return false,
-        _ => return true,
+    if slot.shipped != slot::QUIET {
+        return;
     }
     slot.shipped = slot::SHIPPED;
     let Some(mut entry) = EVENTS.reserve::<FlowHistory>(0) else {
         count(counter::RINGBUF_FULL);
-        return true;
+        return;
     };
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
@@ -664,14 +758,26 @@ fn ship_quiet(cookie: u64, tuple: &Tuple) -> bool {
         }
     }
     entry.submit(wakeup_flag());
-    true
+}
+
+/// Sends an event of a flow, after what the flow recorded while it was quiet; nothing when
+/// the flow's events are not sent (a refused connect counted as a repeat). Not inlined: one
+/// copy per program.
+#[inline(never)]
+fn send_flow_event(record: &Record, tuple: &Tuple) {
+    // SAFETY: the field is read at once.
+    if unsafe { FLOWS.get(&record.cookie) }.is_some_and(|slot| slot.shipped == slot::COUNTED) {
+        return;
+    }
+    ship_quiet(record.cookie, tuple);
+    emit(record, tuple, flow_owner(record.cookie));
 }
 
 /// Counts an occurrence of `key` that repeats the one sent in full within the window
 /// (`REPEAT_WINDOW_NS`): true when it was counted and must not be sent. The first occurrence
 /// of a key opens its window and is sent, and so is the first after the window, which opens
-/// the next. Not inlined: one copy per program.
-#[inline(never)]
+/// the next. Inlined: its answer is branched on (see the note on `emit`'s owner).
+#[inline(always)]
 fn counted_as_repeat(key: &RepeatKey, owner: &SockOwner, client_port: u16) -> bool {
     // SAFETY: reading our own read-only global.
     let window = unsafe { core::ptr::read_volatile(&raw const REPEAT_WINDOW_NS) };
@@ -730,7 +836,7 @@ fn counted_as_repeat(key: &RepeatKey, owner: &SockOwner, client_port: u16) -> bo
 
 /// A RST answering the SYN of a quiet flow (a refused connect): counted instead of sent when
 /// it repeats one sent within the window; the flow's later events are then not sent either.
-#[inline(never)]
+#[inline(always)]
 fn refusal_counted(cookie: u64, tuple: &Tuple, netns: u32, ttl: u8, peer_ttl: u8) -> bool {
     let Some(flow) = FLOWS.get_ptr_mut(&cookie) else {
         return false;
@@ -785,24 +891,16 @@ fn idle_times(cookie: u64, now: u64) -> (u32, u32, u32) {
 /// The socket's keepalive settings and its netns defaults (see `tracer_ebpf::Keepalive`).
 #[inline(always)]
 fn read_keepalive(sk: *const u8) -> Keepalive {
-    let flags: u64 = read(sk, offset!(sk_flags)).unwrap_or(0);
-    let net: *const u8 = read(sk, offset!(skc_net)).unwrap_or(core::ptr::null());
-    let (netns_time, netns_intvl, netns_probes) = if net.is_null() {
-        (0, 0, 0)
-    } else {
-        (
-            read::<u32>(net, offset!(net_keepalive_time)).unwrap_or(0),
-            read::<u32>(net, offset!(net_keepalive_intvl)).unwrap_or(0),
-            read::<u8>(net, offset!(net_keepalive_probes)).unwrap_or(0),
-        )
-    };
+    let flags: u64 = read(sk, offset!(sk_flags));
+    // A NULL `net` reads as zeroes.
+    let net: *const u8 = read(sk, offset!(skc_net));
     Keepalive {
-        time: read(sk, offset!(tp_keepalive_time)).unwrap_or(0),
-        intvl: read(sk, offset!(tp_keepalive_intvl)).unwrap_or(0),
-        netns_time,
-        netns_intvl,
-        probes: read(sk, offset!(tp_keepalive_probes)).unwrap_or(0),
-        netns_probes,
+        time: read(sk, offset!(tp_keepalive_time)),
+        intvl: read(sk, offset!(tp_keepalive_intvl)),
+        netns_time: read(net, offset!(net_keepalive_time)),
+        netns_intvl: read(net, offset!(net_keepalive_intvl)),
+        probes: read(sk, offset!(tp_keepalive_probes)),
+        netns_probes: read(net, offset!(net_keepalive_probes)),
         enabled: ((flags >> (offset!(sock_keepopen_bit) & 63)) & 1) as u8,
         _pad: 0,
     }
@@ -814,7 +912,7 @@ fn emit_for_sock(sk: *const u8, event_kind: u8, detail: i32, flags: u16) {
     let Some(tuple) = watched_tuple(sk) else {
         return;
     };
-    let state: u8 = read(sk, offset!(skc_state)).unwrap_or(0);
+    let state: u8 = read(sk, offset!(skc_state));
     let cookie = cookie_of(sk);
     let (mut ttl, mut peer_ttl) = (0, 0);
     if event_kind == kind::RESET_RECEIVED {
@@ -850,9 +948,7 @@ fn emit_for_sock(sk: *const u8, event_kind: u8, detail: i32, flags: u16) {
         flags,
         ..Default::default()
     };
-    if ship_quiet(cookie, &tuple) {
-        emit(record, &tuple, &owner_of(cookie));
-    }
+    send_flow_event(&record, &tuple);
 }
 
 #[btf_tracepoint(function = "tcp_retransmit_skb")]
@@ -869,7 +965,7 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
             (-err, 0)
         } else {
             // A SYN retried after an ICMP error carries that error: it is not a silent drop.
-            let soft: i32 = read(sk, offset!(sk_err_soft)).unwrap_or(0);
+            let soft: i32 = read(sk, offset!(sk_err_soft));
             (soft, if soft != 0 { flag::SOFT_ERROR } else { 0 })
         };
         emit_for_sock(sk, kind::RETRANSMIT, detail, flags);
@@ -891,11 +987,11 @@ pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
 /// may already have read and cleared `sk_err` (getsockopt SO_ERROR) when the report fires.
 #[inline(always)]
 fn socket_error(sk: *const u8) -> (i32, bool) {
-    let err: i32 = read(sk, offset!(sk_err)).unwrap_or(0);
+    let err: i32 = read(sk, offset!(sk_err));
     if err != 0 {
         return (err, false);
     }
-    let soft: i32 = read(sk, offset!(sk_err_soft)).unwrap_or(0);
+    let soft: i32 = read(sk, offset!(sk_err_soft));
     if soft != 0 {
         return (soft, true);
     }
@@ -911,14 +1007,13 @@ fn queued_error(sk: *const u8) -> i32 {
         return 0;
     }
     let head = sk.wrapping_add(offset!(sk_error_queue));
-    let Some(skb) = read::<*const u8>(sk, offset!(sk_error_queue)) else {
-        return 0;
-    };
+    let skb: *const u8 = read(sk, offset!(sk_error_queue));
     // An empty queue points at itself.
-    if skb.is_null() || skb == head {
+    if skb == head {
         return 0;
     }
-    read::<u32>(skb, ee_errno).unwrap_or(0) as i32
+    // A NULL `skb` reads as 0.
+    read::<u32>(skb, ee_errno) as i32
 }
 
 #[btf_tracepoint(function = "inet_sk_error_report")]
@@ -943,7 +1038,6 @@ pub fn tcp_retransmit_synack(ctx: BtfTracePointContext) -> i32 {
         return 0;
     };
     let netns = read_sock_netns(req);
-    let owner = listener_owner(netns, tuple.local_port);
     let record = Record {
         kind: kind::SYNACK_RETRANSMIT,
         cookie: cookie_of(req),
@@ -954,7 +1048,11 @@ pub fn tcp_retransmit_synack(ctx: BtfTracePointContext) -> i32 {
         flags: flag::ACCEPTED,
         ..Default::default()
     };
-    emit(record, &tuple, &owner);
+    emit(
+        &record,
+        &tuple,
+        listener(&listener_key(netns, tuple.local_port)),
+    );
     0
 }
 
@@ -973,9 +1071,61 @@ pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
         emit_for_sock(sk, kind::RESET_SENT, reason, 0);
         return 0;
     }
-    // No socket (a segment to a port nobody listens on): the tuple comes from the packet that
-    // provoked the RST, reversed, since the RST goes back to its sender.
-    let skb: *const u8 = ctx.arg(1);
+    // No socket (a segment to a port nobody listens on; this tracepoint fires for it since
+    // Linux 6.10, older kernels are served by `kfree_skb`).
+    reset_without_socket(ctx.arg(1), reason);
+    0
+}
+
+/// Linux before 6.10 (no `tcp_send_reset` without a socket): a TCP segment that found no
+/// socket is dropped with reason NO_SOCKET right after the stack answered it with a RST
+/// (unless it was a RST itself). Attached only on those kernels; `no_socket_drop_reason` is
+/// that reason's number in this kernel's `enum skb_drop_reason`.
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
+    let no_socket = offset!(no_socket_drop_reason) as u32;
+    if !ready() || no_socket == 0 {
+        return 0;
+    }
+    let reason: u32 = ctx.arg(2);
+    if reason != no_socket {
+        return 0;
+    }
+    let skb: *const u8 = ctx.arg(0);
+    // UDP drops with the same reason; and no RST answers a RST.
+    if segment_protocol_flags(skb) != Some(0) {
+        return 0;
+    }
+    reset_without_socket(skb, 0);
+    0
+}
+
+/// The RST flag of a received segment (`Some(0)`: a TCP segment without RST), None when the
+/// packet is not TCP.
+#[inline(always)]
+fn segment_protocol_flags(skb: *const u8) -> Option<u8> {
+    let head: *const u8 = read(skb, offset!(skb_head));
+    let network: u16 = read(skb, offset!(skb_network_header));
+    let transport: u16 = read(skb, offset!(skb_transport_header));
+    let version: u8 = read(head, network as usize);
+    // IPv4's protocol, or IPv6's next header (a TCP header right after the fixed header).
+    let protocol: u8 = match version >> 4 {
+        4 => read(head, network as usize + 9),
+        6 => read(head, network as usize + 6),
+        _ => return None,
+    };
+    if u16::from(protocol) != IPPROTO_TCP {
+        return None;
+    }
+    let flags: u8 = read(head, transport as usize + 13);
+    Some(flags & TCP_FLAG_RST)
+}
+
+/// A RST the stack sent for a segment that matched no socket: the tuple comes from the packet
+/// that provoked it, reversed, since the RST goes back to its sender. Repeats within the
+/// window are counted instead of sent.
+#[inline(always)]
+fn reset_without_socket(skb: *const u8, reason: i32) {
     if let Some((tuple, netns)) = packet_tuple(skb) {
         let key = RepeatKey {
             local_addr: tuple.local_addr,
@@ -990,8 +1140,8 @@ pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
             peer_ttl: 0,
             _pad: 0,
         };
-        if counted_as_repeat(&key, &SockOwner::default(), tuple.remote_port) {
-            return 0;
+        if counted_as_repeat(&key, &NO_OWNER, tuple.remote_port) {
+            return;
         }
         let record = Record {
             kind: kind::RESET_SENT,
@@ -1003,9 +1153,8 @@ pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
             flags: flag::NO_SOCKET,
             ..Default::default()
         };
-        emit(record, &tuple, &SockOwner::default());
+        emit(&record, &tuple, &NO_OWNER);
     }
-    0
 }
 
 /// Tuple (this host first) and netns of a received TCP segment.
@@ -1014,16 +1163,17 @@ fn packet_tuple(skb: *const u8) -> Option<(Tuple, u32)> {
     if skb.is_null() {
         return None;
     }
-    let head: *const u8 = read(skb, offset!(skb_head))?;
-    let network: u16 = read(skb, offset!(skb_network_header))?;
-    let transport: u16 = read(skb, offset!(skb_transport_header))?;
-    let ports: [u8; 4] = read(head, transport as usize)?;
+    // Unreadable fields read as zeroes, which match no watched port and no IP version.
+    let head: *const u8 = read(skb, offset!(skb_head));
+    let network: u16 = read(skb, offset!(skb_network_header));
+    let transport: u16 = read(skb, offset!(skb_transport_header));
+    let ports: [u8; 4] = read(head, transport as usize);
     let sender_port = u16::from_be_bytes([ports[0], ports[1]]);
     let receiver_port = u16::from_be_bytes([ports[2], ports[3]]);
     if !is_watched(sender_port) && !is_watched(receiver_port) {
         return None;
     }
-    let version: u8 = read(head, network as usize)?;
+    let version: u8 = read(head, network as usize);
     let mut tuple = Tuple {
         family: AF_INET,
         local_port: receiver_port,
@@ -1033,24 +1183,20 @@ fn packet_tuple(skb: *const u8) -> Option<(Tuple, u32)> {
     };
     match version >> 4 {
         4 => {
-            let addrs: [u8; 8] = read(head, network as usize + 12)?;
+            let addrs: [u8; 8] = read(head, network as usize + 12);
             tuple.remote_addr[..4].copy_from_slice(&addrs[..4]);
             tuple.local_addr[..4].copy_from_slice(&addrs[4..]);
         }
         6 => {
             tuple.family = AF_INET6;
-            tuple.remote_addr = read(head, network as usize + 8)?;
-            tuple.local_addr = read(head, network as usize + 24)?;
+            tuple.remote_addr = read(head, network as usize + 8);
+            tuple.local_addr = read(head, network as usize + 24);
         }
         _ => return None,
     }
-    let dev: *const u8 = read(skb, offset!(skb_dev)).unwrap_or(core::ptr::null());
-    let netns = if dev.is_null() {
-        0
-    } else {
-        let net: *const u8 = read(dev, offset!(dev_nd_net)).unwrap_or(core::ptr::null());
-        read_netns_of(net)
-    };
+    // A NULL device or net reads as netns 0.
+    let dev: *const u8 = read(skb, offset!(skb_dev));
+    let netns = read_netns_of(read(dev, offset!(dev_nd_net)));
     Some((tuple, netns))
 }
 
@@ -1090,6 +1236,8 @@ struct Segment {
     source_addr: usize,
     dest_addr: usize,
     v6: bool,
+    /// Arriving (ingress), or leaving (egress).
+    received: bool,
 }
 
 /// Reads a `T` at `offset` in the packet's linear data, bounds-checked the way the verifier
@@ -1111,7 +1259,7 @@ const MIN_TCP_V4: usize = 40;
 /// The IP and TCP headers of the packet (linear at the cgroup hooks: the IP header at
 /// `data`). Returns early, before touching anything else, for unwatched ports.
 #[inline(always)]
-fn parse_segment(ctx: &SkBuffContext) -> Option<Segment> {
+fn parse_segment(ctx: &SkBuffContext, received: bool) -> Option<Segment> {
     // SAFETY: reading the context's data pointers; the verifier checks every access after.
     let (start, end) = unsafe {
         (
@@ -1152,6 +1300,7 @@ fn parse_segment(ctx: &SkBuffContext) -> Option<Segment> {
         source_addr,
         dest_addr,
         v6,
+        received,
     })
 }
 
@@ -1168,6 +1317,11 @@ fn load_addr(ctx: &SkBuffContext, offset: usize, v6: bool) -> Option<[u8; 16]> {
 
 #[inline(always)]
 fn skb_cookie(ctx: &SkBuffContext) -> u64 {
+    if offset!(flow_key_is_address) != 0 {
+        // The same key as the tracing programs' (see `cookie_of`): the socket's address.
+        // SAFETY: reading the skb's socket pointer from the program's own context.
+        return unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk } as u64;
+    }
     // SAFETY: the program's own skb; the helper reads skb->sk.
     unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut c_void) }
 }
@@ -1176,23 +1330,20 @@ fn skb_cookie(ctx: &SkBuffContext) -> u64 {
 /// carries data costs nothing here), with its tuple and netns; the entry is removed at
 /// TCP_CLOSE. Not inlined: it keeps the programs' register pressure and stack down.
 #[inline(never)]
-fn start_activity(
-    ctx: &SkBuffContext,
-    cookie: u64,
-    segment: &Segment,
-    received: bool,
-) -> Option<()> {
+fn start_activity(ctx: &SkBuffContext, cookie: u64, segment: &Segment) {
     // SAFETY: reading the skb's socket pointer from the program's own context.
     let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
     if sk.is_null() {
-        return None;
+        return;
     }
     // SAFETY: the helper checks the socket type; NULL unless a full TCP socket (not a
     // request or time-wait socket, which could never be removed at TCP_CLOSE).
     let tp = unsafe { bpf_skc_to_tcp_sock(sk as *mut c_void) };
     if tp.is_null() {
-        return None;
+        return;
     }
+    // Read from the caller's stack, not passed as an argument (see the note on `emit`).
+    let received = segment.received;
     let (local, remote) = if received {
         (segment.dest_addr, segment.source_addr)
     } else {
@@ -1203,13 +1354,21 @@ fn start_activity(
     } else {
         (segment.source_port, segment.dest_port)
     };
-    let scratch = ACTIVITY_SCRATCH.get_ptr_mut(0)?;
+    let Some(scratch) = ACTIVITY_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
     // SAFETY: this CPU's own scratch entry; every field is written below.
     let activity = unsafe { &mut *scratch };
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    activity.local_addr = load_addr(ctx, local, segment.v6)?;
-    activity.remote_addr = load_addr(ctx, remote, segment.v6)?;
+    let Some(local_addr) = load_addr(ctx, local, segment.v6) else {
+        return;
+    };
+    activity.local_addr = local_addr;
+    let Some(remote_addr) = load_addr(ctx, remote, segment.v6) else {
+        return;
+    };
+    activity.remote_addr = remote_addr;
     activity.last_rx_ns = now;
     activity.last_tx_ns = now;
     activity.last_packet_ns = now;
@@ -1232,7 +1391,6 @@ fn start_activity(
     {
         count(counter::ACTIVITY_TABLE_FULL);
     }
-    Some(())
 }
 
 /// Records a segment in the flow's activity (data segments also as data); returns the
@@ -1242,7 +1400,6 @@ fn note_segment(
     ctx: &SkBuffContext,
     cookie: u64,
     segment: &Segment,
-    received: bool,
 ) -> Option<&'static mut FlowActivity> {
     if cookie == 0 {
         return None;
@@ -1251,7 +1408,7 @@ fn note_segment(
     let activity = match ACTIVITY.get_ptr_mut(&cookie) {
         Some(activity) => activity,
         None if payload > 0 => {
-            start_activity(ctx, cookie, segment, received)?;
+            start_activity(ctx, cookie, segment);
             ACTIVITY.get_ptr_mut(&cookie)?
         }
         None => return None,
@@ -1271,7 +1428,7 @@ fn note_segment(
         activity.gap_ns = now - last;
         activity.resumed_ns = now;
     }
-    if received {
+    if segment.received {
         activity.last_rx_ns = now;
     } else {
         activity.last_tx_ns = now;
@@ -1357,7 +1514,7 @@ fn report_first_payload(activity: &FlowActivity, cookie: u64, received: bool) {
         flags: if received { flag::RECEIVED } else { 0 },
         ..Default::default()
     };
-    emit(record, &tuple, &owner_of(cookie));
+    emit(&record, &tuple, flow_owner(cookie));
 }
 
 /// cgroup_skb ingress on the cgroup v2 root, watched ports only: remembers the TTL / hop
@@ -1373,7 +1530,7 @@ pub fn ingress_ttl(ctx: SkBuffContext) -> i32 {
 
 #[inline(always)]
 fn observe_ingress(ctx: &SkBuffContext) -> Option<()> {
-    let segment = parse_segment(ctx)?;
+    let segment = parse_segment(ctx, true)?;
     if segment.flags & TCP_FLAG_RST != 0 {
         let cookie = skb_cookie(ctx);
         if cookie != 0 {
@@ -1389,7 +1546,7 @@ fn observe_ingress(ctx: &SkBuffContext) -> Option<()> {
         let _ = PEER_TTL.insert(&remote, &segment.ttl, 0);
     }
     let cookie = skb_cookie(ctx);
-    let activity = note_segment(ctx, cookie, &segment, true)?;
+    let activity = note_segment(ctx, cookie, &segment)?;
     if segment.payload > 0 && activity.rx_class == payload_class::NONE {
         activity.rx_class = classify_payload(ctx, &segment);
         activity.rx_first_ns = activity.last_packet_ns;
@@ -1409,9 +1566,9 @@ pub fn egress_activity(ctx: SkBuffContext) -> i32 {
 
 #[inline(always)]
 fn observe_egress(ctx: &SkBuffContext) -> Option<()> {
-    let segment = parse_segment(ctx)?;
+    let segment = parse_segment(ctx, false)?;
     let cookie = skb_cookie(ctx);
-    let activity = note_segment(ctx, cookie, &segment, false)?;
+    let activity = note_segment(ctx, cookie, &segment)?;
     if segment.payload > 0 && activity.tx_class == payload_class::NONE {
         activity.tx_class = classify_payload(ctx, &segment);
         activity.tx_first_ns = activity.last_packet_ns;

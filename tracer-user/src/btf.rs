@@ -382,6 +382,12 @@ impl Btf {
         })
     }
 
+    /// Whether this kernel's BTF names a type or function `name` (feature checks: a kernel
+    /// function that exists only where a feature does).
+    pub fn has_named(&self, name: &str) -> bool {
+        !self.ids_named(name).is_empty()
+    }
+
     /// The values of a named enum (`enum sk_rst_reason`, ...), by value.
     pub fn enum_values(&self, name: &str) -> Option<Vec<(String, i64)>> {
         self.ids_named(name)

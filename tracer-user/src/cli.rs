@@ -17,6 +17,7 @@ pub const DEFAULT_PORTS: &str = "7337,10000,10001,4040,9083,443,8443";
                   10000, Spark Connect 10001, ...) with eBPF programs on the kernel's TCP \
                   tracepoints, in every network namespace of this host. Needs root (or \
                   CAP_BPF and CAP_PERFMON). Without a subcommand it runs `shuffletrace run`.",
+    after_long_help = crate::programs::kernel_help(),
     args_conflicts_with_subcommands = true
 )]
 pub struct Cli {

@@ -818,11 +818,13 @@ impl Correlator {
     }
 
     fn local_reset(&mut self, event: &Event, evidence: &[Event]) -> Finding {
-        let reason = self
-            .reasons
-            .name(event.detail)
-            .unwrap_or("NOT_SPECIFIED")
-            .to_owned();
+        let reason = match self.reasons.name(event.detail) {
+            Some(name) => name.to_owned(),
+            // Kernels before 6.10 give no reason (their RSTs without a socket are seen by
+            // the kfree_skb program): such a RST answers a port nobody listens on.
+            None if event.no_socket => "NO_SOCKET".to_owned(),
+            None => "NOT_SPECIFIED".to_owned(),
+        };
         let no_socket = event.no_socket || reason == "NO_SOCKET";
         let severity = if no_socket {
             Severity::Warning
@@ -1325,6 +1327,29 @@ mod tests {
         assert_eq!(kinds(&found), vec![FindingKind::LocalReset]);
         assert_eq!(found[0].severity, Severity::Warning);
         assert!(found[0].summary.contains("NO_SOCKET"));
+    }
+
+    #[test]
+    fn reset_without_a_socket_on_a_kernel_without_reasons_says_nothing_listens() {
+        // Linux 6.1: the kfree_skb program reports it with no reason number.
+        let mut h = Harness::new();
+        h.correlator.reasons = ResetReasons::default();
+        let mut rst = ev(EventKind::ResetSent, 0, 5, CL, CL, 0);
+        rst.no_socket = true;
+        rst.owner = None;
+        rst.local = "10.0.0.2:7337".parse().unwrap();
+        let found = h.feed(rst);
+        assert_eq!(kinds(&found), vec![FindingKind::LocalReset]);
+        assert!(
+            found[0].summary.contains("nothing listens on port 7337"),
+            "{}",
+            found[0].summary
+        );
+        assert!(
+            found[0].remedy.contains("nothing listens"),
+            "{}",
+            found[0].remedy
+        );
     }
 
     fn refused(h: &mut Harness, cookie: u64, ns: u64) -> Finding {

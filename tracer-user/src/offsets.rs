@@ -55,7 +55,7 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets> {
         skb_dev: offset(btf, "sk_buff", "dev")?,
         dev_nd_net: offset(btf, "net_device", "nd_net")?,
         retransmit_has_err: u32::from(btf.tracepoint_arg_count("tcp_retransmit_skb") >= Some(3)),
-        send_reset_has_reason: u32::from(btf.tracepoint_arg_count("tcp_send_reset") >= Some(3)),
+        send_reset_has_reason: u32::from(send_reset_covers_no_socket(btf)),
         // Moved into sock_common as skc_flags on recent kernels.
         sk_flags: offset(btf, "sock", "sk_flags")
             .or_else(|_| offset(btf, "sock", "__sk_common.skc_flags"))?,
@@ -70,7 +70,37 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets> {
         net_keepalive_time: offset(btf, "net", "ipv4.sysctl_tcp_keepalive_time")?,
         net_keepalive_intvl: offset(btf, "net", "ipv4.sysctl_tcp_keepalive_intvl")?,
         net_keepalive_probes: offset(btf, "net", "ipv4.sysctl_tcp_keepalive_probes")?,
+        no_socket_drop_reason: no_socket_drop_reason(btf),
+        flow_key_is_address: u32::from(!tracing_has_socket_cookie(btf)),
     })
+}
+
+/// Whether tracing programs may call `bpf_get_socket_cookie` (Linux 5.12+): the kernel then
+/// has the helper's tracing variant, `bpf_get_socket_ptr_cookie`.
+pub fn tracing_has_socket_cookie(btf: &Btf) -> bool {
+    btf.has_named("bpf_get_socket_ptr_cookie")
+}
+
+/// Whether `tcp_send_reset` fires for a RST sent without a socket: since Linux 6.10, which
+/// also gave it its third argument (the reason).
+pub fn send_reset_covers_no_socket(btf: &Btf) -> bool {
+    btf.tracepoint_arg_count("tcp_send_reset") >= Some(3)
+}
+
+/// `SKB_DROP_REASON_NO_SOCKET` when the `kfree_skb` program must stand in for
+/// `tcp_send_reset` (kernels before 6.10 whose `kfree_skb` gives a reason: 5.17+); else 0.
+pub fn no_socket_drop_reason(btf: &Btf) -> u32 {
+    if send_reset_covers_no_socket(btf) || btf.tracepoint_arg_count("kfree_skb") < Some(3) {
+        return 0;
+    }
+    btf.enum_values("skb_drop_reason")
+        .and_then(|values| {
+            values
+                .into_iter()
+                .find(|(name, _)| name == "SKB_DROP_REASON_NO_SOCKET")
+        })
+        .and_then(|(_, value)| u32::try_from(value).ok())
+        .unwrap_or(0)
 }
 
 /// Where a queued socket error keeps its errno: `skb->cb` holds a `struct sock_exterr_skb`.

@@ -10,6 +10,7 @@ use crate::{
     clock::BootClock,
     events::{self, Event, EventKind, ResetReasons},
     findings::{Aggregator, Config, Correlator, Finding},
+    flowkey::FlowKeys,
     flows::{Flow, FlowTable},
     idle::{self, ActivitySource, Check, KeepaliveSettings},
     metrics::Metrics,
@@ -57,6 +58,8 @@ pub struct Pipeline<W: Write> {
     pub attributor: Option<crate::k8s::Attributor>,
     /// Period of `stats` lines, and when the last one was written.
     pub stats_interval_ns: u64,
+    /// How the kernel's flow keys are shown (see `crate::flowkey`).
+    pub flow_keys: FlowKeys,
     last_stats_ns: u64,
     /// Cookie -> last-data time of the idle period reported for it (bounded by the kernel's
     /// activity table: entries of flows gone from it are dropped at each scan).
@@ -94,6 +97,7 @@ impl<W: Write> Pipeline<W> {
             metrics: None,
             attributor: None,
             stats_interval_ns: 60_000_000_000,
+            flow_keys: FlowKeys::COOKIES,
             last_stats_ns: BootClock::now_boot_ns(),
             metered: Metered::default(),
             idle_reported: HashMap::new(),
@@ -204,7 +208,8 @@ impl<W: Write> Pipeline<W> {
         while let Some(record) = ring.next() {
             match events::decode_into(&record, &mut decoded) {
                 Ok(()) => {
-                    for event in decoded.drain(..) {
+                    for mut event in decoded.drain(..) {
+                        event.cookie = self.flow_keys.shown(event.cookie);
                         self.process(event);
                     }
                 }

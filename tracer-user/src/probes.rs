@@ -15,9 +15,15 @@ use aya::{
     maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, Program},
 };
-use tracer_ebpf::{FlowActivity, FlowSlot, RepeatCount, RepeatKey, counter};
+use tracer_ebpf::{FlowActivity, FlowSlot, KernelOffsets, RepeatCount, RepeatKey, counter};
 
-use crate::{btf::Btf, offsets, prefetch::Prefetch};
+use crate::{
+    btf::Btf,
+    flowkey::FlowKeys,
+    offsets,
+    prefetch::Prefetch,
+    programs::{self, Attach, ProgramSpec},
+};
 
 /// The kernel programs, built for the bpf target by build.rs and embedded in this binary.
 static TRACER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
@@ -27,16 +33,6 @@ static TRACER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"
 /// it is waiting, otherwise it drains on its poll timer.
 const RING_BYTES: u64 = 4 * 1024 * 1024;
 const WAKEUP_BYTES: u64 = RING_BYTES / 8;
-
-/// Program name in the object file -> BTF tracepoint it attaches to.
-pub const PROGRAMS: [(&str, &str); 6] = [
-    ("inet_sock_set_state", "inet_sock_set_state"),
-    ("tcp_retransmit_skb", "tcp_retransmit_skb"),
-    ("tcp_retransmit_synack", "tcp_retransmit_synack"),
-    ("tcp_send_reset", "tcp_send_reset"),
-    ("tcp_receive_reset", "tcp_receive_reset"),
-    ("inet_sk_error_report", "inet_sk_error_report"),
-];
 
 /// aya's parse of the kernel BTF, started at launch (see `start_kernel_reads`).
 static AYA_BTF: Prefetch<Result<aya::Btf, aya::BtfError>> = Prefetch::new();
@@ -64,22 +60,30 @@ fn aya_btf() -> Result<aya::Btf> {
 }
 
 /// Verification order: the costliest first, so two workers finish together.
-const VERIFY_ORDER: [&str; 8] = [
-    "inet_sock_set_state",
+const VERIFY_ORDER: [&str; 9] = [
+    programs::CORE,
     INGRESS_PROGRAM,
     "inet_sk_error_report",
     EGRESS_PROGRAM,
     "tcp_send_reset",
     "tcp_receive_reset",
     "tcp_retransmit_skb",
+    "kfree_skb",
     "tcp_retransmit_synack",
 ];
 
-/// Loads (verifies) every program on two threads: the kernel's verifier is most of
-/// start-up, and it checks each program independently. Returns each program's outcome.
-fn verify_all(ebpf: &mut Ebpf, btf: &Btf, aya_btf: &aya::Btf) -> HashMap<String, Result<()>> {
+/// Loads (verifies) every program this kernel needs on two threads: the kernel's verifier is
+/// most of start-up, and it checks each program independently. Returns each program's
+/// outcome.
+fn verify_all(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    aya_btf: &aya::Btf,
+    offsets: &KernelOffsets,
+) -> HashMap<String, Result<()>> {
     let mut programs: Vec<(String, &mut Program)> = ebpf
         .programs_mut()
+        .filter(|(name, _)| programs::needed(name, offsets))
         .map(|(name, program)| (name.to_owned(), program))
         .collect();
     programs.sort_by_key(|(name, _)| {
@@ -93,11 +97,10 @@ fn verify_all(ebpf: &mut Ebpf, btf: &Btf, aya_btf: &aya::Btf) -> HashMap<String,
         let started = std::time::Instant::now();
         match program {
             Program::BtfTracePoint(program) => {
-                let tracepoint = PROGRAMS
-                    .iter()
-                    .find(|(p, _)| *p == name)
-                    .map(|(_, tracepoint)| *tracepoint)
-                    .ok_or_else(|| anyhow!("program {name} has no tracepoint"))?;
+                let Some(Attach::Tracepoint(tracepoint)) = programs::spec(name).map(|p| p.attach)
+                else {
+                    return Err(anyhow!("program {name} has no tracepoint"));
+                };
                 if btf.tracepoint_arg_count(tracepoint).is_none() {
                     return Err(anyhow!("this kernel has no such tracepoint"));
                 }
@@ -110,7 +113,16 @@ fn verify_all(ebpf: &mut Ebpf, btf: &Btf, aya_btf: &aya::Btf) -> HashMap<String,
                 .map_err(|e| anyhow!("{}", verifier_message(&e)))?,
             _ => return Err(anyhow!("program {name} has an unexpected type")),
         }
-        tracing::debug!("{name} verified in {:?}", started.elapsed());
+        // The verifier's work (instructions processed), for the kernel matrix and the bench.
+        let insns = program
+            .info()
+            .ok()
+            .and_then(|info| info.verified_instruction_count());
+        tracing::debug!(
+            "{name} verified in {:?} ({} instructions processed)",
+            started.elapsed(),
+            insns.map_or_else(|| "?".to_owned(), |n| n.to_string())
+        );
         Ok(())
     };
     let worker = || {
@@ -188,11 +200,20 @@ pub fn check_privileges() -> Result<()> {
     .into())
 }
 
-/// A kernel tracepoint we could not attach, and why.
+/// A kernel program we could not attach, and why (with what the run loses without it).
 #[derive(Debug, Clone)]
 pub struct Missing {
     pub tracepoint: &'static str,
     pub reason: String,
+}
+
+impl Missing {
+    fn new(spec: &ProgramSpec, why: &str) -> Self {
+        Self {
+            tracepoint: spec.name,
+            reason: format!("{why}; {}", spec.without),
+        }
+    }
 }
 
 /// Loaded and attached kernel programs.
@@ -200,20 +221,24 @@ pub struct Probes {
     pub ebpf: Ebpf,
     pub attached: Vec<&'static str>,
     pub missing: Vec<Missing>,
+    /// How the programs' flow keys are shown (opaque numbers where they are kernel
+    /// addresses; see `crate::flowkey`). Keys going in and out of this type are shown keys.
+    pub flow_keys: FlowKeys,
 }
 
 impl crate::idle::ActivitySource for Probes {
     fn scan(&self, each: &mut dyn FnMut(u64, &FlowActivity)) {
         // An entry removed while the scan passes is skipped (the flow closed).
+        let keys = self.flow_keys;
         self.scan_hash::<u64, FlowActivity>("ACTIVITY", &mut |cookie, record| {
-            each(*cookie, record)
+            each(keys.shown(*cookie), record)
         });
     }
 
     fn slot(&self, cookie: u64) -> Option<FlowSlot> {
         let map = self.ebpf.map("FLOWS")?;
         let slots = aya::maps::HashMap::<_, u64, FlowSlot>::try_from(map).ok()?;
-        slots.get(&cookie, 0).ok()
+        slots.get(&self.flow_keys.kernel(cookie), 0).ok()
     }
 }
 
@@ -355,65 +380,35 @@ impl Probes {
                 .with_context(|| format!("adding port {port} to the watched set"))?;
         }
 
-        let mut verified = verify_all(&mut ebpf, btf, &aya_btf);
-        let mut outcome = |name: &str| {
-            verified
-                .remove(name)
-                .unwrap_or_else(|| Err(anyhow!("program {name} not in the object")))
-        };
+        let mut verified = verify_all(&mut ebpf, btf, &aya_btf, &offsets);
+        let root = cgroup2_root(host_root);
         let mut attached = Vec::new();
         let mut missing = Vec::new();
-        for (program, tracepoint) in PROGRAMS {
-            let result = outcome(program).and_then(|()| {
-                let prog: &mut BtfTracePoint = ebpf
-                    .program_mut(program)
-                    .ok_or_else(|| anyhow!("program {program} not in the object"))?
-                    .try_into()?;
-                prog.attach()?;
-                Ok(())
-            });
+        for spec in &programs::PROGRAMS {
+            if !programs::needed(spec.name, &offsets) {
+                if let Some(why) = programs::not_applicable(spec.name, &offsets) {
+                    missing.push(Missing::new(spec, why));
+                }
+                continue;
+            }
+            let result = verified
+                .remove(spec.name)
+                .unwrap_or_else(|| Err(anyhow!("program {} not in the object", spec.name)))
+                .and_then(|()| attach(&mut ebpf, spec, &root));
             match result {
-                Ok(()) => attached.push(tracepoint),
-                Err(e) => missing.push(Missing {
-                    tracepoint,
-                    reason: format!("{e:#}"),
-                }),
+                Ok(()) => attached.push(spec.name),
+                Err(e) => missing.push(Missing::new(spec, &format!("{e:#}"))),
             }
         }
-        let root = cgroup2_root(host_root);
-        for (program, direction, without) in [
-            (
-                INGRESS_PROGRAM,
-                CgroupSkbAttachType::Ingress,
-                "middlebox resets cannot be told from the peer's, and idle flows are not tracked",
-            ),
-            (
-                EGRESS_PROGRAM,
-                CgroupSkbAttachType::Egress,
-                "idle flows are not tracked",
-            ),
-        ] {
-            let result = outcome(program).and_then(|()| {
-                root.as_ref()
-                    .map_err(|e| anyhow!("{e:#}"))
-                    .and_then(|root| attach_cgroup_skb(&mut ebpf, program, root, direction))
-            });
-            match result {
-                Ok(()) => attached.push(program),
-                Err(e) => missing.push(Missing {
-                    tracepoint: program,
-                    reason: format!("{e:#}; {without}"),
-                }),
-            }
-        }
-        if attached.is_empty() {
+        if let Some(core) = missing.iter().find(|m| m.tracepoint == programs::CORE) {
             return Err(FatalError(format!(
-                "no tracepoint could be attached: {}",
-                missing
-                    .iter()
-                    .map(|m| format!("{} ({})", m.tracepoint, m.reason))
-                    .collect::<Vec<_>>()
-                    .join("; ")
+                "this kernel ({}) cannot run shuffletrace: its core program {} did not load \
+                 ({}). shuffletrace needs {} or later; kernels verified: 5.10 (degraded), 6.1, \
+                 6.12, 6.18",
+                kernel_release(),
+                core.tracepoint,
+                core.reason,
+                programs::OLDEST_KERNEL
             ))
             .into());
         }
@@ -421,6 +416,11 @@ impl Probes {
             ebpf,
             attached,
             missing,
+            flow_keys: if offsets.flow_key_is_address != 0 {
+                FlowKeys::addresses()
+            } else {
+                FlowKeys::COOKIES
+            },
         })
     }
 
@@ -459,20 +459,15 @@ impl Probes {
 
     /// Detaches every program: no new events after this returns.
     pub fn detach(&mut self) {
-        for program in [INGRESS_PROGRAM, EGRESS_PROGRAM] {
-            if let Some(prog) = self.ebpf.program_mut(program)
-                && let Ok(prog) = <&mut CgroupSkb>::try_from(prog)
-                && prog.fd().is_ok()
-            {
-                let _ = prog.unload();
-            }
-        }
-        for (program, _) in PROGRAMS {
-            if let Some(prog) = self.ebpf.program_mut(program)
-                && let Ok(prog) = <&mut BtfTracePoint>::try_from(prog)
-                && prog.fd().is_ok()
-            {
-                let _ = prog.unload();
+        for (_, program) in self.ebpf.programs_mut() {
+            match program {
+                Program::CgroupSkb(prog) if prog.fd().is_ok() => {
+                    let _ = prog.unload();
+                }
+                Program::BtfTracePoint(prog) if prog.fd().is_ok() => {
+                    let _ = prog.unload();
+                }
+                _ => {}
             }
         }
     }
@@ -496,23 +491,14 @@ impl Probes {
             counters.activity_table_full = sum(counter::ACTIVITY_TABLE_FULL);
             counters.repeat_table_full = sum(counter::REPEAT_TABLE_FULL);
         }
-        for program in [INGRESS_PROGRAM, EGRESS_PROGRAM] {
-            counters.recursion_misses += self
-                .ebpf
-                .program(program)
-                .and_then(|p| <&CgroupSkb>::try_from(p).ok())
-                .and_then(|p| p.fd().ok())
-                .and_then(|fd| recursion_misses(fd.as_fd()))
-                .unwrap_or(0);
-        }
-        for (program, _) in PROGRAMS {
-            counters.recursion_misses += self
-                .ebpf
-                .program(program)
-                .and_then(|p| <&BtfTracePoint>::try_from(p).ok())
-                .and_then(|p| p.fd().ok())
-                .and_then(|fd| recursion_misses(fd.as_fd()))
-                .unwrap_or(0);
+        for (_, program) in self.ebpf.programs() {
+            let fd = match program {
+                Program::CgroupSkb(prog) => prog.fd().ok(),
+                Program::BtfTracePoint(prog) => prog.fd().ok(),
+                _ => None,
+            };
+            counters.recursion_misses +=
+                fd.and_then(|fd| recursion_misses(fd.as_fd())).unwrap_or(0);
         }
         counters
     }
@@ -520,10 +506,33 @@ impl Probes {
 
 /// The cgroup_skb programs on the cgroup v2 root: TTLs and data of arriving segments, and
 /// data of departing ones.
-pub const INGRESS_PROGRAM: &str = "ingress_ttl";
-pub const EGRESS_PROGRAM: &str = "egress_activity";
-/// Number of kernel programs in all.
-pub const PROGRAM_COUNT: usize = PROGRAMS.len() + 2;
+pub const INGRESS_PROGRAM: &str = programs::INGRESS;
+pub const EGRESS_PROGRAM: &str = programs::EGRESS;
+
+/// Attaches one verified program where its spec says.
+fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec, cgroup_root: &Result<PathBuf>) -> Result<()> {
+    let direction = match spec.attach {
+        Attach::Tracepoint(_) => {
+            let prog: &mut BtfTracePoint = ebpf
+                .program_mut(spec.name)
+                .ok_or_else(|| anyhow!("program {} not in the object", spec.name))?
+                .try_into()?;
+            prog.attach()?;
+            return Ok(());
+        }
+        Attach::CgroupIngress => CgroupSkbAttachType::Ingress,
+        Attach::CgroupEgress => CgroupSkbAttachType::Egress,
+    };
+    let root = cgroup_root.as_ref().map_err(|e| anyhow!("{e:#}"))?;
+    attach_cgroup_skb(ebpf, spec.name, root, direction)
+}
+
+/// The running kernel's release (`uname -r`), for messages.
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|release| release.trim().to_owned())
+        .unwrap_or_else(|_| "unknown release".to_owned())
+}
 
 /// The mount point of the cgroup v2 hierarchy, from a mountinfo text.
 pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {

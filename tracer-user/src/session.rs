@@ -18,7 +18,7 @@ use crate::{
     idle, offsets,
     pipeline::Pipeline,
     prefetch::Prefetch,
-    probes::{self, KernelCounters, Probes},
+    probes::{KernelCounters, Probes},
     sinks::{Context, Output, Totals},
 };
 
@@ -131,6 +131,7 @@ impl<W: Write> Session<W> {
         }
         let mut pipeline = Pipeline::new(output, findings, reasons, settings.max_flows as usize);
         pipeline.findings_only = settings.findings_only;
+        pipeline.flow_keys = probes.flow_keys;
         pipeline.metrics = settings.metrics;
         pipeline.attributor = settings
             .host_root
@@ -153,13 +154,26 @@ impl<W: Write> Session<W> {
                 missing.tracepoint, missing.reason
             );
         }
+        let unavailable = crate::programs::unavailable_kinds(
+            &probes
+                .missing
+                .iter()
+                .map(|m| m.tracepoint)
+                .collect::<Vec<_>>(),
+        );
+        if !unavailable.is_empty() {
+            warn!(
+                "on this kernel ({kernel}) these findings cannot be given: {}",
+                unavailable.join(", ")
+            );
+        }
         info!(
             "watching TCP ports {} on node {} (kernel {kernel}); attached {} of {} kernel \
              programs; NAT idle timeout {}",
             cli::format_ports(settings.ports),
             pipeline.output.context().node,
             probes.attached.len(),
-            probes::PROGRAM_COUNT,
+            probes.attached.len() + probes.missing.len(),
             findings.nat_idle
         );
         Ok(Self {

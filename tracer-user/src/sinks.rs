@@ -136,6 +136,7 @@ struct StartLine<'a> {
     ports: &'a [u16],
     attached: &'a [&'static str],
     missing: Vec<MissingLine<'a>>,
+    unavailable: Vec<&'static str>,
     nat_idle_s: f64,
     nat_idle_profile: &'static str,
 }
@@ -373,6 +374,9 @@ impl<W: Write> Output<W> {
                     reason: &m.reason,
                 })
                 .collect(),
+            unavailable: crate::programs::unavailable_kinds(
+                &missing.iter().map(|m| m.tracepoint).collect::<Vec<_>>(),
+            ),
             nat_idle_s: nat_idle.threshold.as_secs_f64(),
             nat_idle_profile: nat_idle.profile,
         };
