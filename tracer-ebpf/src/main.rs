@@ -444,7 +444,14 @@ fn on_state_change(sk: *const u8, old_state: u8, new_state: u8) {
         return;
     }
     if new_state == tcp_state::SYN_RECV {
-        open_accepted(cookie, sk, old_state, new_state, tuple.local_port);
+        // A child socket cloned from a listener. Until 6.18 this fires before the clone gets
+        // its own cookie and remote port (inet_csk_clone_lock sets them after): it still
+        // carries the listener's. The flow is opened when it reaches ESTABLISHED, a moment
+        // later, under its own cookie.
+        return;
+    }
+    if new_state == tcp_state::ESTABLISHED && old_state == tcp_state::SYN_RECV {
+        open_accepted(cookie, sk, tuple.local_port);
         return;
     }
     // The error that closes a socket is set before the CLOSE transition and before the owner
@@ -549,15 +556,15 @@ fn open_connect(cookie: u64, sk: *const u8, old_state: u8, new_state: u8) {
     });
 }
 
-/// A child socket cloned from a listener (softirq; LISTEN -> SYN_RECV on current kernels,
-/// CLOSE -> SYN_RECV on older ones): a new flow owned by the listener's process.
+/// A child socket cloned from a listener (softirq) that completed its handshake: a new flow
+/// owned by the listener's process, opened (LISTEN -> SYN_RECV) and established now.
 #[inline(never)]
-fn open_accepted(cookie: u64, sk: *const u8, old_state: u8, new_state: u8, local_port: u16) {
+fn open_accepted(cookie: u64, sk: *const u8, local_port: u16) {
     open_flow(
         cookie,
         sk,
-        old_state,
-        new_state,
+        tcp_state::LISTEN,
+        tcp_state::SYN_RECV,
         flag::ACCEPTED,
         |owner, netns| {
             *owner = *listener(&listener_key(netns, local_port));
@@ -593,7 +600,12 @@ fn open_flow(
     slot._pad = [0; 7];
     // SAFETY: helper without arguments.
     slot.opened_ns = unsafe { bpf_ktime_get_boot_ns() };
-    slot.established_ns = 0;
+    // An accepted flow is opened as it is established (see `open_accepted`).
+    slot.established_ns = if flags & flag::ACCEPTED != 0 {
+        slot.opened_ns
+    } else {
+        0
+    };
     slot.latest_ns = 0;
     if FLOWS.insert(&cookie, &*slot, 0).is_ok() {
         return;

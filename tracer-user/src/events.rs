@@ -491,11 +491,33 @@ impl ResetReasons {
     pub fn name(&self, reason: i32) -> Option<&str> {
         self.0.get(&i64::from(reason)).map(String::as_str)
     }
+
+    /// The reason of a RST this host sent: the kernel's name for it, else `NO_SOCKET` for one
+    /// sent without a socket (kernels before 6.10 give no reason; the kfree_skb program
+    /// reports those RSTs, which answer a port nobody listens on).
+    pub fn of_reset(&self, event: &Event) -> Option<&str> {
+        self.name(event.detail)
+            .or(event.no_socket.then_some("NO_SOCKET"))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reset_without_a_socket_is_no_socket_where_the_kernel_gives_no_reason() {
+        let mut rst = sample_event(EventKind::ResetSent, 0, 1);
+        rst.no_socket = true;
+        // 6.1: no reason names at all.
+        assert_eq!(ResetReasons::default().of_reset(&rst), Some("NO_SOCKET"));
+        // 6.10+: the kernel's own name wins.
+        let named = ResetReasons::new(vec![(0, "NOT_SPECIFIED".into())]);
+        assert_eq!(named.of_reset(&rst), Some("NOT_SPECIFIED"));
+        rst.no_socket = false;
+        rst.detail = 7;
+        assert_eq!(ResetReasons::default().of_reset(&rst), None);
+    }
 
     fn wire(kind: u8, family: u16) -> FlowEvent {
         let mut local_addr = [0u8; 16];

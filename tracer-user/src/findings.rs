@@ -818,13 +818,11 @@ impl Correlator {
     }
 
     fn local_reset(&mut self, event: &Event, evidence: &[Event]) -> Finding {
-        let reason = match self.reasons.name(event.detail) {
-            Some(name) => name.to_owned(),
-            // Kernels before 6.10 give no reason (their RSTs without a socket are seen by
-            // the kfree_skb program): such a RST answers a port nobody listens on.
-            None if event.no_socket => "NO_SOCKET".to_owned(),
-            None => "NOT_SPECIFIED".to_owned(),
-        };
+        let reason = self
+            .reasons
+            .of_reset(event)
+            .unwrap_or("NOT_SPECIFIED")
+            .to_owned();
         let no_socket = event.no_socket || reason == "NO_SOCKET";
         let severity = if no_socket {
             Severity::Warning

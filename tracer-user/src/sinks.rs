@@ -293,7 +293,7 @@ fn detail(event: &Event, reasons: &ResetReasons) -> Detail {
         }
         EventKind::Retransmit if event.detail != 0 => detail.error = Some(errno_name(event.detail)),
         EventKind::ResetSent => {
-            detail.reason = reasons.name(event.detail).map(str::to_owned);
+            detail.reason = reasons.of_reset(event).map(str::to_owned);
         }
         _ => {}
     }
