@@ -10,11 +10,14 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 mod bench;
+mod vm;
 use clap::{Parser, Subcommand};
 
 /// The bpf-linker release known to build against the nightly toolchain's LLVM here.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const NIGHTLY: &str = "nightly";
+/// Set to 1 to leave the kernel matrix (vm-test) out of `cargo xtask test`.
+const SKIP_VM: &str = "SHUFFLETRACE_SKIP_VM";
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "shuffletrace developer tasks")]
@@ -36,9 +39,23 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Setup, then: cargo fmt --check, clippy -D warnings, unit tests, and the root
-    /// integration tests (network namespaces, real traffic, the real binary).
+    /// Setup, then: cargo fmt --check, clippy -D warnings, unit tests, the root
+    /// integration tests (network namespaces, real traffic, the real binary), and last the
+    /// kernel matrix of `vm-test` (skipped when SHUFFLETRACE_SKIP_VM=1).
     Test,
+    /// Setup, then boot Debian's kernel packages under qemu and run the root integration
+    /// tests inside each, against the freshly built binary.
+    ///
+    /// KERNEL is a short name: 6.1, 6.1-generic, 6.12, 6.12-generic, 5.10 (default: 6.1 6.12
+    /// 5.10, the cloud flavours). The packages are resolved through Debian's meta packages
+    /// with private apt lists under target/vm (the host's lists and status are untouched)
+    /// and cached under target/vm/kernels. Full kernels run the scenario list; 5.10
+    /// (degraded) runs a start-up check. Serial logs: target/vm/logs/KERNEL.log. Needs
+    /// qemu-system-x86, busybox-static, kmod and cpio (installed with apt-get when missing).
+    ///
+    /// `cargo xtask test` runs the default matrix as its last step; set
+    /// SHUFFLETRACE_SKIP_VM=1 to skip it there for a quick local run.
+    VmTest(vm::VmArgs),
     /// Setup, build, then measure overhead against untraced runs and bpftrace (root):
     /// connection churn, refused connects, bulk throughput, start-up and memory.
     Bench,
@@ -51,6 +68,7 @@ fn main() -> ExitCode {
         Task::Build => setup().and_then(|()| build()),
         Task::Run { args } => setup().and_then(|()| build()).and_then(|()| run(&args)),
         Task::Test => setup().and_then(|()| test()),
+        Task::VmTest(args) => setup().and_then(|()| vm::run(&args)),
         Task::Bench => setup()
             .and_then(|()| build())
             .and_then(|()| run_checked(cargo().args(["build", "--release", "--package", "stload"])))
@@ -271,5 +289,12 @@ fn test() -> Result<()> {
         "k8s",
         "--",
         "--test-threads=1",
-    ]))
+    ]))?;
+
+    // Last: the same tests inside Debian's kernels under qemu (minutes under TCG).
+    if env::var_os(SKIP_VM).is_some_and(|v| v == "1") {
+        eprintln!("xtask: {SKIP_VM}=1: skipping the kernel matrix (cargo xtask vm-test)");
+        return Ok(());
+    }
+    vm::run(&vm::VmArgs::default_matrix())
 }
