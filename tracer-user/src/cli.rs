@@ -1,12 +1,12 @@
 //! Command line: `shuffletrace [run] [--ports LIST] [--format text|json] [--duration D] ...`.
 
-use std::{fmt, time::Duration};
+use crate::{
+    config::{Format, NatIdle, ReportFormat, Thresholds, parse_duration},
+    error::UsageError,
+    services::DEFAULT_PORTS,
+};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-
-/// The seed's port table: HTTPS UI/API, alternative REST API, HiveServer2/Thrift, Spark
-/// Connect, the executor shuffle service, the driver UI and the Hive metastore.
-pub const DEFAULT_PORTS: &str = "7337,10000,10001,4040,9083,443,8443";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -17,7 +17,7 @@ pub const DEFAULT_PORTS: &str = "7337,10000,10001,4040,9083,443,8443";
                   10000, Spark Connect 10001, ...) with eBPF programs on the kernel's TCP \
                   tracepoints, in every network namespace of this host. Needs root (or \
                   CAP_BPF and CAP_PERFMON). Without a subcommand it runs `shuffletrace run`.",
-    after_long_help = crate::programs::kernel_help(),
+    after_long_help = crate::kernel::programs::kernel_help(),
     args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
@@ -47,8 +47,8 @@ pub struct ReportArgs {
     pub inputs: Vec<std::path::PathBuf>,
 
     /// `markdown` (renders in GitHub and Jira) or `json` (one document).
-    #[arg(long, value_enum, default_value_t = ReportFormat::Markdown)]
-    pub format: ReportFormat,
+    #[arg(long, value_enum, default_value_t = ReportFormatArg::Markdown)]
+    pub format: ReportFormatArg,
 
     /// Only lines at or after this time: RFC 3339, or a duration ago (`2h`).
     #[arg(long, value_name = "T")]
@@ -72,10 +72,20 @@ pub struct ReportArgs {
     pub skip_bad: bool,
 }
 
+/// `report --format` (see `config::ReportFormat`).
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReportFormat {
+pub enum ReportFormatArg {
     Markdown,
     Json,
+}
+
+impl From<ReportFormatArg> for ReportFormat {
+    fn from(arg: ReportFormatArg) -> Self {
+        match arg {
+            ReportFormatArg::Markdown => Self::Markdown,
+            ReportFormatArg::Json => Self::Json,
+        }
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -92,8 +102,8 @@ pub struct ProbeArgs {
     pub timeout: String,
 
     /// `text` (a table) or `json` (one NDJSON line per port).
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    pub format: Format,
+    #[arg(long, value_enum, default_value_t = FormatArg::Text)]
+    pub format: FormatArg,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -104,8 +114,8 @@ pub struct RunArgs {
     pub ports: String,
 
     /// Output format: `text` (a readable line per event) or `json` (NDJSON, one object a line).
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    pub format: Format,
+    #[arg(long, value_enum, default_value_t = FormatArg::Text)]
+    pub format: FormatArg,
 
     /// Stop after this long (`30s`, `5m`, `1h`): detach, drain, flush and exit 0. Without it,
     /// run until SIGINT or SIGTERM, which do the same.
@@ -192,7 +202,7 @@ pub struct FindingArgs {
 }
 
 impl FindingArgs {
-    pub fn config(&self) -> Result<crate::findings::Config, UsageError> {
+    pub fn thresholds(&self) -> Result<Thresholds, UsageError> {
         let nanos = |flag: &str, text: &str| -> Result<u64, UsageError> {
             parse_duration(text)
                 .map(|d| d.as_nanos() as u64)
@@ -208,157 +218,28 @@ impl FindingArgs {
                 "invalid --synack-retransmits 0: must be at least 1".into(),
             ));
         }
-        Ok(crate::findings::Config {
+        Ok(Thresholds {
             storm_retransmits: self.storm_retransmits,
             storm_window_ns: nanos("--storm-window", &self.storm_window)?,
             synack_retransmits: self.synack_retransmits,
             aggregate_window_ns: nanos("--aggregate-window", &self.aggregate_window)?,
-            nat_idle: crate::idle::NatIdle::parse(&self.nat_idle)?,
-            hz: 0,
+            nat_idle: NatIdle::parse(&self.nat_idle)?,
         })
     }
 }
 
+/// `--format` of `run` and `probe` (see `config::Format`).
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
+pub enum FormatArg {
     Text,
     Json,
 }
 
-/// A command-line value that does not parse; printed as one line, exit status 2.
-#[derive(Debug, PartialEq, Eq)]
-pub struct UsageError(pub String);
-
-impl fmt::Display for UsageError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UsageError {}
-
-/// Parses a watched-port list: comma-separated ports and `low-high` ranges, 1..=65535.
-/// Returns the sorted, de-duplicated ports.
-pub fn parse_ports(list: &str) -> Result<Vec<u16>, UsageError> {
-    let bad = |token: &str, why: &str| {
-        UsageError(format!(
-            "invalid --ports list {list:?}: {token:?} {why} (expected ports 1-65535 or ranges \
-             like 10000-10001, comma separated)"
-        ))
-    };
-    if list.trim().is_empty() {
-        return Err(bad("", "is empty"));
-    }
-    let port = |token: &str| -> Result<u16, UsageError> {
-        match token.trim().parse::<u32>() {
-            Ok(0) => Err(bad(token, "is not a port: port 0 cannot be watched")),
-            Ok(n) if n > 65535 => Err(bad(token, "is out of range")),
-            Ok(n) => Ok(n as u16),
-            Err(_) => Err(bad(token, "is not a port number")),
+impl From<FormatArg> for Format {
+    fn from(arg: FormatArg) -> Self {
+        match arg {
+            FormatArg::Text => Self::Text,
+            FormatArg::Json => Self::Json,
         }
-    };
-    let mut ports = Vec::new();
-    for token in list.split(',') {
-        if token.trim().is_empty() {
-            return Err(bad(token, "is an empty entry"));
-        }
-        match token.split_once('-') {
-            Some((low, high)) => {
-                let (low, high) = (port(low)?, port(high)?);
-                if low > high {
-                    return Err(bad(token, "is a range whose start is above its end"));
-                }
-                ports.extend(low..=high);
-            }
-            None => ports.push(port(token)?),
-        }
-    }
-    ports.sort_unstable();
-    ports.dedup();
-    Ok(ports)
-}
-
-/// Parses `--duration`: `30s`, `5m`, `1h`, `1h30m`, `250ms`.
-pub fn parse_duration(text: &str) -> Result<Duration, UsageError> {
-    match humantime::parse_duration(text.trim()) {
-        Ok(d) if d.is_zero() => Err(UsageError(format!(
-            "invalid --duration {text:?}: must be longer than zero"
-        ))),
-        Ok(d) => Ok(d),
-        Err(e) => Err(UsageError(format!(
-            "invalid --duration {text:?}: {e} (examples: 30s, 5m, 1h)"
-        ))),
-    }
-}
-
-/// Compact rendering of a sorted port list, ranges folded: `443,4040,7337,10000-10001`.
-pub fn format_ports(ports: &[u16]) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut i = 0;
-    while i < ports.len() {
-        let start = ports[i];
-        let mut end = start;
-        while i + 1 < ports.len() && ports[i + 1] == end + 1 {
-            i += 1;
-            end = ports[i];
-        }
-        parts.push(if start == end {
-            start.to_string()
-        } else {
-            format!("{start}-{end}")
-        });
-        i += 1;
-    }
-    parts.join(",")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn default_ports_are_the_seed_table() {
-        assert_eq!(
-            parse_ports(DEFAULT_PORTS).unwrap(),
-            vec![443, 4040, 7337, 8443, 9083, 10000, 10001]
-        );
-    }
-
-    #[test]
-    fn ranges_expand_and_duplicates_fold() {
-        assert_eq!(
-            parse_ports("7337, 10000-10002,7337").unwrap(),
-            vec![7337, 10000, 10001, 10002]
-        );
-        assert_eq!(
-            format_ports(&[443, 7337, 10000, 10001, 10002]),
-            "443,7337,10000-10002"
-        );
-    }
-
-    #[test]
-    fn bad_tokens_are_named() {
-        for (list, token) in [
-            ("0", "\"0\""),
-            ("70000", "\"70000\""),
-            ("7337,abc", "\"abc\""),
-            ("7337,,10000", "\"\""),
-            ("10001-10000", "\"10001-10000\""),
-            ("", "\"\""),
-            ("7337-", "\"\""),
-        ] {
-            let err = parse_ports(list).unwrap_err().0;
-            assert!(err.contains(token), "{list}: {err}");
-            assert!(!err.contains('\n'), "one line: {err}");
-        }
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
-        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
-        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("0s").is_err());
     }
 }

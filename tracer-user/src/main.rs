@@ -4,30 +4,19 @@
 //! findings (`findings`, `remedies`) -> sinks (`sinks`); `pipeline` strings the userspace half
 //! together and `session` runs it against the kernel.
 
-mod btf;
 mod cli;
-mod clock;
+mod config;
+mod error;
 mod events;
 mod findings;
-mod flowkey;
 mod flows;
-mod idle;
-mod k8s;
-mod map_batch;
-mod metrics;
-mod offsets;
+mod kernel;
 mod pipeline;
-mod prefetch;
 mod probe;
-mod probes;
-mod programs;
-mod remedies;
-mod repeats;
 mod report;
+mod services;
 mod session;
 mod sinks;
-mod summaries;
-mod trace;
 
 use std::{io::BufWriter, process::ExitCode, time::Duration};
 
@@ -37,9 +26,8 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 
 use crate::{
-    btf::Btf,
-    cli::{Cli, Command, RunArgs, UsageError},
-    probes::FatalError,
+    cli::{Cli, Command, RunArgs},
+    error::{FatalError, UsageError},
     session::{Session, Settings},
 };
 
@@ -67,62 +55,34 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(error) => {
-            if let Some(usage) = error.downcast_ref::<UsageError>() {
-                eprintln!("shuffletrace: {usage}");
-                ExitCode::from(2)
-            } else if let Some(bad) = error.downcast_ref::<report::BadInput>() {
-                eprintln!("shuffletrace: {bad}");
-                ExitCode::from(2)
-            } else if let Some(fatal) = error.downcast_ref::<FatalError>() {
-                eprintln!("shuffletrace: {fatal}");
-                ExitCode::from(1)
-            } else {
-                eprintln!("shuffletrace: error: {error:#}");
-                ExitCode::from(1)
-            }
+            let (message, code) = error::exit_status(&error);
+            eprintln!("shuffletrace: {message}");
+            code
         }
     }
 }
 
-/// Checks privileges and reads the kernel's BTF: what every tracing command needs first.
-pub fn prepare() -> Result<Btf> {
-    probes::check_privileges()?;
-    probes::start_kernel_reads();
-    session::start_kernel_reads();
-    let started = std::time::Instant::now();
-    let btf = Btf::from_kernel().map_err(|e| FatalError(format!("{e:#}")))?;
-    tracing::debug!("kernel BTF parsed in {:?}", started.elapsed());
-    Ok(btf)
-}
-
-pub fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
-}
-
 fn run(args: RunArgs) -> Result<ExitCode> {
-    let ports = cli::parse_ports(&args.ports)?;
+    let ports = config::parse_ports(&args.ports)?;
     let duration = args
         .duration
         .as_deref()
-        .map(cli::parse_duration)
+        .map(config::parse_duration)
         .transpose()?;
-    let findings = args.findings.config()?;
+    let findings = args.findings.thresholds()?;
     let export = &args.export;
-    let max_size = trace::parse_size(&export.trace_max_size).ok_or_else(|| {
+    let max_size = sinks::trace::parse_size(&export.trace_max_size).ok_or_else(|| {
         UsageError(format!(
             "invalid --trace-max-size {:?}: use a size like 64MiB or 10MB",
             export.trace_max_size
         ))
     })?;
-    let stats_interval = cli::parse_duration(&export.stats_interval)
+    let stats_interval = config::parse_duration(&export.stats_interval)
         .map_err(|e| UsageError(e.0.replace("--duration", "--stats-interval")))?;
-    let btf = prepare()?;
+    let btf = session::prepare()?;
     let trace = match &export.trace_dir {
         Some(dir) => Some(
-            trace::TraceWriter::new(dir, max_size, export.trace_keep).map_err(|e| {
+            sinks::trace::TraceWriter::new(dir, max_size, export.trace_keep).map_err(|e| {
                 FatalError(format!(
                     "cannot write trace files in {}: {e}; pick a writable --trace-dir",
                     dir.display()
@@ -131,19 +91,19 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         ),
         None => None,
     };
-    let metrics = export.metrics_addr.map(|_| metrics::Metrics::new());
+    let metrics = export.metrics_addr.map(|_| sinks::metrics::Metrics::new());
     let settings = Settings {
         ports: &ports,
         max_flows: args.max_flows,
         findings,
-        format: args.format,
+        format: args.format.into(),
         findings_only: args.findings.findings_only,
         trace,
         metrics: metrics.clone(),
         stats_interval,
         host_root: Some(args.host_root.clone()),
     };
-    runtime()?.block_on(async {
+    session::runtime()?.block_on(async {
         if let (Some(metrics), Some(addr)) = (&metrics, export.metrics_addr) {
             metrics
                 .serve(addr)

@@ -7,17 +7,19 @@ use tracer_ebpf::FlowActivity;
 use tracing::warn;
 
 use crate::{
-    clock::BootClock,
-    events::{self, Event, EventKind, ResetReasons},
-    findings::{Aggregator, Config, Correlator, Finding},
-    flowkey::FlowKeys,
-    flows::{Flow, FlowTable},
-    idle::{self, ActivitySource, Check, KeepaliveSettings},
-    metrics::Metrics,
-    probes::KernelCounters,
-    repeats::{RepeatSource, Repeats},
+    config::Thresholds,
+    events::clock::BootClock,
+    events::keepalive::KeepaliveSettings,
+    events::repeats::Repeats,
+    events::sources::{ActivitySource, RepeatSource},
+    events::{self, Event, EventKind, KernelFacts},
+    findings::idle::{self, Check},
+    findings::{Aggregator, Correlator, Finding, Flow, FlowTable},
+    flows::summaries::FlowSummaries,
+    kernel::counters::KernelCounters,
+    kernel::flowkey::FlowKeys,
+    sinks::metrics::Metrics,
     sinks::{Output, Totals},
-    summaries::FlowSummaries,
 };
 
 /// Hands freed heap back to the kernel: glibc keeps it for reuse, and a 24/7 collector would
@@ -37,7 +39,9 @@ const TRIM_AFTER_EXPIRED: usize = 10_000;
 /// The userspace half of the data path (events -> flows -> findings -> sinks), and its
 /// counts.
 pub struct Pipeline<W: Write> {
-    config: Config,
+    /// The kernel's tick rate (keepalive settings are in jiffies): a fact, read at start.
+    hz: u32,
+    config: Thresholds,
     pub output: Output<W>,
     pub flows: FlowTable,
     /// Clean quiet flows, counted (the kernel sends one summary record each).
@@ -55,10 +59,10 @@ pub struct Pipeline<W: Write> {
     captured: Option<Vec<Finding>>,
     pub metrics: Option<Metrics>,
     /// Kubernetes pod attribution (`--host-root`).
-    pub attributor: Option<crate::k8s::Attributor>,
+    pub attributor: Option<crate::events::k8s::Attributor>,
     /// Period of `stats` lines, and when the last one was written.
     pub stats_interval_ns: u64,
-    /// How the kernel's flow keys are shown (see `crate::flowkey`).
+    /// How the kernel's flow keys are shown (see `crate::kernel::flowkey`).
     pub flow_keys: FlowKeys,
     last_stats_ns: u64,
     /// Cookie -> last-data time of the idle period reported for it (bounded by the kernel's
@@ -80,13 +84,19 @@ struct Metered {
 }
 
 impl<W: Write> Pipeline<W> {
-    pub fn new(output: Output<W>, config: Config, reasons: ResetReasons, max_flows: usize) -> Self {
+    pub fn new(
+        output: Output<W>,
+        config: Thresholds,
+        facts: KernelFacts,
+        max_flows: usize,
+    ) -> Self {
         Self {
             config,
+            hz: facts.hz,
             output,
             flows: FlowTable::new(max_flows),
             summaries: FlowSummaries::default(),
-            correlator: Correlator::new(config, reasons),
+            correlator: Correlator::new(config, facts.reasons),
             aggregator: Aggregator::new(config.aggregate_window_ns, max_flows),
             findings_only: false,
             totals: Totals::default(),
@@ -188,7 +198,7 @@ impl<W: Write> Pipeline<W> {
             self.summaries.add(&event);
             self.correlator.note_summary(&event);
             if let Some(metrics) = &self.metrics {
-                let (port, side) = crate::summaries::port_and_side(&event);
+                let (port, side) = crate::flows::summaries::port_and_side(&event);
                 metrics.clean_flow(port, side);
             }
             return;
@@ -237,7 +247,7 @@ impl<W: Write> Pipeline<W> {
         // would let a flow pass 90% of the threshold unreported).
         let interval = idle::scan_interval_ns(&self.config.nat_idle);
         self.next_idle_scan_ns = now + interval - interval / 10;
-        let (nat, hz) = (self.config.nat_idle, self.config.hz);
+        let (nat, hz) = (self.config.nat_idle, self.hz);
         let reported = &self.idle_reported;
         let mut still_reported = HashMap::new();
         let mut at_risk = Vec::new();

@@ -12,9 +12,11 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::{
-    cli::{self, Format, ProbeArgs, UsageError},
-    findings::{Config, Finding, FindingKind},
-    remedies::service_name,
+    cli::ProbeArgs,
+    config::{self, Format, Thresholds},
+    error::UsageError,
+    findings::{Finding, FindingKind},
+    services::service_name,
     session::{Session, Settings},
     sinks::SCHEMA_VERSION,
 };
@@ -104,22 +106,21 @@ fn resolve(host: &str) -> Result<IpAddr, UsageError> {
 
 /// Runs the probe; Ok(true) when every port is open.
 pub fn run(args: ProbeArgs) -> Result<bool> {
-    let ports = cli::parse_ports(&args.ports)?;
-    let timeout = cli::parse_duration(&args.timeout)
+    let ports = config::parse_ports(&args.ports)?;
+    let timeout = config::parse_duration(&args.timeout)
         .map_err(|e| UsageError(e.0.replace("--duration", "--timeout")))?;
     let ip = resolve(&args.host)?;
-    let btf = crate::prepare()?;
+    let btf = crate::session::prepare()?;
     let settings = Settings {
         ports: &ports,
         max_flows: 4096,
-        findings: Config {
+        findings: Thresholds {
             storm_retransmits: 5,
             storm_window_ns: 10_000_000_000,
             synack_retransmits: 2,
             // Every port is its own finding: nothing to fold.
             aggregate_window_ns: 1,
-            nat_idle: crate::idle::NatIdle::parse("aws")?,
-            hz: 0,
+            nat_idle: crate::config::NatIdle::parse("aws")?,
         },
         format: Format::Json,
         findings_only: true,
@@ -128,7 +129,7 @@ pub fn run(args: ProbeArgs) -> Result<bool> {
         stats_interval: Duration::from_secs(3600),
         host_root: None,
     };
-    let results = crate::runtime()?.block_on(async {
+    let results = crate::session::runtime()?.block_on(async {
         let mut session = Session::start(btf, settings, io::sink())?;
         session.pipeline.capture();
         // All ports at once: the attempts run as tasks while the session drains the kernel.
@@ -165,7 +166,7 @@ pub fn run(args: ProbeArgs) -> Result<bool> {
         )
     })?;
     let mut out = io::stdout().lock();
-    match args.format {
+    match Format::from(args.format) {
         Format::Json => write_json(&mut out, &args.host, &results)?,
         Format::Text => write_table(&mut out, &args.host, &results)?,
     }

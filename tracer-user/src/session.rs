@@ -10,15 +10,15 @@ use tokio::io::{Interest, unix::AsyncFd};
 use tracing::{info, warn};
 
 use crate::{
-    btf::Btf,
-    cli::{self, Format},
-    clock::BootClock,
-    events::ResetReasons,
-    findings::Config,
-    idle, offsets,
+    config::{self, Format, Thresholds},
+    events::clock::BootClock,
+    events::{KernelFacts, ResetReasons},
+    kernel::btf::Btf,
+    kernel::counters::KernelCounters,
+    kernel::loader::{KernelPrograms, LoadOptions},
+    kernel::offsets,
+    kernel::prefetch::Prefetch,
     pipeline::Pipeline,
-    prefetch::Prefetch,
-    probes::{KernelCounters, Probes},
     sinks::{Context, Output, Totals},
 };
 
@@ -57,7 +57,7 @@ static KERNEL_HZ: Prefetch<Result<(u32, &'static str), String>> = Prefetch::new(
 
 /// Starts reading what the session needs from the kernel, in the background.
 pub fn start_kernel_reads() {
-    KERNEL_HZ.start(|| idle::kernel_hz(&kernel_release()));
+    KERNEL_HZ.start(|| crate::kernel::hz::kernel_hz(&kernel_release()));
 }
 
 fn kernel_release() -> String {
@@ -70,18 +70,18 @@ fn kernel_release() -> String {
 pub struct Settings<'a> {
     pub ports: &'a [u16],
     pub max_flows: u32,
-    pub findings: Config,
+    pub findings: Thresholds,
     pub format: Format,
     pub findings_only: bool,
-    pub trace: Option<crate::trace::TraceWriter>,
-    pub metrics: Option<crate::metrics::Metrics>,
+    pub trace: Option<crate::sinks::trace::TraceWriter>,
+    pub metrics: Option<crate::sinks::metrics::Metrics>,
     pub stats_interval: Duration,
     /// Root of the host's filesystem for pod attribution; None turns attribution off.
     pub host_root: Option<std::path::PathBuf>,
 }
 
 pub struct Session<W: Write> {
-    probes: Probes,
+    probes: KernelPrograms,
     ring: AsyncFd<RingBuf<MapData>>,
     pub pipeline: Pipeline<W>,
     housekeeping_every: Duration,
@@ -92,25 +92,29 @@ impl<W: Write> Session<W> {
     /// Takes the kernel's parsed BTF and frees it once the programs are loaded: it is the
     /// largest allocation the collector ever makes, and never needed again.
     pub fn start(btf: Btf, settings: Settings<'_>, out: W) -> Result<Self> {
-        let mut probes = Probes::load(
-            &btf,
-            settings.ports,
-            settings.max_flows,
-            settings.findings.nat_idle.threshold_ns() / 2,
-            settings.findings.aggregate_window_ns,
-            settings
+        let options = LoadOptions {
+            ports: settings.ports,
+            max_flows: settings.max_flows,
+            // An idle period is marked at half the NAT threshold.
+            idle_mark_ns: settings.findings.nat_idle.threshold_ns() / 2,
+            repeat_window_ns: settings.findings.aggregate_window_ns,
+            host_root: settings
                 .host_root
                 .as_deref()
                 .unwrap_or(std::path::Path::new("/")),
-        )?;
+        };
+        let mut probes = KernelPrograms::load(&btf, &options)?;
         let ring = readable(probes.take_events()?).context("polling the ring buffer")?;
 
         let kernel = kernel_release();
         let reasons = ResetReasons::new(offsets::reset_reasons(&btf));
         drop(btf);
         crate::pipeline::release_freed_memory();
-        let mut findings = settings.findings;
-        findings.hz = match KERNEL_HZ.take().unwrap_or_else(|| idle::kernel_hz(&kernel)) {
+        let findings = settings.findings;
+        let hz = match KERNEL_HZ
+            .take()
+            .unwrap_or_else(|| crate::kernel::hz::kernel_hz(&kernel))
+        {
             Ok((hz, source)) => {
                 tracing::debug!("kernel HZ {hz} (from {source})");
                 hz
@@ -129,14 +133,19 @@ impl<W: Write> Session<W> {
         if let Some(trace) = settings.trace {
             output.set_trace(trace);
         }
-        let mut pipeline = Pipeline::new(output, findings, reasons, settings.max_flows as usize);
+        let mut pipeline = Pipeline::new(
+            output,
+            findings,
+            KernelFacts { hz, reasons },
+            settings.max_flows as usize,
+        );
         pipeline.findings_only = settings.findings_only;
         pipeline.flow_keys = probes.flow_keys;
         pipeline.metrics = settings.metrics;
         pipeline.attributor = settings
             .host_root
             .as_deref()
-            .map(crate::k8s::Attributor::new);
+            .map(crate::events::k8s::Attributor::new);
         pipeline.stats_interval_ns = settings.stats_interval.as_nanos() as u64;
         pipeline
             .output
@@ -154,7 +163,7 @@ impl<W: Write> Session<W> {
                 missing.tracepoint, missing.reason
             );
         }
-        let unavailable = crate::programs::unavailable_kinds(
+        let unavailable = crate::kernel::programs::unavailable_kinds(
             &probes
                 .missing
                 .iter()
@@ -170,7 +179,7 @@ impl<W: Write> Session<W> {
         info!(
             "watching TCP ports {} on node {} (kernel {kernel}); attached {} of {} kernel \
              programs; NAT idle timeout {}",
-            cli::format_ports(settings.ports),
+            config::format_ports(settings.ports),
             pipeline.output.context().node,
             probes.attached.len(),
             probes.attached.len() + probes.missing.len(),
@@ -253,4 +262,22 @@ impl<W: Write> Session<W> {
         );
         Ok((self.pipeline, totals, counters))
     }
+}
+
+/// Checks privileges and reads the kernel's BTF: what every tracing command needs first.
+pub fn prepare() -> Result<Btf> {
+    crate::kernel::privileges::check_privileges()?;
+    crate::kernel::loader::start_kernel_reads();
+    start_kernel_reads();
+    let started = std::time::Instant::now();
+    let btf = Btf::from_kernel().map_err(|e| crate::error::FatalError(format!("{e:#}")))?;
+    tracing::debug!("kernel BTF parsed in {:?}", started.elapsed());
+    Ok(btf)
+}
+
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }

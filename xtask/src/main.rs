@@ -238,7 +238,16 @@ fn ensure_command(command: &str, package: &str) -> Result<()> {
 
 fn test() -> Result<()> {
     run_checked(cargo().args(["fmt", "--all", "--", "--check"]))?;
-    run_checked(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    // The root integration tests too (they are built only with their feature).
+    run_checked(cargo().args([
+        "clippy",
+        "--all-targets",
+        "--features",
+        "tracer-user/root-tests",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     // Unit tests: decoding, correlation, parsing (no root needed).
     run_checked(cargo().args(["test", "--package", "tracer-user", "--bins"]))?;
 
@@ -273,6 +282,8 @@ fn test() -> Result<()> {
         "test",
         "--package",
         "tracer-user",
+        "--features",
+        "root-tests",
         "--test",
         "live",
         "--test",

@@ -529,7 +529,15 @@ struct TestBuild {
 /// executables, and the tracer's, from cargo's JSON messages.
 fn build_tests() -> Result<TestBuild> {
     let mut cmd = cargo();
-    cmd.args(["test", "--package", "tracer-user"]);
+    // The root integration tests are built only with this feature (see tracer-user's
+    // Cargo.toml).
+    cmd.args([
+        "test",
+        "--package",
+        "tracer-user",
+        "--features",
+        "root-tests",
+    ]);
     for target in TEST_TARGETS {
         cmd.args(["--test", target]);
     }

@@ -2,146 +2,25 @@
 //! `--format json` output): header, findings grouped by kind and destination, a timeline,
 //! evidence excerpts, remedies, and whether evidence was lost.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    fmt::Write as _,
-    fs::File,
-    io::{BufRead, BufReader, Read},
-    path::{Path, PathBuf},
-    time::SystemTime,
-};
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::{
-    cli::{ReportArgs, ReportFormat, UsageError},
-    sinks::SCHEMA_VERSION,
-    trace,
-};
+use crate::{cli::ReportArgs, config::ReportFormat, sinks::SCHEMA_VERSION};
+
+mod input;
+mod markdown;
+
+use input::input_files;
+#[cfg(test)]
+use input::parse_line;
+pub use input::{parse_time, read_lines};
+pub use markdown::markdown;
 
 /// Lines shown in the timeline, and evidence items per group.
 const TIMELINE: usize = 20;
 const EVIDENCE: usize = 5;
-
-/// A line that cannot be read: names the file and line; exit status 2.
-#[derive(Debug)]
-pub struct BadInput(pub String);
-
-impl std::fmt::Display for BadInput {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for BadInput {}
-
-/// The files to read, in order: files as given, directories' trace files oldest first.
-fn input_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, BadInput> {
-    let mut files = Vec::new();
-    for path in paths {
-        if path.is_dir() {
-            let found = trace::trace_files(path)
-                .map_err(|e| BadInput(format!("cannot read directory {}: {e}", path.display())))?;
-            if found.is_empty() {
-                return Err(BadInput(format!(
-                    "{} holds no shuffletrace trace files (shuffletrace-*.ndjson[.gz])",
-                    path.display()
-                )));
-            }
-            files.extend(found);
-        } else if path.exists() {
-            files.push(path.clone());
-        } else {
-            return Err(BadInput(format!(
-                "{}: no such file or directory",
-                path.display()
-            )));
-        }
-    }
-    Ok(files)
-}
-
-fn open(path: &Path) -> Result<Box<dyn Read>, BadInput> {
-    let file =
-        File::open(path).map_err(|e| BadInput(format!("cannot read {}: {e}", path.display())))?;
-    let gz = path.extension().is_some_and(|e| e == "gz");
-    Ok(if gz {
-        Box::new(flate2::read::GzDecoder::new(file))
-    } else {
-        Box::new(file)
-    })
-}
-
-/// Parses one line; the error says what is wrong with it.
-fn parse_line(text: &str, complete: bool) -> Result<Value, String> {
-    let value: Value = match serde_json::from_str(text) {
-        Ok(value) => value,
-        Err(_) if !complete => return Err("truncated line (the file was cut)".into()),
-        Err(e) => return Err(format!("not JSON ({e})")),
-    };
-    if !value.is_object() || !value["type"].is_string() {
-        return Err("not a shuffletrace line (no \"type\")".into());
-    }
-    match value["v"].as_u64() {
-        Some(v) if v == u64::from(SCHEMA_VERSION) => Ok(value),
-        Some(v) => Err(format!(
-            "schema version {v}; this shuffletrace reads version {SCHEMA_VERSION}"
-        )),
-        None => Err("no schema version (\"v\")".into()),
-    }
-}
-
-/// Every line of every file, checked. With `skip_bad`, bad lines are counted instead.
-pub fn read_lines(paths: &[PathBuf], skip_bad: bool) -> Result<(Vec<Value>, u64), BadInput> {
-    let mut lines = Vec::new();
-    let mut skipped = 0;
-    for path in input_files(paths)? {
-        let mut reader = BufReader::new(open(&path)?);
-        let mut number = 0;
-        let mut buf = String::new();
-        loop {
-            buf.clear();
-            let read = reader
-                .read_line(&mut buf)
-                .map_err(|e| BadInput(format!("{}:{}: {e}", path.display(), number + 1)))?;
-            if read == 0 {
-                break;
-            }
-            number += 1;
-            let complete = buf.ends_with('\n');
-            let text = buf.trim_end();
-            if text.is_empty() {
-                continue;
-            }
-            match parse_line(text, complete) {
-                Ok(value) => lines.push(value),
-                Err(_) if skip_bad => skipped += 1,
-                Err(why) => {
-                    return Err(BadInput(format!(
-                        "{}:{number}: {why} (use --skip-bad to skip such lines)",
-                        path.display()
-                    )));
-                }
-            }
-        }
-    }
-    Ok((lines, skipped))
-}
-
-/// `--since`/`--until`: an RFC 3339 time, or a duration meaning that long ago.
-pub fn parse_time(flag: &str, text: &str) -> Result<String, UsageError> {
-    if let Ok(time) = humantime::parse_rfc3339_weak(text.trim()) {
-        return Ok(humantime::format_rfc3339_nanos(time).to_string());
-    }
-    match humantime::parse_duration(text.trim()) {
-        Ok(ago) => Ok(humantime::format_rfc3339_nanos(SystemTime::now() - ago).to_string()),
-        Err(_) => Err(UsageError(format!(
-            "invalid {flag} {text:?}: use an RFC 3339 time (2026-11-22T10:00:00Z) or a \
-             duration ago (2h)"
-        ))),
-    }
-}
 
 #[derive(Serialize, Default, Debug, PartialEq)]
 pub struct Report {
@@ -379,158 +258,6 @@ pub fn build(
     report
 }
 
-/// A table cell: no pipes or line breaks.
-fn cell(text: &str) -> String {
-    text.replace('|', "\\|").replace('\n', " ")
-}
-
-fn list(items: &[String]) -> String {
-    if items.is_empty() {
-        "-".into()
-    } else {
-        items.join(", ")
-    }
-}
-
-fn evidence_line(e: &Value) -> String {
-    let mut line = format!("`{}` {}", text(e, "ts"), text(e, "event"));
-    match (
-        e["old_state"].as_str(),
-        e["new_state"].as_str(),
-        e["state"].as_str(),
-    ) {
-        (Some(old), Some(new), _) => {
-            let _ = write!(line, " {old} -> {new}");
-        }
-        (_, _, Some(state)) => {
-            let _ = write!(line, " in {state}");
-        }
-        _ => {}
-    }
-    for key in ["error", "reason", "class", "direction", "ttl", "peer_ttl"] {
-        match &e[key] {
-            Value::String(s) => {
-                let _ = write!(line, " {key}={s}");
-            }
-            Value::Number(n) => {
-                let _ = write!(line, " {key}={n}");
-            }
-            _ => {}
-        }
-    }
-    let _ = write!(line, " ({} -> {})", text(e, "src"), text(e, "dst"));
-    line
-}
-
-/// The report as Markdown that renders in GitHub and Jira.
-pub fn markdown(report: &Report) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "# shuffletrace report\n");
-    let _ = writeln!(out, "| | |\n|---|---|");
-    let window = match (&report.from, &report.to) {
-        (Some(from), Some(to)) => format!("{from} to {to}"),
-        _ => "-".into(),
-    };
-    let ports: Vec<String> = report.ports.iter().map(u64::to_string).collect();
-    for (key, value) in [
-        ("Nodes", list(&report.nodes)),
-        ("Time window", window),
-        ("Ports watched", list(&ports)),
-        ("Kernel", list(&report.kernels)),
-        ("shuffletrace", list(&report.versions)),
-        (
-            "Findings",
-            format!("{} in {} groups", report.findings, report.groups.len()),
-        ),
-        ("Lost events", report.lost_events.to_string()),
-        ("Files", list(&report.files)),
-    ] {
-        let _ = writeln!(out, "| {key} | {} |", cell(&value));
-    }
-    if report.evidence_incomplete {
-        let _ = writeln!(
-            out,
-            "\n> **Evidence may be incomplete:** {} events were lost in this window{}.",
-            report.lost_events,
-            if report.skipped_lines > 0 {
-                format!(
-                    " and {} unreadable lines were skipped",
-                    report.skipped_lines
-                )
-            } else {
-                String::new()
-            }
-        );
-    }
-    let _ = writeln!(out, "\n## Findings\n");
-    if report.groups.is_empty() {
-        let _ = writeln!(out, "No findings in this window.");
-    } else {
-        let _ = writeln!(
-            out,
-            "| Severity | Kind | Endpoint | Service | Count | First | Last | Processes |\n\
-             |---|---|---|---|---|---|---|---|"
-        );
-        for g in &report.groups {
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {} | {} | {} | {} | {} |",
-                g.severity,
-                g.kind,
-                cell(&g.endpoint),
-                cell(g.service.as_deref().unwrap_or("-")),
-                g.count,
-                g.first_ts,
-                g.last_ts,
-                cell(&list(&g.processes))
-            );
-        }
-    }
-    if !report.timeline.is_empty() {
-        let _ = writeln!(out, "\n## Timeline\n");
-        let _ = writeln!(
-            out,
-            "| Time | Kind | Node | From | To | Process | Count |\n|---|---|---|---|---|---|---|"
-        );
-        for t in &report.timeline {
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {} | {} | {} | {} |",
-                t.ts,
-                t.kind,
-                cell(&t.node),
-                cell(&t.src),
-                cell(&t.dst),
-                cell(&t.process),
-                t.count
-            );
-        }
-    }
-    for g in &report.groups {
-        let service = g
-            .service
-            .as_deref()
-            .map(|s| format!(" ({s})"))
-            .unwrap_or_default();
-        let _ = writeln!(out, "\n### {} {}{service}\n", g.kind, g.endpoint);
-        let _ = writeln!(
-            out,
-            "{} occurrence(s) from {} to {} on {}.\n",
-            g.count,
-            g.first_ts,
-            g.last_ts,
-            list(&g.nodes)
-        );
-        let _ = writeln!(out, "{}\n", g.summary);
-        let _ = writeln!(out, "Evidence:\n");
-        for e in &g.evidence {
-            let _ = writeln!(out, "- {}", evidence_line(e));
-        }
-        let _ = writeln!(out, "\n**Remedy:** {}", g.remedy);
-    }
-    out
-}
-
 /// Runs `shuffletrace report`.
 pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
     let since = args
@@ -559,7 +286,7 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
     if args.skip_bad && skipped > 0 {
         tracing::warn!("skipped {skipped} unreadable lines");
     }
-    let text = match args.format {
+    let text = match ReportFormat::from(args.format) {
         ReportFormat::Markdown => markdown(&report),
         ReportFormat::Json => serde_json::to_string_pretty(&report)? + "\n",
     };

@@ -6,20 +6,6 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::events::Side;
 
-/// The Spark-side service behind a well-known port.
-pub fn service_name(port: u16) -> Option<&'static str> {
-    Some(match port {
-        443 => "UI / API (HTTPS)",
-        8443 => "REST API (HTTPS, alt)",
-        10000 => "HiveServer2 / Thrift",
-        10001 => "Spark Connect",
-        4040 => "Spark driver UI",
-        7337 => "Spark external shuffle service",
-        9083 => "Hive metastore (Thrift)",
-        _ => return None,
-    })
-}
-
 /// What must be running on the server side for a port to answer.
 fn listener_hint(port: u16) -> &'static str {
     match port {
@@ -195,7 +181,7 @@ pub fn return_path_blocked(server: SocketAddr, client: IpAddr) -> String {
 pub fn nat_idle(
     peer: SocketAddr,
     threshold: std::time::Duration,
-    keepalive: Option<&crate::idle::KeepaliveSettings>,
+    keepalive: Option<&crate::events::keepalive::KeepaliveSettings>,
     server: bool,
 ) -> String {
     let t = threshold.as_secs_f64();

@@ -2,12 +2,13 @@
 //! same flow need (its owner, state and counts). Bounded: past `capacity` the closed flows go
 //! first, then the least recently seen; every eviction is counted.
 
+pub mod summaries;
+
 use std::{collections::HashMap, net::SocketAddr};
 
 use crate::{
+    events::keepalive::KeepaliveSettings,
     events::{Event, EventKind, Owner, Side},
-    findings::Track,
-    idle::KeepaliveSettings,
 };
 use tracer_ebpf::tcp_state;
 
@@ -18,7 +19,7 @@ const CLOSED_LINGER_NS: u64 = 5_000_000_000;
 const REQUEST_IDLE_NS: u64 = 120_000_000_000;
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct Flow {
+pub struct Flow<T> {
     /// This host's end, with its port once known (a connecting socket has none at SYN_SENT).
     pub local: SocketAddr,
     /// The peer, with its port (the kernel clears it on some paths to CLOSE).
@@ -40,19 +41,20 @@ pub struct Flow {
     /// The keepalive settings the kernel last saw (idle tracking).
     pub keepalive: Option<KeepaliveSettings>,
     /// The flow's pod: None until looked up, then Some(None) when it is in no pod.
-    pub pod: Option<Option<std::sync::Arc<crate::k8s::PodRef>>>,
-    /// Correlation state of the findings engine.
-    pub track: Track,
+    pub pod: Option<Option<std::sync::Arc<crate::events::k8s::PodRef>>>,
+    /// The per-flow state of the stage above (the findings engine's correlation state); the
+    /// table only creates it (`Default`) and hands it out.
+    pub track: T,
 }
 
 #[derive(Debug)]
-pub struct FlowTable {
-    flows: HashMap<u64, Flow>,
+pub struct FlowTable<T> {
+    flows: HashMap<u64, Flow<T>>,
     capacity: usize,
     evictions: u64,
 }
 
-impl FlowTable {
+impl<T: Default> FlowTable<T> {
     pub fn new(capacity: usize) -> Self {
         Self {
             flows: HashMap::new(),
@@ -71,17 +73,17 @@ impl FlowTable {
     }
 
     #[cfg(test)]
-    pub fn get(&self, cookie: u64) -> Option<&Flow> {
+    pub fn get(&self, cookie: u64) -> Option<&Flow<T>> {
         self.flows.get(&cookie)
     }
 
-    pub fn get_mut(&mut self, cookie: u64) -> Option<&mut Flow> {
+    pub fn get_mut(&mut self, cookie: u64) -> Option<&mut Flow<T>> {
         self.flows.get_mut(&cookie)
     }
 
     /// Records `event` in its flow, and fills the event's owner and side from the flow when
     /// the kernel no longer had them (events after the kernel forgot the socket at close).
-    pub fn observe(&mut self, event: &mut Event) -> Option<&mut Flow> {
+    pub fn observe(&mut self, event: &mut Event) -> Option<&mut Flow<T>> {
         if event.cookie == 0 {
             return None; // no socket: nothing to join
         }
@@ -105,7 +107,7 @@ impl FlowTable {
             rx_class: 0,
             keepalive: None,
             pod: None,
-            track: Track::default(),
+            track: T::default(),
         });
         flow.last_ns = flow.last_ns.max(event.boot_ns);
         // The cgroup_skb programs cannot see the netns; the flow's other events can.
@@ -163,7 +165,7 @@ impl FlowTable {
 
     /// Removes flows closed longer than the linger time, and half-open requests idle too
     /// long, and returns them (their findings may still owe an update). Call periodically.
-    pub fn expire(&mut self, now_ns: u64) -> Vec<Flow> {
+    pub fn expire(&mut self, now_ns: u64) -> Vec<Flow<T>> {
         let done: Vec<u64> = self
             .flows
             .iter()
@@ -189,12 +191,12 @@ impl FlowTable {
         expired
     }
 
-    fn remove(&mut self, cookie: u64) -> Option<Flow> {
+    fn remove(&mut self, cookie: u64) -> Option<Flow<T>> {
         self.flows.remove(&cookie)
     }
 
     /// Removes and returns every flow (at shutdown, so pending updates can be written).
-    pub fn drain(&mut self) -> Vec<Flow> {
+    pub fn drain(&mut self) -> Vec<Flow<T>> {
         self.flows.drain().map(|(_, flow)| flow).collect()
     }
 
@@ -245,7 +247,7 @@ mod tests {
 
     #[test]
     fn owner_backfills_events_after_close() {
-        let mut table = FlowTable::new(16);
+        let mut table = FlowTable::<()>::new(16);
         let mut connect = event(1, 1, EventKind::StateChange, 7, 2);
         connect.owner = Some(owner());
         connect.side = Some(Side::Client);
@@ -261,7 +263,7 @@ mod tests {
 
     #[test]
     fn local_port_learned_later_fills_later_events() {
-        let mut table = FlowTable::new(16);
+        let mut table = FlowTable::<()>::new(16);
         let mut connect = event(1, 1, EventKind::StateChange, 7, 2);
         connect.local.set_port(0);
         table.observe(&mut connect);
@@ -275,7 +277,7 @@ mod tests {
 
     #[test]
     fn closed_flows_expire_after_linger() {
-        let mut table = FlowTable::new(16);
+        let mut table = FlowTable::<()>::new(16);
         table.observe(&mut event(1, 0, EventKind::StateChange, 2, 7));
         table.observe(&mut event(2, 0, EventKind::StateChange, 2, 1));
         assert!(table.expire(CLOSED_LINGER_NS - 1).is_empty());
@@ -288,7 +290,7 @@ mod tests {
 
     #[test]
     fn bound_holds_and_evictions_are_counted() {
-        let mut table = FlowTable::new(128);
+        let mut table = FlowTable::<()>::new(128);
         for cookie in 1..=1000u64 {
             table.observe(&mut event(cookie, cookie, EventKind::StateChange, 2, 1));
             assert!(table.len() <= 128);
@@ -301,7 +303,7 @@ mod tests {
 
     #[test]
     fn closed_flows_are_freed_before_open_ones_are_evicted() {
-        let mut table = FlowTable::new(2);
+        let mut table = FlowTable::<()>::new(2);
         table.observe(&mut event(1, 0, EventKind::StateChange, 2, 1));
         table.observe(&mut event(2, 0, EventKind::StateChange, 2, 7));
         table.observe(&mut event(
@@ -317,7 +319,7 @@ mod tests {
 
     #[test]
     fn no_socket_events_are_not_tracked() {
-        let mut table = FlowTable::new(2);
+        let mut table = FlowTable::<()>::new(2);
         table.observe(&mut event(0, 0, EventKind::ResetSent, 7, 7));
         assert_eq!(table.len(), 0);
     }

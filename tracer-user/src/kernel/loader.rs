@@ -1,9 +1,9 @@
-//! Loading and attaching the kernel programs: privilege checks, BTF offsets, the watched-port
-//! set, and the loss counters the programs keep.
+//! Loading and attaching the kernel programs: offsets from BTF and every knob in one
+//! `LoadOptions`, verification on two threads, attach where each program's spec says, and the
+//! adapter the stages above read the kernel's tables through.
 
 use std::{
     collections::{HashMap, VecDeque},
-    fmt,
     os::fd::AsFd as _,
     path::{Path, PathBuf},
     sync::Mutex,
@@ -13,16 +13,19 @@ use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, Program},
+    programs::{BtfTracePoint, CgroupSkbAttachType, Program},
 };
 use tracer_ebpf::{FlowActivity, FlowSlot, KernelOffsets, RepeatCount, RepeatKey, counter};
 
 use crate::{
-    btf::Btf,
-    flowkey::FlowKeys,
-    offsets,
-    prefetch::Prefetch,
-    programs::{self, Attach, ProgramSpec},
+    error::FatalError,
+    kernel::btf::Btf,
+    kernel::cgroup::{attach_cgroup_skb, cgroup2_root},
+    kernel::counters::{KernelCounters, recursion_misses},
+    kernel::flowkey::FlowKeys,
+    kernel::offsets,
+    kernel::prefetch::Prefetch,
+    kernel::programs::{self, Attach, ProgramSpec},
 };
 
 /// The kernel programs, built for the bpf target by build.rs and embedded in this binary.
@@ -146,60 +149,6 @@ fn verify_all(
     })
 }
 
-/// What stops the tool from running at all; printed as one line, exit status 1.
-#[derive(Debug)]
-pub struct FatalError(pub String);
-
-impl fmt::Display for FatalError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for FatalError {}
-
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
-
-/// Capabilities this process lacks to load and attach tracing programs, by name.
-pub fn missing_capabilities(effective: u64) -> Vec<&'static str> {
-    let has = |cap: u32| effective & (1u64 << cap) != 0;
-    if has(CAP_SYS_ADMIN) {
-        return Vec::new();
-    }
-    [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
-        .into_iter()
-        .filter(|&(cap, _)| !has(cap))
-        .map(|(_, name)| name)
-        .collect()
-}
-
-/// The effective capability set from `/proc/self/status`.
-fn effective_capabilities() -> Result<u64> {
-    let status =
-        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
-    let hex = status
-        .lines()
-        .find_map(|line| line.strip_prefix("CapEff:"))
-        .context("no CapEff line in /proc/self/status")?;
-    u64::from_str_radix(hex.trim(), 16).context("parsing CapEff")
-}
-
-/// Fails with a clear message when this process cannot load eBPF programs.
-pub fn check_privileges() -> Result<()> {
-    let missing = missing_capabilities(effective_capabilities()?);
-    if missing.is_empty() {
-        return Ok(());
-    }
-    Err(FatalError(format!(
-        "shuffletrace needs root, or the capabilities CAP_BPF and CAP_PERFMON, to load its eBPF \
-         programs (missing: {}); run it with sudo: sudo shuffletrace ...",
-        missing.join(", ")
-    ))
-    .into())
-}
-
 /// A kernel program we could not attach, and why (with what the run loses without it).
 #[derive(Debug, Clone)]
 pub struct Missing {
@@ -216,17 +165,34 @@ impl Missing {
     }
 }
 
+/// Every knob of the kernel programs, set in one place before load: the read-only globals
+/// (`IDLE_MARK_NS`, `REPEAT_WINDOW_NS`; `OFFSETS` and `WAKEUP_BYTES` are facts of this
+/// kernel and this binary), the table sizes, the watched-port set and where to attach.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions<'a> {
+    /// The watched-port set (`WATCHED_PORTS`).
+    pub ports: &'a [u16],
+    /// Size of `FLOWS` and `ACTIVITY` (`--max-flows`).
+    pub max_flows: u32,
+    /// A data gap at least this long ends an idle period (`IDLE_MARK_NS`).
+    pub idle_mark_ns: u64,
+    /// Window of the kernel's repeat counting (`REPEAT_WINDOW_NS`; 0: off).
+    pub repeat_window_ns: u64,
+    /// Where the host's root is (the cgroup v2 root is found through it).
+    pub host_root: &'a Path,
+}
+
 /// Loaded and attached kernel programs.
-pub struct Probes {
+pub struct KernelPrograms {
     pub ebpf: Ebpf,
     pub attached: Vec<&'static str>,
     pub missing: Vec<Missing>,
     /// How the programs' flow keys are shown (opaque numbers where they are kernel
-    /// addresses; see `crate::flowkey`). Keys going in and out of this type are shown keys.
+    /// addresses; see `crate::kernel::flowkey`). Keys going in and out of this type are shown keys.
     pub flow_keys: FlowKeys,
 }
 
-impl crate::idle::ActivitySource for Probes {
+impl crate::events::sources::ActivitySource for KernelPrograms {
     fn scan(&self, each: &mut dyn FnMut(u64, &FlowActivity)) {
         // An entry removed while the scan passes is skipped (the flow closed).
         let keys = self.flow_keys;
@@ -242,7 +208,7 @@ impl crate::idle::ActivitySource for Probes {
     }
 }
 
-impl crate::repeats::RepeatSource for Probes {
+impl crate::events::sources::RepeatSource for KernelPrograms {
     fn repeats(&self, each: &mut dyn FnMut(&RepeatKey, &RepeatCount)) {
         self.scan_hash("REPEATS", each);
     }
@@ -254,72 +220,6 @@ impl crate::repeats::RepeatSource for Probes {
             // Already gone is fine: nothing else removes entries.
             let _ = table.remove(key);
         }
-    }
-}
-
-/// Loss and overflow counts summed over CPUs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct KernelCounters {
-    pub ringbuf_full: u64,
-    pub owner_table_full: u64,
-    pub listener_table_full: u64,
-    pub read_failed: u64,
-    pub activity_table_full: u64,
-    /// Repeats sent in full because the repeat table was full (nothing lost).
-    pub repeat_table_full: u64,
-    /// Runs the kernel skipped because a program was already running on that CPU.
-    pub recursion_misses: u64,
-}
-
-impl KernelCounters {
-    /// Counters in `losses` that are warned about but lose nothing (not `lost` metrics).
-    pub const NOTHING_LOST: [&'static str; 1] = ["repeat_table_full"];
-
-    /// Each loss counter: its `reason` label in the metrics, its value, and what a rise means
-    /// (warned about as it happens; None: counted only).
-    pub fn losses(&self) -> [(&'static str, u64, Option<&'static str>); 7] {
-        [
-            (
-                "ringbuf_full",
-                self.ringbuf_full,
-                Some("events lost: the ring buffer was full (counted in the stats line)"),
-            ),
-            (
-                "owner_table_full",
-                self.owner_table_full,
-                Some(
-                    "flows lost process attribution and are reported event by event: flow table \
-                     full (--max-flows)",
-                ),
-            ),
-            (
-                "listener_table_full",
-                self.listener_table_full,
-                Some(
-                    "listeners not remembered: listener table full (accepted sockets lose \
-                     attribution)",
-                ),
-            ),
-            (
-                "activity_table_full",
-                self.activity_table_full,
-                Some("flows not idle-tracked: activity table full (--max-flows)"),
-            ),
-            (
-                "repeat_table_full",
-                self.repeat_table_full,
-                Some(
-                    "repeated refusals or RSTs sent one by one instead of counted: repeat table \
-                     full (nothing lost)",
-                ),
-            ),
-            ("read_failed", self.read_failed, None),
-            (
-                "recursion_misses",
-                self.recursion_misses,
-                Some("kernel program runs skipped by the kernel (recursion on a CPU)"),
-            ),
-        ]
     }
 }
 
@@ -335,17 +235,17 @@ fn raise_memlock_limit() {
     }
 }
 
-impl Probes {
+impl KernelPrograms {
     /// Loads the programs with offsets from `btf`, fills the watched-port set, and attaches
     /// every tracepoint this kernel has. Tracepoints it lacks are reported in `missing`.
-    pub fn load(
-        btf: &Btf,
-        ports: &[u16],
-        max_flows: u32,
-        idle_mark_ns: u64,
-        repeat_window_ns: u64,
-        host_root: &Path,
-    ) -> Result<Self> {
+    pub fn load(btf: &Btf, options: &LoadOptions<'_>) -> Result<Self> {
+        let LoadOptions {
+            ports,
+            max_flows,
+            idle_mark_ns,
+            repeat_window_ns,
+            host_root,
+        } = *options;
         raise_memlock_limit();
         let offsets = offsets::resolve(btf)?;
         tracing::debug!("kernel offsets from BTF: {offsets:?}");
@@ -431,10 +331,10 @@ impl Probes {
             return;
         };
         if let aya::maps::Map::HashMap(data) = map {
-            match crate::map_batch::for_each(data, each) {
+            match crate::kernel::map_batch::for_each(data, each) {
                 Ok(()) => return,
-                Err(crate::map_batch::BatchError::Unsupported) => {}
-                Err(crate::map_batch::BatchError::Io(error)) => {
+                Err(crate::kernel::map_batch::BatchError::Unsupported) => {}
+                Err(crate::kernel::map_batch::BatchError::Io(error)) => {
                     tracing::debug!("reading {name} in batches: {error}");
                     return;
                 }
@@ -534,152 +434,10 @@ pub fn kernel_release() -> String {
         .unwrap_or_else(|_| "unknown release".to_owned())
 }
 
-/// The mount point of the cgroup v2 hierarchy, from a mountinfo text.
-pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
-        let (mount, filesystem) = line.split_once(" - ")?;
-        if filesystem.split_whitespace().next()? != "cgroup2" {
-            return None;
-        }
-        let mut fields = mount.split_whitespace();
-        let root = fields.nth(3)?;
-        let point = fields.next()?;
-        // Only a mount of the hierarchy's root covers every socket on the host.
-        (root == "/").then(|| PathBuf::from(point.replace("\\040", " ")))
-    })
-}
-
-/// Finds the cgroup v2 root, or mounts one (hosts with only v1 mounted still have v2). In a
-/// container (`--host-root` other than `/`), the host's root is reached through the host's
-/// pid 1 (`<host-root>/proc/1/root/...`): the container's own cgroup mount may show only its
-/// cgroup namespace, and programs attached there would miss the rest of the node.
-fn cgroup2_root(host_root: &Path) -> Result<PathBuf> {
-    if host_root != Path::new("/")
-        && let Ok(mountinfo) = std::fs::read_to_string(host_root.join("proc/1/mountinfo"))
-        && let Some(path) = cgroup2_mount(&mountinfo)
-    {
-        let on_host = host_root
-            .join("proc/1/root")
-            .join(path.strip_prefix("/").unwrap_or(&path));
-        if on_host.is_dir() {
-            return Ok(on_host);
-        }
-    }
-    let mountinfo =
-        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
-    if let Some(path) = cgroup2_mount(&mountinfo) {
-        return Ok(path);
-    }
-    let path = Path::new("/run/shuffletrace/cgroup2");
-    std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
-    let target = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
-    // SAFETY: valid NUL-terminated strings; no data argument.
-    let rc = unsafe {
-        libc::mount(
-            c"cgroup2".as_ptr(),
-            target.as_ptr(),
-            c"cgroup2".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(anyhow!(
-            "no cgroup v2 hierarchy is mounted and mounting one at {} failed: {}",
-            path.display(),
-            std::io::Error::last_os_error()
-        ));
-    }
-    Ok(path.to_path_buf())
-}
-
-fn attach_cgroup_skb(
-    ebpf: &mut Ebpf,
-    program: &str,
-    root: &Path,
-    direction: CgroupSkbAttachType,
-) -> Result<()> {
-    let cgroup =
-        std::fs::File::open(root).with_context(|| format!("opening cgroup {}", root.display()))?;
-    let prog: &mut CgroupSkb = ebpf
-        .program_mut(program)
-        .ok_or_else(|| anyhow!("program {program} not in the object"))?
-        .try_into()?;
-    // Attached through a BPF link (kernels >= 5.7), which takes no flags and always runs beside
-    // other programs on the same cgroup; "Single" is aya's flag-less mode.
-    prog.attach(&cgroup, direction, CgroupAttachMode::Single)
-        .with_context(|| format!("attaching to cgroup {}", root.display()))?;
-    Ok(())
-}
-
-/// `recursion_misses` of a loaded program, from its fdinfo (aya does not expose it).
-fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
-    use std::os::fd::AsRawFd as _;
-    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
-    parse_fdinfo_field(&info, "recursion_misses")
-}
-
-/// A numeric `name:\tvalue` line of a fdinfo file.
-pub fn parse_fdinfo_field(info: &str, name: &str) -> Option<u64> {
-    info.lines().find_map(|line| {
-        let (key, value) = line.split_once(':')?;
-        (key.trim() == name).then(|| value.trim().parse().ok())?
-    })
-}
-
 /// The verifier's complaint, trimmed to its last lines (the full log is thousands of lines).
 fn verifier_message(error: &aya::programs::ProgramError) -> String {
     let text = format!("{error:#}");
     let lines: Vec<&str> = text.lines().collect();
     let tail = lines.len().saturating_sub(8);
     lines[tail..].join(" | ")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn capabilities_named() {
-        assert_eq!(missing_capabilities(0), vec!["CAP_BPF", "CAP_PERFMON"]);
-        assert_eq!(missing_capabilities(1 << CAP_BPF), vec!["CAP_PERFMON"]);
-        assert!(missing_capabilities((1 << CAP_BPF) | (1 << CAP_PERFMON)).is_empty());
-        assert!(missing_capabilities(1 << CAP_SYS_ADMIN).is_empty());
-    }
-
-    #[test]
-    fn cgroup2_root_found_in_mountinfo() {
-        let hybrid = "30 23 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n\
-                      31 30 0:27 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw\n\
-                      32 30 0:28 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
-        assert_eq!(
-            cgroup2_mount(hybrid),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
-        let container = "40 30 0:27 /kubepods/pod1 /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
-        assert_eq!(cgroup2_mount(container), None, "a sub-tree is not the root");
-        assert_eq!(
-            cgroup2_mount("32 30 0:28 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw\n"),
-            None
-        );
-    }
-
-    #[test]
-    fn counters_that_lose_nothing_are_named_among_the_losses() {
-        let names: Vec<&str> = KernelCounters::default()
-            .losses()
-            .iter()
-            .map(|(name, _, _)| *name)
-            .collect();
-        for name in KernelCounters::NOTHING_LOST {
-            assert!(names.contains(&name), "{name}");
-        }
-    }
-
-    #[test]
-    fn fdinfo_fields() {
-        let info = "prog_type:\t26\nrun_time_ns:\t0\nrecursion_misses:\t7\nverified_insns:\t100\n";
-        assert_eq!(parse_fdinfo_field(info, "recursion_misses"), Some(7));
-        assert_eq!(parse_fdinfo_field(info, "missing"), None);
-    }
 }

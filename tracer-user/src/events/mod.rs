@@ -1,5 +1,11 @@
 //! Decoding ring-buffer records ([`FlowEvent`], the shared wire struct) into typed events.
 
+pub mod clock;
+pub mod k8s;
+pub mod keepalive;
+pub mod repeats;
+pub mod sources;
+
 use std::{
     collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -76,7 +82,7 @@ pub enum Side {
 /// One decoded kernel event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
-    /// CLOCK_BOOTTIME nanoseconds (see [`crate::clock`] for wall time).
+    /// CLOCK_BOOTTIME nanoseconds (see [`crate::events::clock`] for wall time).
     pub boot_ns: u64,
     pub kind: EventKind,
     pub cookie: u64,
@@ -101,7 +107,7 @@ pub struct Event {
     /// For an idle-tracked flow: how long it had been idle (see [`Idle`]).
     pub idle: Option<Idle>,
     /// The Kubernetes pod (and container) of the flow, when it is in one.
-    pub pod: Option<std::sync::Arc<crate::k8s::PodRef>>,
+    pub pod: Option<std::sync::Arc<crate::events::k8s::PodRef>>,
 }
 
 /// An event for unit tests: a flow 10.0.0.1:40000 -> 10.0.0.2:7337 in netns 1, no owner, side
@@ -477,6 +483,15 @@ pub fn errno_name(errno: i32) -> String {
         _ => return format!("errno {errno}"),
     };
     name.to_owned()
+}
+
+/// Facts about the running kernel the stages need, read once at start (not settings).
+#[derive(Debug, Clone)]
+pub struct KernelFacts {
+    /// Tick rate: keepalive settings are kept in jiffies.
+    pub hz: u32,
+    /// Names of the reset reasons (`enum sk_rst_reason`; none before 6.10).
+    pub reasons: ResetReasons,
 }
 
 /// Names of the kernel's reset reasons (`enum sk_rst_reason`), read from its BTF at start.

@@ -9,13 +9,7 @@ use std::collections::{HashMap, HashSet};
 
 use tracer_ebpf::{RepeatCount, RepeatKey};
 
-/// Where the repeat table is read (the kernel's map; a fake in the tests).
-pub trait RepeatSource {
-    /// Calls `each` with every entry of the table.
-    fn repeats(&self, each: &mut dyn FnMut(&RepeatKey, &RepeatCount));
-    /// Removes an entry whose window is over.
-    fn forget(&mut self, key: &RepeatKey);
-}
+use super::sources::RepeatSource;
 
 /// How long after an entry became idle (no occurrence for a window length) it is removed.
 /// The kernel never writes an idle entry by its own clock, read as the program starts; this

@@ -1,23 +1,26 @@
 //! Output: the event stream on stdout, as readable text or NDJSON (schema in
 //! `schema/shuffletrace.schema.json`). The tool's own logs go to stderr, never here.
 
+mod lines;
+pub mod metrics;
+pub mod trace;
+
+use lines::*;
+
 use std::io::{self, Write};
 
-use serde::Serialize;
-
 use crate::{
-    cli::Format,
-    clock::BootClock,
-    events::{
-        Event, EventKind, ResetReasons, Side, errno_name, payload_class_name, tcp_state_name,
-    },
+    config::Format,
+    config::NatIdle,
+    events::clock::BootClock,
+    events::{Event, ResetReasons, Side},
     findings::Finding,
-    idle::NatIdle,
-    k8s::PodRef,
-    probes::{KernelCounters, Missing},
-    remedies::service_name,
-    trace::TraceWriter,
+    kernel::counters::KernelCounters,
+    kernel::loader::Missing,
+    services::service_name,
 };
+
+use self::trace::TraceWriter;
 
 /// Version of the line schema; bumped on incompatible changes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -41,287 +44,6 @@ pub struct Totals {
     pub flow_evictions: u64,
     /// Refusals and RSTs the kernel counted instead of sending (in the findings' counts).
     pub repeats_counted: u64,
-}
-
-#[derive(Serialize)]
-struct EventLine<'a> {
-    #[serde(rename = "type")]
-    line_type: &'static str,
-    v: u32,
-    event: &'static str,
-    ts: String,
-    node: &'a str,
-    src: String,
-    dst: String,
-    netns: u32,
-    pid: Option<u32>,
-    tid: Option<u32>,
-    comm: Option<&'a str>,
-    uid: Option<u32>,
-    cgroup_id: Option<u64>,
-    cookie: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    side: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    old_state: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    new_state: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    state: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<String>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    soft_error: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ttl: Option<u8>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    peer_ttl: Option<u8>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    class: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    direction: Option<&'static str>,
-    #[serde(flatten)]
-    pod: PodFields<'a>,
-}
-
-/// `pod`, `namespace`, `container` of a flow in a Kubernetes pod (absent otherwise).
-#[derive(Serialize, Default)]
-struct PodFields<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pod: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    namespace: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    container: Option<&'a str>,
-}
-
-fn pod_fields(pod: Option<&PodRef>) -> PodFields<'_> {
-    match pod {
-        Some(pod) => PodFields {
-            pod: Some(&pod.pod),
-            namespace: Some(&pod.namespace),
-            container: pod.container.as_deref(),
-        },
-        None => PodFields::default(),
-    }
-}
-
-fn pod_text(pod: Option<&PodRef>) -> String {
-    match pod {
-        Some(p) => match &p.container {
-            Some(c) => format!(" pod={}/{} container={c}", p.namespace, p.pod),
-            None => format!(" pod={}/{}", p.namespace, p.pod),
-        },
-        None => String::new(),
-    }
-}
-
-#[derive(Serialize)]
-struct MissingLine<'a> {
-    tracepoint: &'a str,
-    reason: &'a str,
-}
-
-#[derive(Serialize)]
-struct StartLine<'a> {
-    #[serde(rename = "type")]
-    line_type: &'static str,
-    v: u32,
-    ts: String,
-    node: &'a str,
-    version: &'static str,
-    kernel: &'a str,
-    ports: &'a [u16],
-    attached: &'a [&'static str],
-    missing: Vec<MissingLine<'a>>,
-    unavailable: Vec<&'static str>,
-    nat_idle_s: f64,
-    nat_idle_profile: &'static str,
-}
-
-#[derive(Serialize)]
-struct StatsLine<'a> {
-    #[serde(rename = "type")]
-    line_type: &'static str,
-    v: u32,
-    ts: String,
-    node: &'a str,
-    events: u64,
-    findings: u64,
-    finding_lines: u64,
-    decode_errors: u64,
-    lost_events: u64,
-    owner_table_full: u64,
-    listener_table_full: u64,
-    read_failed: u64,
-    activity_table_full: u64,
-    repeat_table_full: u64,
-    recursion_misses: u64,
-    flows: usize,
-    flow_evictions: u64,
-    trace_bytes: u64,
-    trace_files_deleted: u64,
-    trace_write_errors: u64,
-    clean_flows: u64,
-    clean_flows_unattributed: u64,
-    clean_flows_by_port: Vec<crate::summaries::PortSummary>,
-    repeats_counted: u64,
-}
-
-#[derive(Serialize)]
-struct EvidenceLine {
-    ts: String,
-    event: &'static str,
-    src: String,
-    dst: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    old_state: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    new_state: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    state: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ttl: Option<u8>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    peer_ttl: Option<u8>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    class: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    direction: Option<&'static str>,
-}
-
-#[derive(Serialize)]
-struct FindingLine<'a> {
-    #[serde(rename = "type")]
-    line_type: &'static str,
-    v: u32,
-    id: u64,
-    kind: &'static str,
-    severity: &'static str,
-    ts: String,
-    node: &'a str,
-    src: String,
-    dst: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    service: Option<&'static str>,
-    netns: u32,
-    pid: Option<u32>,
-    comm: Option<&'a str>,
-    uid: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    side: Option<&'static str>,
-    summary: &'a str,
-    evidence: Vec<EvidenceLine>,
-    remedy: &'a str,
-    count: u64,
-    first_ts: String,
-    last_ts: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    update_of: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    idle_s: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    threshold_s: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    keepalive: Option<KeepaliveLine>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    direction: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    sidecar: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    sent: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    answer: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    intercepted: Option<InterceptedLine<'a>>,
-    #[serde(flatten)]
-    pod: PodFields<'a>,
-}
-
-#[derive(Serialize)]
-struct InterceptedLine<'a> {
-    src: String,
-    dst: String,
-    pid: Option<u32>,
-    comm: Option<&'a str>,
-    uid: Option<u32>,
-    outcome: &'static str,
-}
-
-#[derive(Serialize)]
-struct KeepaliveLine {
-    enabled: bool,
-    idle_s: f64,
-    interval_s: f64,
-    probes: u32,
-}
-
-/// The parts of an event line that depend on its kind.
-struct Detail {
-    old_state: Option<&'static str>,
-    new_state: Option<&'static str>,
-    state: Option<&'static str>,
-    error: Option<String>,
-    reason: Option<String>,
-}
-
-fn detail(event: &Event, reasons: &ResetReasons) -> Detail {
-    let mut detail = Detail {
-        old_state: None,
-        new_state: None,
-        state: None,
-        error: None,
-        reason: None,
-    };
-    match event.kind {
-        EventKind::StateChange => {
-            detail.old_state = Some(tcp_state_name(event.old_state));
-            detail.new_state = Some(tcp_state_name(event.new_state));
-        }
-        _ => detail.state = Some(tcp_state_name(event.new_state)),
-    }
-    match event.kind {
-        EventKind::SocketError => detail.error = Some(errno_name(event.detail)),
-        EventKind::StateChange if event.detail != 0 => {
-            detail.error = Some(errno_name(event.detail));
-        }
-        EventKind::Retransmit if event.detail != 0 => detail.error = Some(errno_name(event.detail)),
-        EventKind::ResetSent => {
-            detail.reason = reasons.of_reset(event).map(str::to_owned);
-        }
-        _ => {}
-    }
-    detail
-}
-
-/// Class and direction of a first_payload event.
-fn payload(event: &Event) -> Option<(&'static str, &'static str)> {
-    (event.kind == EventKind::FirstPayload).then(|| {
-        (
-            payload_class_name(event.detail as u8),
-            if event.received { "received" } else { "sent" },
-        )
-    })
-}
-
-fn side_name(side: Option<Side>) -> Option<&'static str> {
-    side.map(|side| match side {
-        Side::Client => "client",
-        Side::Server => "server",
-    })
-}
-
-/// One NDJSON line.
-fn to_line(value: &impl Serialize) -> io::Result<Vec<u8>> {
-    let mut line = serde_json::to_vec(value)?;
-    line.push(b'\n');
-    Ok(line)
 }
 
 /// Writes lines to stdout (or any writer, for tests).
@@ -374,7 +96,7 @@ impl<W: Write> Output<W> {
                     reason: &m.reason,
                 })
                 .collect(),
-            unavailable: crate::programs::unavailable_kinds(
+            unavailable: crate::kernel::programs::unavailable_kinds(
                 &missing.iter().map(|m| m.tracepoint).collect::<Vec<_>>(),
             ),
             nat_idle_s: nat_idle.threshold.as_secs_f64(),
@@ -619,7 +341,7 @@ impl<W: Write> Output<W> {
         &mut self,
         kernel: &KernelCounters,
         totals: &Totals,
-        summaries: &crate::summaries::FlowSummaries,
+        summaries: &crate::flows::summaries::FlowSummaries,
     ) -> io::Result<()> {
         let (trace_bytes, trace_files_deleted) = self
             .trace
@@ -697,6 +419,7 @@ impl<W: Write> Output<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::EventKind;
     use crate::events::Owner;
 
     fn output(format: Format) -> Output<Vec<u8>> {

@@ -3,7 +3,7 @@
 use anyhow::{Result, bail};
 use tracer_ebpf::KernelOffsets;
 
-use crate::btf::Btf;
+use crate::kernel::btf::Btf;
 
 fn offset(btf: &Btf, struct_name: &str, path: &str) -> Result<u32> {
     Ok(btf.field(struct_name, path)?.byte_offset)

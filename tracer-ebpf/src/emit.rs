@@ -1,0 +1,181 @@
+//! Writing events to the ring buffer: the record a program fills, the owner it names (by
+//! reference, never copied: see `NO_OWNER`), the flow's idle times, and the wakeup policy.
+
+use aya_ebpf::helpers::{
+    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+    bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
+};
+use tracer_ebpf::{FlowEvent, ListenerKey, SockOwner, counter, flag};
+
+use crate::maps::{
+    ACTIVITY, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, EVENTS, FLOWS, LISTENERS,
+    WAKEUP_BYTES, count,
+};
+use crate::sock::Tuple;
+
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Record {
+    pub(crate) kind: u8,
+    pub(crate) cookie: u64,
+    pub(crate) netns: u32,
+    pub(crate) old_state: u8,
+    pub(crate) new_state: u8,
+    pub(crate) detail: i32,
+    pub(crate) flags: u16,
+    pub(crate) ttl: u8,
+    pub(crate) peer_ttl: u8,
+    /// When it happened; 0: now.
+    pub(crate) ts_ns: u64,
+}
+
+// Owners are passed to `emit` by reference to where they live (a map value, or NO_OWNER),
+// never copied onto a caller's stack: verifiers before 6.18 count the combined stack of a
+// call chain against 512 bytes. And no subprogram branches on a constant its caller passed
+// or returns a constant its caller branches on: Linux 6.1's verifier cannot trace such a
+// value's precision across the call and then keeps every state apart (hundreds of
+// thousands of instructions verified instead of tens).
+
+/// No owner: every field zero, no `OWNER_KNOWN` flag.
+pub(crate) static NO_OWNER: SockOwner = SockOwner {
+    cgroup_id: 0,
+    pid: 0,
+    tid: 0,
+    uid: 0,
+    flags: 0,
+    _pad: 0,
+    comm: [0; 16],
+};
+
+/// Writes the current task as a socket owner in place; only meaningful in process context
+/// (connect, listen).
+#[inline(always)]
+pub(crate) fn set_current_owner(owner: &mut SockOwner) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: helper without arguments.
+    owner.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    owner.pid = (pid_tgid >> 32) as u32;
+    owner.tid = pid_tgid as u32;
+    owner.uid = bpf_get_current_uid_gid() as u32;
+    owner.flags = flag::OWNER_KNOWN;
+    owner._pad = 0;
+    owner.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+}
+
+/// The owner recorded in a flow's slot (NO_OWNER without a slot).
+#[inline(always)]
+pub(crate) fn flow_owner(cookie: u64) -> &'static SockOwner {
+    // SAFETY: a live map value, read at once by `emit`.
+    match unsafe { FLOWS.get(&cookie) } {
+        Some(slot) => &slot.owner,
+        None => &NO_OWNER,
+    }
+}
+
+/// The process listening on a (netns, port), as remembered at listen(); NO_OWNER if none.
+#[inline(always)]
+pub(crate) fn listener(key: &ListenerKey) -> &'static SockOwner {
+    // SAFETY: a live map value, read at once by the caller.
+    unsafe { LISTENERS.get(key) }.unwrap_or(&NO_OWNER)
+}
+
+/// The listener key of a (netns, port).
+#[inline(always)]
+pub(crate) fn listener_key(netns: u32, port: u16) -> ListenerKey {
+    ListenerKey {
+        netns,
+        port,
+        _pad: 0,
+    }
+}
+
+/// Writes the wire form of a record in place (no copy on the stack, which the verifier
+/// limits to 512 bytes across calls); `now` is when it is sent.
+#[inline(always)]
+pub(crate) fn write_event(
+    out: &mut FlowEvent,
+    record: &Record,
+    tuple: &Tuple,
+    owner: &SockOwner,
+    now: u64,
+) {
+    let (idle_ms, gap_ms, resumed_ms) = idle_times(record.cookie, now);
+    out.ts_ns = if record.ts_ns != 0 { record.ts_ns } else { now };
+    out.cookie = record.cookie;
+    out.cgroup_id = owner.cgroup_id;
+    out.netns = record.netns;
+    out.pid = owner.pid;
+    out.tid = owner.tid;
+    out.uid = owner.uid;
+    out.detail = record.detail;
+    out.kind = record.kind;
+    out.family = tuple.family as u8;
+    out.old_state = record.old_state;
+    out.new_state = record.new_state;
+    out.local_port = tuple.local_port;
+    out.remote_port = tuple.remote_port;
+    out.flags = record.flags | owner.flags;
+    out.ttl = record.ttl;
+    out.peer_ttl = record.peer_ttl;
+    out.local_addr = tuple.local_addr;
+    out.remote_addr = tuple.remote_addr;
+    out.comm = owner.comm;
+    out.idle_ms = idle_ms;
+    out.gap_ms = gap_ms;
+    out.resumed_ms = resumed_ms;
+    out._pad = 0;
+}
+
+/// Submit flags: no wakeup, unless the unread data passed the wakeup mark.
+#[inline(always)]
+pub(crate) fn wakeup_flag() -> u64 {
+    // SAFETY: reading our own read-only global.
+    let wakeup_bytes = unsafe { core::ptr::read_volatile(&raw const WAKEUP_BYTES) };
+    if wakeup_bytes != 0 && EVENTS.query(BPF_RB_AVAIL_DATA) >= wakeup_bytes {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
+
+/// Not inlined: one copy per program keeps the programs' combined stack under the
+/// verifier's 512-byte limit.
+#[inline(never)]
+pub(crate) fn emit(record: &Record, tuple: &Tuple, owner: &SockOwner) {
+    // Losses are counted, and reported by userspace (no logging here: aya-log's code in
+    // every program multiplies the verifier's work, and start-up time with it).
+    let Some(mut entry) = EVENTS.reserve::<FlowEvent>(0) else {
+        count(counter::RINGBUF_FULL);
+        return;
+    };
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    // SAFETY: the reserved record, every field written below before it is submitted.
+    write_event(
+        unsafe { &mut *entry.as_mut_ptr() },
+        record,
+        tuple,
+        owner,
+        now,
+    );
+    entry.submit(wakeup_flag());
+}
+
+/// Idle times of a tracked flow for an event (see `FlowEvent::idle_ms`); `u32::MAX` each
+/// when the flow is not tracked.
+#[inline(always)]
+pub(crate) fn idle_times(cookie: u64, now: u64) -> (u32, u32, u32) {
+    let ms = |ns: u64| (ns / 1_000_000).min(u64::from(u32::MAX - 1)) as u32;
+    if cookie == 0 {
+        return (u32::MAX, u32::MAX, u32::MAX);
+    }
+    // SAFETY: fields are read at once.
+    let Some(a) = (unsafe { ACTIVITY.get(&cookie) }) else {
+        return (u32::MAX, u32::MAX, u32::MAX);
+    };
+    let idle = ms(now.saturating_sub(a.last_rx_ns.max(a.last_tx_ns)));
+    if a.resumed_ns == 0 {
+        (idle, u32::MAX, u32::MAX)
+    } else {
+        (idle, ms(a.gap_ns), ms(now.saturating_sub(a.resumed_ns)))
+    }
+}

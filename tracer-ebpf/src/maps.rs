@@ -1,0 +1,126 @@
+//! Maps, read-only globals and kernel constants every program shares: one object, one set of
+//! tables. Userspace sizes the tables and fills the globals before load (see the collector's
+//! kernel loader).
+
+use aya_ebpf::macros::map;
+use aya_ebpf::maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf};
+use tracer_ebpf::{
+    FlowActivity, FlowSlot, KernelOffsets, ListenerKey, RepeatCount, RepeatKey, SockOwner, counter,
+};
+pub(crate) const BPF_RB_NO_WAKEUP: u64 = 1;
+
+pub(crate) const BPF_RB_FORCE_WAKEUP: u64 = 2;
+
+pub(crate) const BPF_RB_AVAIL_DATA: u64 = 0;
+
+pub(crate) const BPF_NOEXIST: u64 = 1;
+
+pub(crate) const IPPROTO_TCP: u16 = 6;
+
+/// Field offsets from the running kernel's BTF; written by userspace before load (rodata, so
+/// the verifier sees constants and prunes branches for features this kernel lacks).
+#[unsafe(no_mangle)]
+pub(crate) static OFFSETS: KernelOffsets = unsafe { core::mem::zeroed() };
+
+/// Unread bytes in the ring buffer at which a submit wakes the reader. Below it records are
+/// submitted without a wakeup (a wakeup per event costs ~9 µs) and userspace polls on a timer.
+#[unsafe(no_mangle)]
+pub(crate) static WAKEUP_BYTES: u64 = 0;
+
+/// A data segment after at least this long without data either way ends an idle period,
+/// whose length is recorded (half the NAT idle threshold; set by userspace).
+#[unsafe(no_mangle)]
+pub(crate) static IDLE_MARK_NS: u64 = 0;
+
+/// Window of the repeat table (see `tracer_ebpf::RepeatKey`): userspace's aggregation window
+/// (0: every occurrence is sent).
+#[unsafe(no_mangle)]
+pub(crate) static REPEAT_WINDOW_NS: u64 = 0;
+
+/// The watched-port set: index = port, non-zero = watched. An array lookup is the cheapest
+/// check for unwatched traffic and holds any mix of single ports and ranges.
+#[map]
+pub(crate) static WATCHED_PORTS: Array<u8> = Array::with_max_entries(65536, 0);
+
+#[map]
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+
+/// Socket cookie -> the flow's owner and quiet-flow record (see `tracer_ebpf::FlowSlot`).
+/// Inserted at connect()/accept, removed at TCP_CLOSE. Bounded; a full table is counted
+/// (OWNER_TABLE_FULL) and such flows are sent event by event. Userspace sizes it at load.
+#[map]
+pub(crate) static FLOWS: HashMap<u64, FlowSlot> = HashMap::with_max_entries(131072, 0);
+
+/// (netns, port) of a watched listener -> the process that called listen(): attribution for
+/// sockets it accepts, which are created in softirq context.
+#[map]
+pub(crate) static LISTENERS: HashMap<ListenerKey, SockOwner> = HashMap::with_max_entries(8192, 0);
+
+/// Remote address (see `peer_key`) -> TTL / hop limit its non-RST segments arrive with. A
+/// cache: LRU-bounded, an evicted peer only means "TTL unknown" for its next RST.
+#[map]
+pub(crate) static PEER_TTL: LruHashMap<[u8; 16], u8> = LruHashMap::with_max_entries(16384, 0);
+
+/// Socket cookie -> TTL of the RST that just arrived for it (written by the ingress program,
+/// consumed by tcp_receive_reset a moment later). LRU-bounded.
+#[map]
+pub(crate) static RST_TTL: LruHashMap<u64, u8> = LruHashMap::with_max_entries(4096, 0);
+
+/// Socket cookie -> activity of a watched flow (idle tracking, payload classes). Inserted by
+/// the cgroup_skb programs at the flow's first data segment, removed at TCP_CLOSE.
+/// Bounded like FLOWS; a full table is counted (ACTIVITY_TABLE_FULL).
+#[map]
+pub(crate) static ACTIVITY: HashMap<u64, FlowActivity> = HashMap::with_max_entries(131072, 0);
+
+/// One `FlowSlot` per CPU, where a new flow's slot is built before it is inserted (see
+/// `ACTIVITY_SCRATCH`).
+#[map]
+pub(crate) static SLOT_SCRATCH: PerCpuArray<FlowSlot> = PerCpuArray::with_max_entries(1, 0);
+
+/// One `FlowActivity` per CPU, where a new entry is built before it is inserted: the
+/// programs' stack (512 bytes across calls) has no room for it.
+#[map]
+pub(crate) static ACTIVITY_SCRATCH: PerCpuArray<FlowActivity> = PerCpuArray::with_max_entries(1, 0);
+
+/// Repeated refusals and RSTs without a socket, counted instead of sent (see
+/// `tracer_ebpf::RepeatKey`). Bounded; when full, occurrences are sent in full and counted
+/// (REPEAT_TABLE_FULL). Entries are removed by userspace once their window is over.
+#[map]
+pub(crate) static REPEATS: HashMap<RepeatKey, RepeatCount> = HashMap::with_max_entries(4096, 0);
+
+/// Cookies of refused connects counted as repeats, whose socket error is reported after the
+/// flow's slot is gone (TCP reports it after the CLOSE): that report is not sent either.
+/// LRU-bounded; an entry is consumed a moment after it is written.
+#[map]
+pub(crate) static COUNTED_ERRORS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(1024, 0);
+
+/// Per-CPU loss and overflow counters, indexed by `tracer_ebpf::counter`.
+#[map]
+pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+macro_rules! offset {
+    ($field:ident) => {
+        // SAFETY: reading our own read-only global.
+        unsafe { core::ptr::read_volatile(&raw const $crate::maps::OFFSETS.$field) } as usize
+    };
+}
+pub(crate) use offset;
+
+/// Adds one to a per-CPU counter.
+#[inline(always)]
+pub(crate) fn count(index: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: this CPU's own slot of a per-CPU array.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+pub(crate) fn is_watched(port: u16) -> bool {
+    matches!(WATCHED_PORTS.get(port as u32), Some(v) if *v != 0)
+}
+
+#[inline(always)]
+pub(crate) fn ready() -> bool {
+    offset!(ready) != 0
+}

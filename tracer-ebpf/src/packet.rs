@@ -1,0 +1,247 @@
+//! Packets: TCP segments as the cgroup_skb programs see them (direct packet access), received
+//! segments as the tracepoints hand them (an skb read through BTF offsets), and the payload
+//! classifier's input. No payload byte leaves this module: only its class.
+
+use aya_ebpf::helpers::bpf_get_socket_cookie;
+use aya_ebpf::programs::SkBuffContext;
+use core::ffi::c_void;
+use tracer_ebpf::{AF_INET, AF_INET6, payload_class};
+
+use crate::maps::{IPPROTO_TCP, is_watched, offset};
+use crate::sock::{Tuple, read, read_netns_of};
+
+pub(crate) const TCP_FLAG_RST: u8 = 0x04;
+
+/// The shortest TCP segment over IPv4 (headers without options); an IPv6 one is longer.
+pub(crate) const MIN_TCP_V4: usize = 40;
+
+/// cgroup_skb ingress on the cgroup v2 root: for TCP segments on watched ports, remembers the
+/// TTL / hop limit each peer's packets arrive with, and the TTL of each RST, so a RST forged
+/// by a middlebox (a TTL that differs from the peer's own) can be told from the peer's own.
+/// Never drops anything; unwatched traffic costs two packet loads and one array lookup.
+/// A TCP segment as the cgroup_skb programs see it (the IP header at offset 0).
+pub(crate) struct Segment {
+    pub(crate) ttl: u8,
+    pub(crate) source_port: u16,
+    pub(crate) dest_port: u16,
+    pub(crate) flags: u8,
+    pub(crate) payload: u32,
+    /// Offset of the TCP payload in the packet.
+    pub(crate) payload_offset: usize,
+    /// Offsets and length of the source and destination addresses in the packet.
+    pub(crate) source_addr: usize,
+    pub(crate) dest_addr: usize,
+    pub(crate) v6: bool,
+    /// Arriving (ingress), or leaving (egress).
+    pub(crate) received: bool,
+}
+
+/// Reads a `T` at `offset` in the packet's linear data, bounds-checked the way the verifier
+/// wants for direct packet access (far cheaper than a `bpf_skb_load_bytes` call per field).
+/// `T` must be wider than one byte: LLVM rewrites a one-byte check into a form the verifier
+/// does not credit.
+#[inline(always)]
+pub(crate) fn packet_at<T>(start: usize, end: usize, offset: usize) -> Option<T> {
+    if start + offset + size_of::<T>() > end {
+        return None;
+    }
+    // SAFETY: inside [data, data_end), checked above.
+    Some(unsafe { ((start + offset) as *const T).read_unaligned() })
+}
+
+/// The IP and TCP headers of the packet (linear at the cgroup hooks: the IP header at
+/// `data`). Returns early, before touching anything else, for unwatched ports.
+#[inline(always)]
+pub(crate) fn parse_segment(ctx: &SkBuffContext, received: bool) -> Option<Segment> {
+    // SAFETY: reading the context's data pointers; the verifier checks every access after.
+    let (start, end) = unsafe {
+        (
+            (*ctx.skb.skb).data as usize,
+            (*ctx.skb.skb).data_end as usize,
+        )
+    };
+    // The fixed IPv4 header plus the TCP ports, in one checked read.
+    let v4: [u8; MIN_TCP_V4] = packet_at(start, end, 0)?;
+    let (l4, v6) = match v4[0] >> 4 {
+        4 if v4[9] == IPPROTO_TCP as u8 => (usize::from(v4[0] & 0x0f) * 4, false),
+        // Only a TCP header right after the fixed header (no extension headers).
+        6 if v4[6] == IPPROTO_TCP as u8 => (40, true),
+        _ => return None,
+    };
+    // Ports, sequence numbers, data offset and flags.
+    let tcp: [u8; 14] = packet_at(start, end, l4)?;
+    let source_port = u16::from_be_bytes([tcp[0], tcp[1]]);
+    let dest_port = u16::from_be_bytes([tcp[2], tcp[3]]);
+    if !is_watched(source_port) && !is_watched(dest_port) {
+        return None;
+    }
+    let tcp_header = u32::from(tcp[12] >> 4) * 4;
+    let (ttl, l3_payload, source_addr, dest_addr) = if v6 {
+        // Payload length and hop limit.
+        (v4[7], u32::from(u16::from_be_bytes([v4[4], v4[5]])), 8, 24)
+    } else {
+        let total = u32::from(u16::from_be_bytes([v4[2], v4[3]]));
+        (v4[8], total.saturating_sub(l4 as u32), 12, 16)
+    };
+    Some(Segment {
+        ttl,
+        source_port,
+        dest_port,
+        flags: tcp[13],
+        payload: l3_payload.saturating_sub(tcp_header),
+        payload_offset: l4 + tcp_header as usize,
+        source_addr,
+        dest_addr,
+        v6,
+        received,
+    })
+}
+
+#[inline(always)]
+pub(crate) fn load_addr(ctx: &SkBuffContext, offset: usize, v6: bool) -> Option<[u8; 16]> {
+    if v6 {
+        return ctx.load(offset).ok();
+    }
+    let v4: [u8; 4] = ctx.load(offset).ok()?;
+    let mut addr = [0u8; 16];
+    addr[..4].copy_from_slice(&v4);
+    Some(addr)
+}
+
+#[inline(always)]
+pub(crate) fn skb_cookie(ctx: &SkBuffContext) -> u64 {
+    if offset!(flow_key_is_address) != 0 {
+        // The same key as the tracing programs' (see `cookie_of`): the socket's address.
+        // SAFETY: reading the skb's socket pointer from the program's own context.
+        return unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk } as u64;
+    }
+    // SAFETY: the program's own skb; the helper reads skb->sk.
+    unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut c_void) }
+}
+
+/// Key of the peer-TTL table: the remote address, IPv4 (also v4-mapped IPv6) in the first
+/// four bytes, so both socket families of the same peer share one entry.
+#[inline(always)]
+pub(crate) fn peer_key(family: u16, addr: &[u8; 16]) -> [u8; 16] {
+    let mapped = family == AF_INET6
+        && addr[..10].iter().all(|&b| b == 0)
+        && addr[10] == 0xff
+        && addr[11] == 0xff;
+    if mapped {
+        let mut key = [0u8; 16];
+        key[..4].copy_from_slice(&addr[12..]);
+        key
+    } else {
+        *addr
+    }
+}
+
+/// Tuple (this host first) and netns of a received TCP segment.
+#[inline(always)]
+pub(crate) fn packet_tuple(skb: *const u8) -> Option<(Tuple, u32)> {
+    if skb.is_null() {
+        return None;
+    }
+    // Unreadable fields read as zeroes, which match no watched port and no IP version.
+    let head: *const u8 = read(skb, offset!(skb_head));
+    let network: u16 = read(skb, offset!(skb_network_header));
+    let transport: u16 = read(skb, offset!(skb_transport_header));
+    let ports: [u8; 4] = read(head, transport as usize);
+    let sender_port = u16::from_be_bytes([ports[0], ports[1]]);
+    let receiver_port = u16::from_be_bytes([ports[2], ports[3]]);
+    if !is_watched(sender_port) && !is_watched(receiver_port) {
+        return None;
+    }
+    let version: u8 = read(head, network as usize);
+    let mut tuple = Tuple {
+        family: AF_INET,
+        local_port: receiver_port,
+        remote_port: sender_port,
+        local_addr: [0; 16],
+        remote_addr: [0; 16],
+    };
+    match version >> 4 {
+        4 => {
+            let addrs: [u8; 8] = read(head, network as usize + 12);
+            tuple.remote_addr[..4].copy_from_slice(&addrs[..4]);
+            tuple.local_addr[..4].copy_from_slice(&addrs[4..]);
+        }
+        6 => {
+            tuple.family = AF_INET6;
+            tuple.remote_addr = read(head, network as usize + 8);
+            tuple.local_addr = read(head, network as usize + 24);
+        }
+        _ => return None,
+    }
+    // A NULL device or net reads as netns 0.
+    let dev: *const u8 = read(skb, offset!(skb_dev));
+    let netns = read_netns_of(read(dev, offset!(dev_nd_net)));
+    Some((tuple, netns))
+}
+
+/// The RST flag of a received segment (`Some(0)`: a TCP segment without RST), None when the
+/// packet is not TCP.
+#[inline(always)]
+pub(crate) fn segment_protocol_flags(skb: *const u8) -> Option<u8> {
+    let head: *const u8 = read(skb, offset!(skb_head));
+    let network: u16 = read(skb, offset!(skb_network_header));
+    let transport: u16 = read(skb, offset!(skb_transport_header));
+    let version: u8 = read(head, network as usize);
+    // IPv4's protocol, or IPv6's next header (a TCP header right after the fixed header).
+    let protocol: u8 = match version >> 4 {
+        4 => read(head, network as usize + 9),
+        6 => read(head, network as usize + 6),
+        _ => return None,
+    };
+    if u16::from(protocol) != IPPROTO_TCP {
+        return None;
+    }
+    let flags: u8 = read(head, transport as usize + 13);
+    Some(flags & TCP_FLAG_RST)
+}
+
+/// Classifies the first bytes of a segment's payload (see `tracer_ebpf::payload_class`);
+/// the bytes stay in this function's stack.
+#[inline(always)]
+pub(crate) fn classify_payload(ctx: &SkBuffContext, segment: &Segment) -> u8 {
+    let mut head = [0u8; payload_class::HEAD];
+    let at = segment.payload_offset;
+    let len = if segment.payload >= 16 {
+        match ctx.load::<[u8; 16]>(at) {
+            Ok(bytes) => {
+                head = bytes;
+                16
+            }
+            Err(_) => 0,
+        }
+    } else if segment.payload >= 8 {
+        match ctx.load::<[u8; 8]>(at) {
+            Ok(bytes) => {
+                head[..8].copy_from_slice(&bytes);
+                8
+            }
+            Err(_) => 0,
+        }
+    } else if segment.payload >= 4 {
+        // A TLS alert is 7 bytes: the record header is enough to tell.
+        match ctx.load::<[u8; 4]>(at) {
+            Ok(bytes) => {
+                head[..4].copy_from_slice(&bytes);
+                4
+            }
+            Err(_) => 0,
+        }
+    } else {
+        match ctx.load::<[u8; 1]>(at) {
+            Ok(bytes) => {
+                head[0] = bytes[0];
+                1
+            }
+            Err(_) => 0,
+        }
+    };
+    match payload_class::classify(&head, len) {
+        payload_class::NONE => payload_class::OTHER,
+        class => class,
+    }
+}

@@ -1,0 +1,270 @@
+//! Quiet-flow slots (`FLOWS`): a flow's owner and its state changes kept in the kernel while
+//! nothing about it needs saying; a clean close becomes one summary, anything else ships the
+//! recorded history first (see `tracer_ebpf::FlowSlot`).
+
+use aya_ebpf::helpers::bpf_ktime_get_boot_ns;
+use tracer_ebpf::{
+    FlowHistory, ListenerKey, SockOwner, counter, flag, kind, payload_class, slot, tcp_state,
+};
+
+use crate::emit::{
+    Record, emit, flow_owner, listener, listener_key, set_current_owner, wakeup_flag, write_event,
+};
+use crate::maps::{ACTIVITY, EVENTS, FLOWS, LISTENERS, SLOT_SCRATCH, count};
+use crate::sock::{Tuple, read_sock_netns, watched_tuple};
+
+/// At TCP_CLOSE: the flow's slot and activity record go.
+#[inline(always)]
+pub(crate) fn forget_flow(cookie: u64) {
+    let _ = ACTIVITY.remove(&cookie);
+    let _ = FLOWS.remove(&cookie);
+}
+
+/// listen(): remembers the current process as the owner of the sockets the listener on
+/// `port` will accept. Not inlined: the owner is built in this frame only.
+#[inline(never)]
+pub(crate) fn remember_listener(key: &ListenerKey) {
+    let mut owner = SockOwner::default();
+    set_current_owner(&mut owner);
+    if LISTENERS.insert(key, &owner, 0).is_err() {
+        count(counter::LISTENER_TABLE_FULL);
+    }
+}
+
+/// connect(): a new flow owned by the calling process (process context). Not inlined: it
+/// keeps the state change program's stack down.
+#[inline(never)]
+pub(crate) fn open_connect(cookie: u64, sk: *const u8, old_state: u8, new_state: u8) {
+    open_flow(cookie, sk, old_state, new_state, 0, |owner, _| {
+        set_current_owner(owner);
+    });
+}
+
+/// A child socket cloned from a listener (softirq) that completed its handshake: a new flow
+/// owned by the listener's process, opened (LISTEN -> SYN_RECV) and established now.
+#[inline(never)]
+pub(crate) fn open_accepted(cookie: u64, sk: *const u8, local_port: u16) {
+    open_flow(
+        cookie,
+        sk,
+        tcp_state::LISTEN,
+        tcp_state::SYN_RECV,
+        flag::ACCEPTED,
+        |owner, netns| {
+            *owner = *listener(&listener_key(netns, local_port));
+            owner.flags |= flag::ACCEPTED;
+        },
+    );
+}
+
+/// Creates the flow's slot, quiet (nothing sent), with the owner `set_owner` writes. The
+/// slot is built in a per-CPU scratch entry, not on the stack.
+#[inline(always)]
+pub(crate) fn open_flow(
+    cookie: u64,
+    sk: *const u8,
+    old_state: u8,
+    new_state: u8,
+    flags: u16,
+    set_owner: impl FnOnce(&mut SockOwner, u32),
+) {
+    let Some(slot) = SLOT_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's own scratch entry; every field is written below.
+    let slot = unsafe { &mut *slot };
+    let netns = read_sock_netns(sk);
+    set_owner(&mut slot.owner, netns);
+    slot.netns = netns;
+    slot.shipped = slot::QUIET;
+    slot.opened_old = old_state;
+    slot.opened_new = new_state;
+    slot.latest_old = 0;
+    slot.latest_new = 0;
+    slot._pad = [0; 7];
+    // SAFETY: helper without arguments.
+    slot.opened_ns = unsafe { bpf_ktime_get_boot_ns() };
+    // An accepted flow is opened as it is established (see `open_accepted`).
+    slot.established_ns = if flags & flag::ACCEPTED != 0 {
+        slot.opened_ns
+    } else {
+        0
+    };
+    slot.latest_ns = 0;
+    if FLOWS.insert(&cookie, &*slot, 0).is_ok() {
+        return;
+    }
+    count(counter::OWNER_TABLE_FULL);
+    // Without a slot the flow is reported event by event, starting now.
+    let Some(tuple) = watched_tuple(sk) else {
+        return;
+    };
+    let record = Record {
+        kind: kind::STATE_CHANGE,
+        cookie,
+        netns,
+        old_state,
+        new_state,
+        flags,
+        ..Default::default()
+    };
+    emit(&record, &tuple, &slot.owner);
+}
+
+/// What a state change means for a quiet flow.
+pub(crate) enum Quiet {
+    /// Not quiet (already shipped, or no slot): send it.
+    No,
+    /// Recorded in the slot; nothing to send.
+    Recorded,
+    /// A clean close: `record` became the flow's summary; send it.
+    Summarised,
+    /// The flow stops being quiet: send what it recorded, then this change.
+    Ends,
+    /// A refused connect counted as a repeat: nothing of it is sent.
+    Counted,
+}
+
+/// Records a state change of a quiet flow, or turns a clean close into its summary.
+#[inline(always)]
+pub(crate) fn note_quiet(cookie: u64, record: &mut Record) -> Quiet {
+    let Some(slot) = FLOWS.get_ptr_mut(&cookie) else {
+        return Quiet::No;
+    };
+    // SAFETY: a live map value, written only by this flow's own events.
+    let slot = unsafe { &mut *slot };
+    match slot.shipped {
+        slot::QUIET => {}
+        slot::COUNTED => return Quiet::Counted,
+        _ => return Quiet::No,
+    }
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    match record.new_state {
+        tcp_state::ESTABLISHED if slot.established_ns == 0 => {
+            slot.established_ns = now;
+            Quiet::Recorded
+        }
+        // Clean: it was established and closes without an error, after the FIN handshake
+        // (ESTABLISHED or CLOSE_WAIT straight to CLOSE is an abort: a RST follows).
+        tcp_state::CLOSE
+            if record.detail == 0
+                && slot.established_ns != 0
+                && closes_gracefully(record.old_state) =>
+        {
+            record.kind = kind::FLOW_SUMMARY;
+            record.old_state = slot.opened_new;
+            record.detail =
+                (now.saturating_sub(slot.opened_ns) / 1_000_000).min(i32::MAX as u64) as i32;
+            Quiet::Summarised
+        }
+        // A connect or handshake that ends without ESTABLISHED, or an error: not clean.
+        tcp_state::CLOSE => Quiet::Ends,
+        // The peer closes after our ClientHello without a word: it may not speak TLS.
+        tcp_state::CLOSE_WAIT if hello_unanswered(cookie) => Quiet::Ends,
+        _ if slot.established_ns != 0 => {
+            slot.latest_old = record.old_state;
+            slot.latest_new = record.new_state;
+            slot.latest_ns = now;
+            Quiet::Recorded
+        }
+        _ => Quiet::Ends,
+    }
+}
+
+/// States a socket closes from after the FIN handshake.
+#[inline(always)]
+pub(crate) fn closes_gracefully(old_state: u8) -> bool {
+    matches!(
+        old_state,
+        tcp_state::FIN_WAIT1
+            | tcp_state::FIN_WAIT2
+            | tcp_state::CLOSING
+            | tcp_state::LAST_ACK
+            | tcp_state::TIME_WAIT
+    )
+}
+
+#[inline(always)]
+pub(crate) fn hello_unanswered(cookie: u64) -> bool {
+    // SAFETY: fields are read at once.
+    unsafe { ACTIVITY.get(&cookie) }
+        .is_some_and(|a| payload_class::hello_unanswered(a.tx_class, a.rx_class))
+}
+
+/// Whether a flow is quiet: it has a slot and nothing of it was sent yet.
+#[inline(always)]
+pub(crate) fn is_quiet(cookie: u64) -> bool {
+    // SAFETY: the field is read at once.
+    unsafe { FLOWS.get(&cookie) }.is_some_and(|flow| flow.shipped == slot::QUIET)
+}
+
+/// Sends what a quiet flow recorded (its opening, ESTABLISHED, the first payload classes
+/// each way, its latest state change, each with the time it happened) in one
+/// `FLOW_HISTORY` record, and reports the flow event by event from now on. Called before the
+/// first event of a flow that userspace must see. Not inlined: one copy per program.
+#[inline(never)]
+pub(crate) fn ship_quiet(cookie: u64, tuple: &Tuple) {
+    let Some(slot) = FLOWS.get_ptr_mut(&cookie) else {
+        return;
+    };
+    // SAFETY: a live map value; the fields are copied out before anything else.
+    let slot = unsafe { &mut *slot };
+    if slot.shipped != slot::QUIET {
+        return;
+    }
+    slot.shipped = slot::SHIPPED;
+    let Some(mut entry) = EVENTS.reserve::<FlowHistory>(0) else {
+        count(counter::RINGBUF_FULL);
+        return;
+    };
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let opening = Record {
+        kind: kind::FLOW_HISTORY,
+        cookie,
+        netns: slot.netns,
+        old_state: slot.opened_old,
+        new_state: slot.opened_new,
+        flags: flag::DEFERRED,
+        ts_ns: slot.opened_ns,
+        ..Default::default()
+    };
+    // SAFETY: the reserved record, every field written below before it is submitted.
+    let history = unsafe { &mut *entry.as_mut_ptr() };
+    write_event(&mut history.event, &opening, tuple, &slot.owner, now);
+    history.established_ns = slot.established_ns;
+    history.latest_ns = slot.latest_ns;
+    history.latest_old = slot.latest_old;
+    history.latest_new = slot.latest_new;
+    history._pad = 0;
+    // SAFETY: fields are copied out at once.
+    match unsafe { ACTIVITY.get(&cookie) } {
+        Some(a) => {
+            history.tx_class = a.tx_class;
+            history.rx_class = a.rx_class;
+            history.tx_first_ns = a.tx_first_ns;
+            history.rx_first_ns = a.rx_first_ns;
+        }
+        None => {
+            history.tx_class = payload_class::NONE;
+            history.rx_class = payload_class::NONE;
+            history.tx_first_ns = 0;
+            history.rx_first_ns = 0;
+        }
+    }
+    entry.submit(wakeup_flag());
+}
+
+/// Sends an event of a flow, after what the flow recorded while it was quiet; nothing when
+/// the flow's events are not sent (a refused connect counted as a repeat). Not inlined: one
+/// copy per program.
+#[inline(never)]
+pub(crate) fn send_flow_event(record: &Record, tuple: &Tuple) {
+    // SAFETY: the field is read at once.
+    if unsafe { FLOWS.get(&record.cookie) }.is_some_and(|slot| slot.shipped == slot::COUNTED) {
+        return;
+    }
+    ship_quiet(record.cookie, tuple);
+    emit(record, tuple, flow_owner(record.cookie));
+}
