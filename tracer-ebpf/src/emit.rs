@@ -179,3 +179,14 @@ pub(crate) fn idle_times(cookie: u64, now: u64) -> (u32, u32, u32) {
         (idle, ms(a.gap_ns), ms(now.saturating_sub(a.resumed_ns)))
     }
 }
+
+/// Emits an event owned by the process listening on the tuple's local port in the record's
+/// netns (a half-open handshake, or a listener's own RST).
+#[inline(always)]
+pub(crate) fn emit_for_listener(record: &Record, tuple: &Tuple) {
+    emit(
+        record,
+        tuple,
+        listener(&listener_key(record.netns, tuple.local_port)),
+    );
+}

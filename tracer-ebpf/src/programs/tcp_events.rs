@@ -7,7 +7,7 @@ use aya_ebpf::macros::btf_tracepoint;
 use aya_ebpf::programs::BtfTracePointContext;
 use tracer_ebpf::{RepeatKey, flag, kind, tcp_state};
 
-use crate::emit::{NO_OWNER, Record, emit, listener, listener_key};
+use crate::emit::{NO_OWNER, Record, emit, emit_for_listener};
 use crate::maps::{COUNTED_ERRORS, PEER_TTL, RST_TTL, offset, ready};
 use crate::packet::{packet_tuple, peer_key, segment_protocol_flags};
 use crate::repeats::{counted_as_repeat, refusal_counted};
@@ -122,11 +122,7 @@ pub fn tcp_retransmit_synack(ctx: BtfTracePointContext) -> i32 {
         flags: flag::ACCEPTED,
         ..Default::default()
     };
-    emit(
-        &record,
-        &tuple,
-        listener(&listener_key(netns, tuple.local_port)),
-    );
+    emit_for_listener(&record, &tuple);
     0
 }
 
@@ -173,11 +169,7 @@ fn reset_from_listener(skb: *const u8, reason: i32) {
         detail: reason,
         ..Default::default()
     };
-    emit(
-        &record,
-        &tuple,
-        listener(&listener_key(netns, tuple.local_port)),
-    );
+    emit_for_listener(&record, &tuple);
 }
 
 /// Linux before 6.10 (no `tcp_send_reset` without a socket): a TCP segment that found no
