@@ -6,7 +6,7 @@ mod support;
 
 use std::{
     io::{ErrorKind, Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     sync::mpsc,
     time::{Duration, Instant},
 };
@@ -109,6 +109,54 @@ fn closed_port_is_connect_refused_and_a_local_reset_on_the_server() {
         "{}",
         dump(&lines)
     );
+}
+
+/// Sends one bare TCP ACK from `from` to `to` through a raw socket (no connection behind it):
+/// what a NAT that forgot a flow, or a late retransmission, delivers to a port whose
+/// connection is gone.
+fn send_stray_ack(net: &Routed, from: IpAddr, to: SocketAddr) {
+    let script = format!(
+        r#"
+import socket, struct
+src, dst, sport, dport = "{from}", "{ip}", 40917, {port}
+def checksum(b):
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s >> 16:
+        s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+tcp = struct.pack("!HHIIBBHHH", sport, dport, 1000, 2000, 5 << 4, 0x10, 65535, 0, 0)
+pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 6, len(tcp))
+tcp = tcp[:16] + struct.pack("!H", checksum(pseudo + tcp)) + tcp[18:]
+raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+raw.sendto(tcp, (dst, 0))
+"#,
+        ip = to.ip(),
+        port = to.port()
+    );
+    exec_in(&net.client, &["/usr/bin/python3", "-c", &script]);
+}
+
+#[test]
+fn a_late_segment_to_a_closed_port_is_not_a_port_nobody_listens_on() {
+    // The server's stack answers a segment that is not a SYN with a RST, socket or no socket:
+    // that says the connection is gone here, not that nothing listens (only a SYN's RST does).
+    let net = Routed::new();
+    let target = SocketAddr::new(net.server_ip, 7337);
+    let tracer = Tracer::start("7337");
+    send_stray_ack(&net, net.client_ip, target);
+    settle();
+    let lines = tracer.stop();
+    let local = finding_for(&lines, "local_reset", "src", &target.to_string());
+    assert_eq!(local["netns"], net.server.inode(), "{}", dump(&lines));
+    assert_eq!(local["severity"], "info", "{}", dump(&lines));
+    let summary = local["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("belongs to no connection here"),
+        "{summary}"
+    );
+    for text in [summary, local["remedy"].as_str().unwrap()] {
+        assert!(!text.contains("nothing listens"), "{text}");
+    }
 }
 
 #[test]

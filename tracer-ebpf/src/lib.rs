@@ -169,6 +169,10 @@ pub mod flag {
     /// A state change recorded while the flow was quiet, sent later when it stopped being
     /// quiet: `ts_ns` is when it happened, not when it was sent.
     pub const DEFERRED: u16 = 1 << 6;
+    /// With `NO_SOCKET`: the segment the RST answered was a SYN (a connection attempt to a
+    /// port nobody listens on). Without it the RST answered a late segment of a connection
+    /// already gone here (a FIN, ACK or data after it closed, or after its state was lost).
+    pub const ANSWERS_SYN: u16 = 1 << 7;
 }
 
 /// Indexes of the per-CPU loss and overflow counters (`COUNTERS` map).
@@ -421,7 +425,9 @@ pub struct RepeatKey {
     /// another key.
     pub ttl: u8,
     pub peer_ttl: u8,
-    pub _pad: u16,
+    /// The event's flags of a RST sent without a socket (`NO_SOCKET`, `ANSWERS_SYN`: a RST
+    /// answering a SYN is another key than one answering a late segment); 0 for a refusal.
+    pub flags: u16,
 }
 
 /// Value of the repeat table (see [`RepeatKey`]).

@@ -11,6 +11,8 @@ use crate::maps::{IPPROTO_TCP, is_watched, offset};
 use crate::sock::{Tuple, read, read_netns_of};
 
 pub(crate) const TCP_FLAG_RST: u8 = 0x04;
+pub(crate) const TCP_FLAG_SYN: u8 = 0x02;
+pub(crate) const TCP_FLAG_ACK: u8 = 0x10;
 
 /// The shortest TCP segment over IPv4 (headers without options); an IPv6 one is longer.
 pub(crate) const MIN_TCP_V4: usize = 40;
@@ -198,6 +200,14 @@ pub(crate) fn segment_protocol_flags(skb: *const u8) -> Option<u8> {
     }
     let flags: u8 = read(head, transport as usize + 13);
     Some(flags & TCP_FLAG_RST)
+}
+
+/// The TCP flags of a received segment, read through the skb (0 when unreadable).
+#[inline(always)]
+pub(crate) fn segment_tcp_flags(skb: *const u8) -> u8 {
+    let head: *const u8 = read(skb, offset!(skb_head));
+    let transport: u16 = read(skb, offset!(skb_transport_header));
+    read(head, transport as usize + 13)
 }
 
 /// Classifies the first bytes of a segment's payload (see `tracer_ebpf::payload_class`);

@@ -99,7 +99,7 @@ pub(crate) fn refusal_counted(
         family: tuple.family as u8,
         ttl,
         peer_ttl,
-        _pad: 0,
+        flags: 0,
     };
     if !counted_as_repeat(&key, &flow.owner, tuple.local_port) {
         return false;

@@ -143,7 +143,7 @@ const KERNELS: &[KernelSpec] = &[
         meta: "linux-image-cloud-amd64",
         mode: Mode::Degraded,
         // No RST without a socket before 6.10, and no drop reason for kfree_skb to stand in.
-        skip: &["refused", "connect-refused"],
+        skip: &["refused", "connect-refused", "late-segment"],
         expect_missing: &["kfree_skb", "inet_sk_error_report"],
     },
 ];
@@ -201,6 +201,11 @@ const SCENARIOS: &[Scenario] = &[
         "dropped_synacks_are_return_path_blocked_on_the_server",
     ),
     scenario("peer-reset", "findings", "server_abort_is_a_peer_reset"),
+    scenario(
+        "late-segment",
+        "findings",
+        "a_late_segment_to_a_closed_port_is_not_a_port_nobody_listens_on",
+    ),
     scenario(
         "host-unreachable",
         "findings",

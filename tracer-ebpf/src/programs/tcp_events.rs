@@ -9,7 +9,9 @@ use tracer_ebpf::{RepeatKey, flag, kind, tcp_state};
 
 use crate::emit::{NO_OWNER, Record, emit, emit_for_listener};
 use crate::maps::{COUNTED_ERRORS, PEER_TTL, RST_TTL, offset, ready};
-use crate::packet::{packet_tuple, peer_key, segment_protocol_flags};
+use crate::packet::{
+    TCP_FLAG_ACK, TCP_FLAG_SYN, packet_tuple, peer_key, segment_protocol_flags, segment_tcp_flags,
+};
 use crate::repeats::{counted_as_repeat, refusal_counted};
 use crate::slots::send_flow_event;
 use crate::sock::{cookie_of, is_tcp_sock, read, read_sock_netns, socket_error, watched_tuple};
@@ -201,6 +203,13 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
 #[inline(always)]
 pub(crate) fn reset_without_socket(skb: *const u8, reason: i32) {
     if let Some((tuple, netns)) = packet_tuple(skb) {
+        // Only a RST answering a SYN says nothing listens; one answering any other segment
+        // says the connection is gone here.
+        let flags = if segment_tcp_flags(skb) & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN {
+            flag::NO_SOCKET | flag::ANSWERS_SYN
+        } else {
+            flag::NO_SOCKET
+        };
         let key = RepeatKey {
             local_addr: tuple.local_addr,
             remote_addr: tuple.remote_addr,
@@ -212,7 +221,7 @@ pub(crate) fn reset_without_socket(skb: *const u8, reason: i32) {
             family: tuple.family as u8,
             ttl: 0,
             peer_ttl: 0,
-            _pad: 0,
+            flags,
         };
         if counted_as_repeat(&key, &NO_OWNER, tuple.remote_port) {
             return;
@@ -224,7 +233,7 @@ pub(crate) fn reset_without_socket(skb: *const u8, reason: i32) {
             old_state: tcp_state::CLOSE,
             new_state: tcp_state::CLOSE,
             detail: reason,
-            flags: flag::NO_SOCKET,
+            flags,
             ..Default::default()
         };
         emit(&record, &tuple, &NO_OWNER);

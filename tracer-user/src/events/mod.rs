@@ -97,6 +97,9 @@ pub struct Event {
     pub detail: i32,
     /// A RST for a packet that matched no socket.
     pub no_socket: bool,
+    /// With `no_socket`: the packet was a SYN (nothing listens on that port). Without it,
+    /// the RST answered a late segment of a connection already gone here.
+    pub answers_syn: bool,
     /// The error (`detail`) is a soft one: an ICMP error the kernel has not acted on yet.
     pub soft_error: bool,
     /// first_payload: the segment was received (else sent); `detail` is its payload class.
@@ -127,6 +130,7 @@ pub fn sample_event(kind: EventKind, cookie: u64, boot_ns: u64) -> Event {
         new_state: 0,
         detail: 0,
         no_socket: false,
+        answers_syn: false,
         soft_error: false,
         received: false,
         ttl: None,
@@ -334,7 +338,7 @@ pub fn repeat_event(key: &RepeatKey, count: &RepeatCount) -> Result<Event, Decod
             key.service_port,
             count.last_client_port,
             0,
-            flag::NO_SOCKET,
+            key.flags | flag::NO_SOCKET,
         )
     };
     let raw = FlowEvent {
@@ -410,6 +414,7 @@ fn event_of(raw: &FlowEvent, kind: EventKind) -> Result<Event, DecodeError> {
         new_state: raw.new_state,
         detail: raw.detail,
         no_socket: raw.flags & flag::NO_SOCKET != 0,
+        answers_syn: raw.flags & flag::ANSWERS_SYN != 0,
         soft_error: raw.flags & flag::SOFT_ERROR != 0,
         received: raw.flags & flag::RECEIVED != 0,
         ttl: (raw.ttl != 0).then_some(raw.ttl),

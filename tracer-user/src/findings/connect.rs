@@ -124,14 +124,23 @@ impl Correlator {
             .of_reset(event)
             .unwrap_or("NOT_SPECIFIED")
             .to_owned();
-        let no_socket = event.no_socket || reason == "NO_SOCKET";
-        let severity = if no_socket {
+        // Only a RST answering a SYN says nothing listens; one answering a late segment of a
+        // connection already gone here (a FIN, ACK or data after it closed, or after its
+        // state was lost in a NAT) says that, whatever the kernel's reason name (6.10+ says
+        // NO_SOCKET for both).
+        let nothing_listens = event.no_socket && event.answers_syn;
+        let reason = if event.no_socket && !event.answers_syn {
+            remedies::NO_CONNECTION.to_owned()
+        } else {
+            reason
+        };
+        let severity = if nothing_listens {
             Severity::Warning
         } else {
             Severity::Info
         };
         let mut f = self.finding(FindingKind::LocalReset, severity, event);
-        if no_socket {
+        if nothing_listens {
             f.side = Some(Side::Server);
         }
         f.summary = format!(

@@ -116,8 +116,16 @@ pub fn middlebox_reset(dst: SocketAddr, rst_ttl: u8, peer_ttl: u8) -> String {
 }
 
 /// Plain words for the kernel's reset reasons (`enum sk_rst_reason`).
+/// Not a kernel reason: a RST sent without a socket for a segment that was not a SYN.
+pub const NO_CONNECTION: &str = "NO_CONNECTION";
+
 pub fn reset_reason_meaning(reason: &str, local_port: u16) -> String {
     match reason {
+        NO_CONNECTION => format!(
+            "a segment arrived for port {local_port} that belongs to no connection here (a late \
+             FIN, ACK or data after the connection closed, or one whose state was lost; \
+             NO_SOCKET)"
+        ),
         "NO_SOCKET" => format!("nothing listens on port {local_port} here (NO_SOCKET)"),
         "TCP_ABORT_ON_CLOSE" => {
             "the application closed the socket with unread data (TCP_ABORT_ON_CLOSE)".into()

@@ -272,6 +272,7 @@ fn reset_without_a_socket_is_a_local_reset() {
     let mut h = Harness::new();
     let mut rst = ev(EventKind::ResetSent, 0, 5, CL, CL, 1);
     rst.no_socket = true;
+    rst.answers_syn = true;
     rst.owner = None;
     let found = h.feed(rst);
     assert_eq!(kinds(&found), vec![FindingKind::LocalReset]);
@@ -286,6 +287,7 @@ fn reset_without_a_socket_on_a_kernel_without_reasons_says_nothing_listens() {
     h.correlator.reasons = ResetReasons::default();
     let mut rst = ev(EventKind::ResetSent, 0, 5, CL, CL, 0);
     rst.no_socket = true;
+    rst.answers_syn = true;
     rst.owner = None;
     rst.local = "10.0.0.2:7337".parse().unwrap();
     let found = h.feed(rst);
@@ -297,6 +299,29 @@ fn reset_without_a_socket_on_a_kernel_without_reasons_says_nothing_listens() {
     );
     assert!(
         found[0].remedy.contains("nothing listens"),
+        "{}",
+        found[0].remedy
+    );
+}
+
+#[test]
+fn reset_without_a_socket_for_a_late_segment_is_not_nothing_listens() {
+    // A RST from a client's ephemeral port answering a late FIN of a connection it closed.
+    let mut h = Harness::new();
+    let mut rst = ev(EventKind::ResetSent, 0, 5, CL, CL, 1);
+    rst.no_socket = true;
+    rst.owner = None;
+    rst.local = "127.0.0.1:55746".parse().unwrap();
+    let found = h.feed(rst);
+    assert_eq!(kinds(&found), vec![FindingKind::LocalReset]);
+    assert_eq!(found[0].severity, Severity::Info);
+    assert!(
+        found[0].summary.contains("belongs to no connection here"),
+        "{}",
+        found[0].summary
+    );
+    assert!(
+        !found[0].remedy.contains("nothing listens"),
         "{}",
         found[0].remedy
     );
