@@ -225,6 +225,9 @@ fn bad_input_names_the_file_and_line() {
         assert_eq!(code, Some(0), "{name}: {stderr}");
         let value: Value = serde_json::from_str(&stdout).unwrap();
         assert_eq!(value["skipped_lines"], 1, "{name}");
+        // The warning goes to a pipe here, not a terminal: plain text, no colour codes.
+        assert!(stderr.contains("skipped 1 unreadable"), "{name}: {stderr}");
+        assert!(!stderr.contains('\x1b'), "{name}: ANSI codes in {stderr:?}");
     }
     let (code, _, stderr) = report(&[dir.join("missing.ndjson").to_str().unwrap()]);
     assert_eq!(code, Some(2));
