@@ -269,6 +269,15 @@ impl<W: Write> Pipeline<W> {
         self.idle_reported = still_reported;
         for (cookie, activity, idle_ns, last_data_ns) in at_risk {
             self.idle_reported.insert(cookie, last_data_ns);
+            // A flow that already broke after an idle period has its verdict: its
+            // retransmissions' growing gaps are not a new idle period to warn about.
+            if self
+                .flows
+                .get_mut(cookie)
+                .is_some_and(|flow| flow.track.idle_break_reported)
+            {
+                continue;
+            }
             let keepalive = KeepaliveSettings::from_kernel(&activity.keepalive, hz);
             let finding = match self.flows.get_mut(cookie) {
                 Some(flow) => {

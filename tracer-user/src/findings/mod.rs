@@ -160,7 +160,9 @@ pub struct Track {
     return_path_reported: bool,
     /// Retransmits since the flow came back from an idle period past the NAT threshold.
     retransmits_after_idle: u32,
-    idle_break_reported: bool,
+    /// An idle break (nat_idle_timeout or half_open) was reported: the flow is not warned
+    /// about as idle again.
+    pub idle_break_reported: bool,
     tls_reported: bool,
     /// The flow was added to the recent client connections (sidecar linking).
     remembered: bool,
