@@ -299,16 +299,45 @@ fn clean_connections_are_summarised_exactly() {
     let ctx = || dump(&lines);
     let stats = last_stats(&lines);
     let row = |side| clean_flows(stats, PORT, Some(side));
-    assert_eq!(row("client"), CLEAN as u64, "{}", ctx());
-    assert_eq!(row("server"), CLEAN as u64, "{}", ctx());
-    assert_eq!(stats["clean_flows"], 2 * CLEAN as u64, "{}", ctx());
+    // A connection that had to retransmit a segment (under emulation an ACK can take longer
+    // than the minimum RTO; never on an idle host) is reported event by event instead of
+    // summarised: still every connection is accounted for, exactly once.
+    let talking: std::collections::BTreeSet<String> = lines
+        .iter()
+        .filter(|v| v["type"] == "event")
+        .filter(|v| {
+            v["src"] == talker.to_string().as_str() || v["dst"] == talker.to_string().as_str()
+        })
+        .map(|v| v["cookie"].to_string())
+        .collect();
+    let retransmitted = |side: &str| -> std::collections::BTreeSet<String> {
+        events(&lines, "retransmit")
+            .iter()
+            .filter(|v| v["side"] == side && !talking.contains(&v["cookie"].to_string()))
+            .map(|v| v["cookie"].to_string())
+            .collect()
+    };
+    let (client_late, server_late) = (retransmitted("client"), retransmitted("server"));
+    assert_eq!(
+        row("client") + client_late.len() as u64,
+        CLEAN as u64,
+        "{}",
+        ctx()
+    );
+    assert_eq!(
+        row("server") + server_late.len() as u64,
+        CLEAN as u64,
+        "{}",
+        ctx()
+    );
     assert_eq!(stats["lost_events"], 0, "{}", ctx());
-    // Only the listener and the talking connection's flows (client and server side) have
-    // events.
+    // Only the listener, the talking connection's flows (client and server side) and any
+    // that retransmitted have events.
     let flows: std::collections::BTreeSet<String> = events(&lines, "state_change")
         .iter()
         .filter(|v| v["old_state"] != "LISTEN" && v["new_state"] != "LISTEN")
         .map(|v| v["cookie"].to_string())
+        .filter(|cookie| !client_late.contains(cookie) && !server_late.contains(cookie))
         .collect();
     assert_eq!(
         flows.len(),
