@@ -50,6 +50,9 @@ pub struct Flow<T> {
 #[derive(Debug)]
 pub struct FlowTable<T> {
     flows: HashMap<u64, Flow<T>>,
+    /// Closed flows whose key a new socket took before they expired (see `observe`),
+    /// returned by the next `expire`. Bounded by `capacity`.
+    retired: Vec<Flow<T>>,
     capacity: usize,
     evictions: u64,
 }
@@ -58,6 +61,7 @@ impl<T: Default> FlowTable<T> {
     pub fn new(capacity: usize) -> Self {
         Self {
             flows: HashMap::new(),
+            retired: Vec::new(),
             capacity: capacity.max(1),
             evictions: 0,
         }
@@ -86,6 +90,24 @@ impl<T: Default> FlowTable<T> {
     pub fn observe(&mut self, event: &mut Event) -> Option<&mut Flow<T>> {
         if event.cookie == 0 {
             return None; // no socket: nothing to join
+        }
+        // A socket opened under the key of a closed flow is a new flow: before Linux 5.12 the
+        // key is the socket's address, which the kernel hands out again once the socket is
+        // freed (cookies are never reused). The closed flow is retired, not lost.
+        let opens = event.kind == EventKind::StateChange
+            && matches!(event.new_state, tcp_state::SYN_SENT | tcp_state::SYN_RECV);
+        if opens
+            && self
+                .flows
+                .get(&event.cookie)
+                .is_some_and(|flow| flow.closed_ns.is_some())
+            && let Some(closed) = self.flows.remove(&event.cookie)
+        {
+            if self.retired.len() >= self.capacity {
+                self.retired.remove(0);
+                self.evictions += 1;
+            }
+            self.retired.push(closed);
         }
         if !self.flows.contains_key(&event.cookie) && self.flows.len() >= self.capacity {
             self.make_room(event.boot_ns);
@@ -178,10 +200,8 @@ impl<T: Default> FlowTable<T> {
             })
             .map(|(&cookie, _)| cookie)
             .collect();
-        let expired = done
-            .iter()
-            .filter_map(|&cookie| self.remove(cookie))
-            .collect();
+        let mut expired: Vec<Flow<T>> = std::mem::take(&mut self.retired);
+        expired.extend(done.iter().filter_map(|&cookie| self.remove(cookie)));
         // The table never shrinks by itself: after a burst its capacity would stay at the
         // high-water mark for the life of the process.
         let len = self.flows.len();
@@ -197,7 +217,9 @@ impl<T: Default> FlowTable<T> {
 
     /// Removes and returns every flow (at shutdown, so pending updates can be written).
     pub fn drain(&mut self) -> Vec<Flow<T>> {
-        self.flows.drain().map(|(_, flow)| flow).collect()
+        let mut all = std::mem::take(&mut self.retired);
+        all.extend(self.flows.drain().map(|(_, flow)| flow));
+        all
     }
 
     /// Frees at least one slot: closed flows first, then the least recently seen
@@ -315,6 +337,26 @@ mod tests {
         ));
         assert_eq!(table.evictions(), 0);
         assert!(table.get(1).is_some() && table.get(3).is_some());
+    }
+
+    #[test]
+    fn a_new_socket_under_a_closed_flows_key_is_a_new_flow() {
+        // Linux 5.10: the key is the socket's address, reused after the socket is freed.
+        let mut table = FlowTable::<()>::new(16);
+        let mut opening = event(1, 10, EventKind::StateChange, 7, 2);
+        table.observe(&mut opening);
+        let mut close = event(1, 20, EventKind::StateChange, 2, 7);
+        table.observe(&mut close);
+        assert!(table.get(1).unwrap().closed_ns.is_some());
+        let mut reopening = event(1, 30, EventKind::StateChange, 7, 2);
+        let flow = table.observe(&mut reopening).unwrap();
+        assert_eq!((flow.closed_ns, flow.first_ns), (None, 30), "a new flow");
+        // The closed one is not lost: the next expiry returns it (its findings may owe an
+        // update).
+        let expired = table.expire(31);
+        assert_eq!(expired.len(), 1);
+        assert_eq!(expired[0].first_ns, 10);
+        assert_eq!(table.len(), 1);
     }
 
     #[test]
