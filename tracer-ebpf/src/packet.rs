@@ -138,13 +138,14 @@ pub(crate) fn peer_key(family: u16, addr: &[u8; 16]) -> [u8; 16] {
     }
 }
 
-/// Tuple (this host first) and netns of a received TCP segment.
+/// Tuple (this host first), netns and TCP flags of a received segment; None when it is not
+/// TCP or neither port is watched. Unreadable fields read as zeroes, which match no watched
+/// port, no IP version and no protocol.
 #[inline(always)]
-pub(crate) fn packet_tuple(skb: *const u8) -> Option<(Tuple, u32)> {
+pub(crate) fn received_segment(skb: *const u8) -> Option<(Tuple, u32, u8)> {
     if skb.is_null() {
         return None;
     }
-    // Unreadable fields read as zeroes, which match no watched port and no IP version.
     let head: *const u8 = read(skb, offset!(skb_head));
     let network: u16 = read(skb, offset!(skb_network_header));
     let transport: u16 = read(skb, offset!(skb_transport_header));
@@ -162,52 +163,30 @@ pub(crate) fn packet_tuple(skb: *const u8) -> Option<(Tuple, u32)> {
         local_addr: [0; 16],
         remote_addr: [0; 16],
     };
-    match version >> 4 {
+    // IPv4's protocol, or IPv6's next header (a TCP header right after the fixed header).
+    let protocol: u8 = match version >> 4 {
         4 => {
             let addrs: [u8; 8] = read(head, network as usize + 12);
             tuple.remote_addr[..4].copy_from_slice(&addrs[..4]);
             tuple.local_addr[..4].copy_from_slice(&addrs[4..]);
+            read(head, network as usize + 9)
         }
         6 => {
             tuple.family = AF_INET6;
             tuple.remote_addr = read(head, network as usize + 8);
             tuple.local_addr = read(head, network as usize + 24);
+            read(head, network as usize + 6)
         }
-        _ => return None,
-    }
-    // A NULL device or net reads as netns 0.
-    let dev: *const u8 = read(skb, offset!(skb_dev));
-    let netns = read_netns_of(read(dev, offset!(dev_nd_net)));
-    Some((tuple, netns))
-}
-
-/// The RST flag of a received segment (`Some(0)`: a TCP segment without RST), None when the
-/// packet is not TCP.
-#[inline(always)]
-pub(crate) fn segment_protocol_flags(skb: *const u8) -> Option<u8> {
-    let head: *const u8 = read(skb, offset!(skb_head));
-    let network: u16 = read(skb, offset!(skb_network_header));
-    let transport: u16 = read(skb, offset!(skb_transport_header));
-    let version: u8 = read(head, network as usize);
-    // IPv4's protocol, or IPv6's next header (a TCP header right after the fixed header).
-    let protocol: u8 = match version >> 4 {
-        4 => read(head, network as usize + 9),
-        6 => read(head, network as usize + 6),
         _ => return None,
     };
     if u16::from(protocol) != IPPROTO_TCP {
         return None;
     }
-    let flags: u8 = read(head, transport as usize + 13);
-    Some(flags & TCP_FLAG_RST)
-}
-
-/// The TCP flags of a received segment, read through the skb (0 when unreadable).
-#[inline(always)]
-pub(crate) fn segment_tcp_flags(skb: *const u8) -> u8 {
-    let head: *const u8 = read(skb, offset!(skb_head));
-    let transport: u16 = read(skb, offset!(skb_transport_header));
-    read(head, transport as usize + 13)
+    let tcp_flags: u8 = read(head, transport as usize + 13);
+    // A NULL device or net reads as netns 0.
+    let dev: *const u8 = read(skb, offset!(skb_dev));
+    let netns = read_netns_of(read(dev, offset!(dev_nd_net)));
+    Some((tuple, netns, tcp_flags))
 }
 
 /// Classifies the first bytes of a segment's payload (see `tracer_ebpf::payload_class`);

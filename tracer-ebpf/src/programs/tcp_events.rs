@@ -9,9 +9,7 @@ use tracer_ebpf::{RepeatKey, flag, kind, tcp_state};
 
 use crate::emit::{NO_OWNER, Record, emit, emit_for_listener};
 use crate::maps::{COUNTED_ERRORS, PEER_TTL, RST_TTL, offset, ready};
-use crate::packet::{
-    TCP_FLAG_ACK, TCP_FLAG_SYN, packet_tuple, peer_key, segment_protocol_flags, segment_tcp_flags,
-};
+use crate::packet::{TCP_FLAG_ACK, TCP_FLAG_RST, TCP_FLAG_SYN, peer_key, received_segment};
 use crate::repeats::{counted_as_repeat, refusal_counted};
 use crate::slots::send_flow_event;
 use crate::sock::{cookie_of, is_tcp_sock, read, read_sock_netns, socket_error, watched_tuple};
@@ -159,7 +157,7 @@ pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
 /// the port.
 #[inline(always)]
 fn reset_from_listener(skb: *const u8, reason: i32) {
-    let Some((tuple, netns)) = packet_tuple(skb) else {
+    let Some((tuple, netns, _)) = received_segment(skb) else {
         return;
     };
     let record = Record {
@@ -188,24 +186,24 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
     if reason != no_socket {
         return 0;
     }
-    let skb: *const u8 = ctx.arg(0);
-    // UDP drops with the same reason; and no RST answers a RST.
-    if segment_protocol_flags(skb) != Some(0) {
-        return 0;
-    }
-    reset_without_socket(skb, 0);
+    // UDP drops with the same reason: `reset_without_socket` takes TCP segments only.
+    reset_without_socket(ctx.arg(0), 0);
     0
 }
 
-/// A RST the stack sent for a segment that matched no socket: the tuple comes from the packet
-/// that provoked it, reversed, since the RST goes back to its sender. Repeats within the
-/// window are counted instead of sent.
+/// A RST the stack sent for a TCP segment that matched no socket: the tuple comes from the
+/// segment that provoked it, reversed, since the RST goes back to its sender. Repeats within
+/// the window are counted instead of sent.
 #[inline(always)]
-pub(crate) fn reset_without_socket(skb: *const u8, reason: i32) {
-    if let Some((tuple, netns)) = packet_tuple(skb) {
+fn reset_without_socket(skb: *const u8, reason: i32) {
+    if let Some((tuple, netns, tcp_flags)) = received_segment(skb) {
+        // No RST answers a RST (a dropped one, seen by `kfree_skb`).
+        if tcp_flags & TCP_FLAG_RST != 0 {
+            return;
+        }
         // Only a RST answering a SYN says nothing listens; one answering any other segment
         // says the connection is gone here.
-        let flags = if segment_tcp_flags(skb) & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN {
+        let flags = if tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN {
             flag::NO_SOCKET | flag::ANSWERS_SYN
         } else {
             flag::NO_SOCKET
