@@ -15,6 +15,7 @@ use crate::{
     events::{KernelFacts, ResetReasons},
     kernel::btf::Btf,
     kernel::counters::KernelCounters,
+    kernel::kernel_release,
     kernel::loader::{KernelPrograms, LoadOptions},
     kernel::offsets,
     kernel::prefetch::Prefetch,
@@ -58,12 +59,6 @@ static KERNEL_HZ: Prefetch<Result<(u32, &'static str), String>> = Prefetch::new(
 /// Starts reading what the session needs from the kernel, in the background.
 pub fn start_kernel_reads() {
     KERNEL_HZ.start(|| crate::kernel::hz::kernel_hz(&kernel_release()));
-}
-
-fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|release| release.trim().to_owned())
-        .unwrap_or_default()
 }
 
 /// What a session needs to start.

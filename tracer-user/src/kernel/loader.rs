@@ -23,6 +23,7 @@ use crate::{
     kernel::cgroup::{attach_cgroup_skb, cgroup2_root},
     kernel::counters::{KernelCounters, recursion_misses},
     kernel::flowkey::FlowKeys,
+    kernel::kernel_release,
     kernel::offsets,
     kernel::prefetch::Prefetch,
     kernel::programs::{self, Attach, ProgramSpec},
@@ -305,7 +306,9 @@ impl KernelPrograms {
                 "this kernel ({}) cannot run shuffletrace: its core program {} did not load \
                  ({}). shuffletrace needs {} or later; kernels verified: 5.10 (degraded), 6.1, \
                  6.12, 6.18",
-                kernel_release(),
+                Some(kernel_release())
+                    .filter(|release| !release.is_empty())
+                    .unwrap_or_else(|| "unknown release".to_owned()),
                 core.tracepoint,
                 core.reason,
                 programs::OLDEST_KERNEL
@@ -425,13 +428,6 @@ fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec, cgroup_root: &Result<PathBuf>) ->
     };
     let root = cgroup_root.as_ref().map_err(|e| anyhow!("{e:#}"))?;
     attach_cgroup_skb(ebpf, spec.name, root, direction)
-}
-
-/// The running kernel's release (`uname -r`), for messages.
-pub fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|release| release.trim().to_owned())
-        .unwrap_or_else(|_| "unknown release".to_owned())
 }
 
 /// The verifier's complaint, trimmed to its last lines (the full log is thousands of lines).

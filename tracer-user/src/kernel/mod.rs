@@ -13,3 +13,10 @@ pub mod offsets;
 pub mod prefetch;
 pub mod privileges;
 pub mod programs;
+
+/// The running kernel's release (`uname -r`); empty when it cannot be read.
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|release| release.trim().to_owned())
+        .unwrap_or_default()
+}
