@@ -149,6 +149,7 @@ impl<W: Write> Session<W> {
                 settings.ports,
                 &probes.attached,
                 &probes.missing,
+                &probes.unavailable,
                 &findings.nat_idle,
             )
             .context("writing to stdout")?;
@@ -158,17 +159,10 @@ impl<W: Write> Session<W> {
                 missing.tracepoint, missing.reason
             );
         }
-        let unavailable = crate::kernel::programs::unavailable_kinds(
-            &probes
-                .missing
-                .iter()
-                .map(|m| m.tracepoint)
-                .collect::<Vec<_>>(),
-        );
-        if !unavailable.is_empty() {
+        if !probes.unavailable.is_empty() {
             warn!(
                 "on this kernel ({kernel}) these findings cannot be given: {}",
-                unavailable.join(", ")
+                probes.unavailable.join(", ")
             );
         }
         info!(

@@ -188,6 +188,8 @@ pub struct KernelPrograms {
     pub ebpf: Ebpf,
     pub attached: Vec<&'static str>,
     pub missing: Vec<Missing>,
+    /// Finding kinds no attached program can give (see `programs::unavailable_kinds`).
+    pub unavailable: Vec<&'static str>,
     /// How the programs' flow keys are shown (opaque numbers where they are kernel
     /// addresses; see `crate::kernel::flowkey`). Keys going in and out of this type are shown keys.
     pub flow_keys: FlowKeys,
@@ -315,10 +317,13 @@ impl KernelPrograms {
             ))
             .into());
         }
+        let unavailable =
+            programs::unavailable_kinds(&missing.iter().map(|m| m.tracepoint).collect::<Vec<_>>());
         Ok(Self {
             ebpf,
             attached,
             missing,
+            unavailable,
             flow_keys: if offsets.flow_key_is_address != 0 {
                 FlowKeys::addresses()
             } else {

@@ -105,7 +105,7 @@ pub(super) struct StartLine<'a> {
     pub(super) ports: &'a [u16],
     pub(super) attached: &'a [&'static str],
     pub(super) missing: Vec<MissingLine<'a>>,
-    pub(super) unavailable: Vec<&'static str>,
+    pub(super) unavailable: &'a [&'static str],
     pub(super) nat_idle_s: f64,
     pub(super) nat_idle_profile: &'static str,
 }

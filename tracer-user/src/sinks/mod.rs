@@ -78,6 +78,7 @@ impl<W: Write> Output<W> {
         ports: &[u16],
         attached: &[&'static str],
         missing: &[Missing],
+        unavailable: &[&'static str],
         nat_idle: &NatIdle,
     ) -> io::Result<()> {
         let line = StartLine {
@@ -96,9 +97,7 @@ impl<W: Write> Output<W> {
                     reason: &m.reason,
                 })
                 .collect(),
-            unavailable: crate::kernel::programs::unavailable_kinds(
-                &missing.iter().map(|m| m.tracepoint).collect::<Vec<_>>(),
-            ),
+            unavailable,
             nat_idle_s: nat_idle.threshold.as_secs_f64(),
             nat_idle_profile: nat_idle.profile,
         };
