@@ -119,21 +119,17 @@ impl Correlator {
     }
 
     pub(super) fn local_reset(&mut self, event: &Event, evidence: &[Event]) -> Finding {
-        let reason = self
-            .reasons
-            .of_reset(event)
-            .unwrap_or("NOT_SPECIFIED")
-            .to_owned();
         // Only a RST answering a SYN says nothing listens; one answering a late segment of a
         // connection already gone here (a FIN, ACK or data after it closed, or after its
         // state was lost in a NAT) says that, whatever the kernel's reason name (6.10+ says
         // NO_SOCKET for both).
         let nothing_listens = event.no_socket && event.answers_syn;
         let reason = if event.no_socket && !event.answers_syn {
-            remedies::NO_CONNECTION.to_owned()
+            remedies::NO_CONNECTION
         } else {
-            reason
-        };
+            self.reasons.of_reset(event).unwrap_or("NOT_SPECIFIED")
+        }
+        .to_owned();
         let severity = if nothing_listens {
             Severity::Warning
         } else {
