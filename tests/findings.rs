@@ -63,7 +63,9 @@ fn listen(
 }
 
 #[test]
-fn closed_port_is_connect_refused_and_a_local_reset_on_the_server() {
+fn a_refused_connect_between_two_namespaces_is_one_finding_naming_both() {
+    // Both ends on this host (two pods of one node): the server's stack sends the RST and
+    // the client receives it; one incident, one verdict, the client's.
     let net = Routed::new();
     let target = SocketAddr::new(net.server_ip, 7337);
     let tracer = Tracer::start("7337");
@@ -79,7 +81,12 @@ fn closed_port_is_connect_refused_and_a_local_reset_on_the_server() {
     let lines = tracer.stop();
     let refused = finding_for(&lines, "connect_refused", "dst", &target.to_string());
     assert_eq!(refused["severity"], "error");
-    assert_eq!(refused["comm"], "st-exec");
+    assert_eq!(refused["thread"], "st-exec");
+    assert_eq!(
+        refused["comm"],
+        process_comm().as_str(),
+        "the process's name"
+    );
     assert_eq!(refused["pid"], pid());
     assert_eq!(refused["netns"], net.client.inode());
     assert_eq!(refused["service"], "Spark external shuffle service");
@@ -96,19 +103,39 @@ fn closed_port_is_connect_refused_and_a_local_reset_on_the_server() {
             .contains("spark.shuffle.service")
     );
     assert_actionable(refused, &lines);
-    // The server's own stack sent that RST: nothing listens.
-    let local = finding_for(&lines, "local_reset", "src", &target.to_string());
-    assert_eq!(local["netns"], net.server.inode());
+    // The server's own stack sent that RST: the finding names its namespace, and gives no
+    // second verdict.
+    let peer = &refused["peer"];
+    assert_eq!(peer["netns"], net.server.inode(), "{}", dump(&lines));
+    assert_eq!(peer["side"], "server");
     assert!(
-        local["summary"].as_str().unwrap().contains("NO_SOCKET"),
+        refused["summary"].as_str().unwrap().contains(&format!(
+            "nothing listens on port 7337 in network namespace {}",
+            net.server.inode()
+        )),
         "{}",
         dump(&lines)
     );
     assert!(
-        findings(&lines, "middlebox_reset").is_empty(),
-        "{}",
+        refused["evidence"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["event"] == "reset_sent" && e["reason"] == "NO_SOCKET"),
+        "the server end's evidence: {}",
         dump(&lines)
     );
+    for kind in ["local_reset", "middlebox_reset", "peer_reset"] {
+        assert!(findings(&lines, kind).is_empty(), "{}", dump(&lines));
+    }
+}
+
+/// The name of this test process (its main thread's comm), as findings give it in `comm`.
+fn process_comm() -> String {
+    std::fs::read_to_string("/proc/self/comm")
+        .unwrap()
+        .trim_end()
+        .to_owned()
 }
 
 /// Sends one bare TCP ACK from `from` to `to` through a raw socket (no connection behind it):
@@ -189,7 +216,7 @@ fn dropped_syns_are_connect_timeout_updated_when_the_socket_gives_up() {
     settle();
     let lines = tracer.stop();
     let timeout = finding_for(&lines, "connect_timeout", "dst", &target.to_string());
-    assert_eq!(timeout["comm"], "st-connect");
+    assert_eq!(timeout["thread"], "st-connect");
     assert_eq!(timeout["pid"], pid());
     assert_eq!(timeout["count"], 1);
     assert!(
@@ -244,7 +271,7 @@ fn icmp_host_unreachable_from_a_router() {
     settle();
     let lines = tracer.stop();
     let unreachable = finding_for(&lines, "host_unreachable", "dst", &target.to_string());
-    assert_eq!(unreachable["comm"], "st-metastore");
+    assert_eq!(unreachable["thread"], "st-metastore");
     assert!(
         unreachable["evidence"]
             .as_array()
@@ -308,7 +335,7 @@ fn reset_from_a_router_is_a_middlebox_reset() {
     settle();
     let lines = tracer.stop();
     let forged = finding_for(&lines, "middlebox_reset", "dst", &target.to_string());
-    assert_eq!(forged["comm"], "st-exec");
+    assert_eq!(forged["thread"], "st-exec");
     assert_ne!(forged["src"], first.to_string().as_str(), "the second flow");
     let rst = forged["evidence"]
         .as_array()
@@ -373,7 +400,7 @@ fn dropped_synacks_are_return_path_blocked_on_the_server() {
     assert_eq!(blocked["netns"], net.server.inode());
     assert_eq!(blocked["side"], "server");
     assert_eq!(
-        blocked["comm"],
+        blocked["thread"],
         "st-hs2",
         "the listening process: {}",
         dump(&lines)
@@ -387,7 +414,7 @@ fn dropped_synacks_are_return_path_blocked_on_the_server() {
     assert_actionable(blocked, &lines);
     // The client, for its part, sees its SYNs go unanswered.
     let timeout = finding_for(&lines, "connect_timeout", "dst", &target.to_string());
-    assert_eq!(timeout["comm"], "st-beeline");
+    assert_eq!(timeout["thread"], "st-beeline");
 }
 
 #[test]
@@ -471,14 +498,14 @@ fn random_loss_on_an_established_flow_is_a_retransmit_storm() {
     );
     let storm = storms[0];
     assert_eq!(storm["dst"], target.to_string().as_str());
-    assert_eq!(storm["comm"], "st-fetch");
+    assert_eq!(storm["thread"], "st-fetch");
     assert_eq!(storm["pid"], pid());
     assert_eq!(storm["severity"], "warning");
     assert_actionable(storm, &lines);
 }
 
 #[test]
-fn server_abort_is_a_peer_reset() {
+fn a_server_abort_seen_from_both_ends_is_one_warning() {
     let net = Routed::new();
     let target = SocketAddr::new(net.server_ip, 7337);
     let tracer = Tracer::start("7337");
@@ -516,30 +543,124 @@ fn server_abort_is_a_peer_reset() {
     assert_eq!(error, ErrorKind::ConnectionReset);
     settle();
     let lines = tracer.stop();
-    let reset = finding_for(&lines, "peer_reset", "dst", &target.to_string());
-    assert_eq!(reset["comm"], "st-exec");
-    assert_eq!(reset["netns"], net.client.inode());
-    let rst = reset["evidence"]
+    // Both ends are on this host: one verdict, the server's (it chose to abort), a warning
+    // since the client's connection failed, naming the client as its peer.
+    assert!(
+        findings(&lines, "peer_reset").is_empty(),
+        "{}",
+        dump(&lines)
+    );
+    let local = finding_for(&lines, "local_reset", "src", &target.to_string());
+    assert_eq!(local["severity"], "warning", "{}", dump(&lines));
+    assert_eq!(local["side"], "server");
+    assert_eq!(local["thread"], "st-shuffle");
+    assert_eq!(local["netns"], net.server.inode());
+    let peer = &local["peer"];
+    assert_eq!(peer["thread"], "st-exec", "{}", dump(&lines));
+    assert_eq!(peer["netns"], net.client.inode());
+    assert_eq!(peer["side"], "client");
+    let rst = local["evidence"]
         .as_array()
         .unwrap()
         .iter()
         .find(|e| e["event"] == "reset_received")
-        .unwrap_or_else(|| panic!("RST in evidence: {}", dump(&lines)));
+        .unwrap_or_else(|| panic!("the client's RST in evidence: {}", dump(&lines)));
     assert_eq!(
         rst["ttl"],
         rst["peer_ttl"],
         "the peer's own RST: {}",
         dump(&lines)
     );
-    assert_actionable(reset, &lines);
+    assert!(
+        local["remedy"]
+            .as_str()
+            .unwrap()
+            .contains("serving port 7337"),
+        "{}",
+        dump(&lines)
+    );
+    assert_actionable(local, &lines);
     assert!(
         findings(&lines, "middlebox_reset").is_empty(),
         "{}",
         dump(&lines)
     );
-    // The server side says who aborted: its own application.
-    let local = finding_for(&lines, "local_reset", "src", &target.to_string());
-    assert_eq!(local["comm"], "st-shuffle");
+}
+
+/// A Python server in `ns` on `addr` that sends 512 bytes to the first client and then waits
+/// for it, printing `ready` once it listens and then what ended the connection.
+fn python_server(ns: &support::Netns, addr: SocketAddr) -> std::process::Child {
+    let script = format!(
+        r#"
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("{ip}", {port}))
+s.listen(8)
+print("ready", flush=True)
+c, _ = s.accept()
+c.sendall(b"x" * 512)
+c.settimeout(10)
+try:
+    print("eof" if c.recv(16) == b"" else "data", flush=True)
+except ConnectionResetError:
+    print("reset", flush=True)
+"#,
+        ip = addr.ip(),
+        port = addr.port()
+    );
+    std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name, "/usr/bin/python3", "-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 server")
+}
+
+#[test]
+fn a_client_closing_with_unread_data_is_its_own_info_finding_not_a_server_error() {
+    // A server process that listens before tracing starts: the tracer finds it in /proc.
+    let net = Routed::new();
+    let target = SocketAddr::new(net.server_ip, 10000);
+    let mut server = python_server(&net.server, target);
+    let mut said = std::io::BufReader::new(server.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut said, &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    let tracer = Tracer::start("10000");
+    net.client
+        .run("st-beeline", move || {
+            let stream = connect(target).expect("connect");
+            std::thread::sleep(Duration::from_millis(300));
+            drop(stream); // 512 bytes unread: the kernel resets
+        })
+        .join()
+        .unwrap();
+    line.clear();
+    std::io::BufRead::read_line(&mut said, &mut line).unwrap();
+    assert_eq!(line.trim(), "reset", "the server saw the reset");
+    server.wait().unwrap();
+    settle();
+    let lines = tracer.stop();
+    assert!(
+        findings(&lines, "peer_reset").is_empty(),
+        "{}",
+        dump(&lines)
+    );
+    let local = finding_for(&lines, "local_reset", "dst", &target.to_string());
+    assert_eq!(local["severity"], "info", "{}", dump(&lines));
+    assert_eq!(local["side"], "client");
+    assert_eq!(local["thread"], "st-beeline");
+    let peer = &local["peer"];
+    assert_eq!(peer["side"], "server", "{}", dump(&lines));
+    assert_eq!(peer["netns"], net.server.inode());
+    // Listening before the tracer started: named from /proc.
+    assert_eq!(peer["pid"], server.id(), "{}", dump(&lines));
+    assert_eq!(peer["comm"], "python3", "{}", dump(&lines));
+    let remedy = local["remedy"].as_str().unwrap();
+    assert!(remedy.contains("Nothing to fix on the server"), "{remedy}");
+    assert!(remedy.contains("port 10000"), "{remedy}");
+    let ephemeral = local["src"].as_str().unwrap().rsplit(':').next().unwrap();
+    assert!(!remedy.contains(&format!("port {ephemeral}")), "{remedy}");
 }
 
 fn probe(net: &Routed, args: &[&str]) -> (Option<i32>, Vec<Value>) {
@@ -668,14 +789,16 @@ fn a_refusal_storm_is_counted_in_the_kernel_and_every_count_is_exact() {
     let client: Vec<&Value> = about("connect_refused", "dst");
     let server: Vec<&Value> = about("local_reset", "src");
     assert_eq!(total(&client), attempts as u64, "{}", dump(&lines));
-    assert_eq!(total(&server), attempts as u64, "{}", dump(&lines));
+    // Both ends are on this host: the server's RSTs are the same refusals, joined to them.
+    assert_eq!(total(&server), 0, "{}", dump(&lines));
     // Folded: the first refusal of each window in full, the rest as counts.
     assert!(client.len() < attempts / 10, "{} lines", client.len());
     for finding in &client {
-        assert_eq!(finding["comm"], "st-storm", "{finding}");
+        assert_eq!(finding["thread"], "st-storm", "{finding}");
         assert_eq!(finding["pid"], pid());
         assert_eq!(finding["netns"], net.client.inode());
         assert!(!finding["evidence"].as_array().unwrap().is_empty());
+        assert_eq!(finding["peer"]["netns"], net.server.inode(), "{finding}");
     }
     let sent = support::events(&lines, "reset_received")
         .into_iter()

@@ -186,7 +186,7 @@ fn nat_that_resets_a_forgotten_flow_warns_first_then_diagnoses_the_break() {
     let warned_at = warning["idle_s"].as_f64().unwrap();
     assert!((3.2..NAT_IDLE_S as f64).contains(&warned_at), "{warned_at}");
     assert_eq!(warning["keepalive"]["enabled"], false);
-    assert_eq!(warning["comm"], "st-odbc");
+    assert_eq!(warning["thread"], "st-odbc");
     assert!(
         warning["remedy"]
             .as_str()
@@ -281,7 +281,7 @@ fn nat_that_drops_a_forgotten_flow_breaks_both_ends() {
     let half_open = one_for(&lines, "half_open", &target.to_string());
     assert_eq!(half_open["side"], "server");
     assert_eq!(half_open["netns"], net.server.inode());
-    assert_eq!(half_open["comm"], "st-hs2");
+    assert_eq!(half_open["thread"], "st-hs2");
     assert!(half_open["idle_s"].as_f64().unwrap() >= NAT_IDLE_S as f64);
 }
 

@@ -206,7 +206,7 @@ fn events_and_findings_name_the_pod() {
     // Flows outside any pod carry no pod fields.
     let outside = lines
         .iter()
-        .find(|v| v["type"] == "event" && v["comm"] == "st-driver")
+        .find(|v| v["type"] == "event" && v["thread"] == "st-driver")
         .unwrap_or_else(|| panic!("the driver's flow: {}", dump(&lines)));
     assert!(outside.get("pod").is_none(), "{outside}");
 }

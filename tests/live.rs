@@ -70,7 +70,7 @@ fn refused_connect_to_closed_port_ipv4_and_ipv6() {
             .unwrap_or_else(|| panic!("no reset_received: {}", ctx()));
         for event in [closed, error, reset] {
             assert_eq!(event["pid"], pid, "owner pid: {}", ctx());
-            assert_eq!(event["comm"], "st-refused", "owner comm: {}", ctx());
+            assert_eq!(event["thread"], "st-refused", "owner comm: {}", ctx());
             assert_eq!(event["uid"], 0, "{}", ctx());
             assert_eq!(
                 event["netns"],
@@ -376,7 +376,7 @@ fn clean_connections_are_summarised_exactly() {
     assert_eq!(client[2]["class"], "other", "{}", ctx());
     assert_eq!(client[2]["direction"], "sent", "{}", ctx());
     for v in &client {
-        assert_eq!(v["comm"], "st-client", "{}", ctx());
+        assert_eq!(v["thread"], "st-client", "{}", ctx());
         assert_eq!(v["pid"], std::process::id() as u64, "{}", ctx());
         assert_eq!(v["netns"], topo.client.inode(), "{}", ctx());
     }
@@ -393,6 +393,6 @@ fn clean_connections_are_summarised_exactly() {
         .find(|v| v["dst"] == talker.to_string().as_str() && v["new_state"] == "ESTABLISHED")
         .unwrap_or_else(|| panic!("no server-side ESTABLISHED: {}", ctx()));
     assert_eq!(accepted["side"], "server", "{}", ctx());
-    assert_eq!(accepted["comm"], "st-ui", "{}", ctx());
+    assert_eq!(accepted["thread"], "st-ui", "{}", ctx());
     assert_eq!(accepted["netns"], topo.server.inode(), "{}", ctx());
 }

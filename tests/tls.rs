@@ -217,12 +217,12 @@ fn sidecar_to_plaintext(ends: SidecarEnds) -> (Vec<Value>, Value) {
     assert_eq!(f["direction"], "tls_to_plaintext");
     assert_eq!(f["sidecar"], true);
     assert_eq!(f["uid"], 1337);
-    assert_eq!(f["comm"], "envoy");
+    assert_eq!(f["thread"], "envoy");
     assert_eq!(f["sent"], "tls_client_hello");
     assert_eq!(f["dst"], target.to_string().as_str());
     assert_eq!(f["netns"], net.client.inode());
     let app = &f["intercepted"];
-    assert_eq!(app["comm"], "st-exec", "{}", dump(&lines));
+    assert_eq!(app["thread"], "st-exec", "{}", dump(&lines));
     assert_eq!(app["pid"], u64::from(std::process::id()));
     assert_eq!(app["src"], app_local.to_string().as_str());
     let remedy = f["remedy"].as_str().unwrap();
@@ -284,7 +284,7 @@ fn plaintext_to_a_tls_port_is_a_tls_mismatch() {
     assert_eq!(f["direction"], "plaintext_to_tls");
     assert_eq!(f["sidecar"], false);
     assert_eq!(f["sent"], "spark_rpc");
-    assert_eq!(f["comm"], "st-beeline");
+    assert_eq!(f["thread"], "st-beeline");
     assert!(f["answer"].as_str().unwrap().contains("tls_alert"));
     assert!(
         f["remedy"]

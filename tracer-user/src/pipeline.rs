@@ -10,11 +10,12 @@ use crate::{
     config::Thresholds,
     events::clock::BootClock,
     events::keepalive::KeepaliveSettings,
+    events::procs::ProcessNames,
     events::repeats::Repeats,
     events::sources::{ActivitySource, RepeatSource},
     events::{self, Event, EventKind, KernelFacts},
     findings::idle::{self, Check},
-    findings::{Aggregator, Correlator, Finding, Flow, FlowTable},
+    findings::{Aggregator, Correlator, Finding, Flow, FlowTable, Joiner},
     flows::summaries::FlowSummaries,
     kernel::counters::KernelCounters,
     kernel::flowkey::FlowKeys,
@@ -47,6 +48,8 @@ pub struct Pipeline<W: Write> {
     /// Clean quiet flows, counted (the kernel sends one summary record each).
     pub summaries: FlowSummaries,
     pub correlator: Correlator,
+    /// Joins the two ends' findings of one incident when both are on this host.
+    pub joiner: Joiner,
     pub aggregator: Aggregator,
     pub findings_only: bool,
     pub totals: Totals,
@@ -60,14 +63,17 @@ pub struct Pipeline<W: Write> {
     pub metrics: Option<Metrics>,
     /// Kubernetes pod attribution (`--host-root`).
     pub attributor: Option<crate::events::k8s::Attributor>,
+    /// Names owners' processes from /proc (the kernel knows their threads).
+    pub process_names: ProcessNames,
     /// Period of `stats` lines, and when the last one was written.
     pub stats_interval_ns: u64,
     /// How the kernel's flow keys are shown (see `crate::kernel::flowkey`).
     pub flow_keys: FlowKeys,
     last_stats_ns: u64,
-    /// Cookie -> last-data time of the idle period reported for it (bounded by the kernel's
-    /// activity table: entries of flows gone from it are dropped at each scan).
-    idle_reported: HashMap<u64, u64>,
+    /// Cookie -> last-data time of the idle period reported for it, and the keepalive the
+    /// kernel had then (bounded by the kernel's activity table: entries of flows gone from it
+    /// are dropped at each scan).
+    idle_reported: HashMap<u64, (u64, KeepaliveSettings)>,
     /// When the kernel's activity table is scanned next.
     next_idle_scan_ns: u64,
     /// Counts already given to the metrics (they take deltas).
@@ -97,6 +103,7 @@ impl<W: Write> Pipeline<W> {
             flows: FlowTable::new(max_flows),
             summaries: FlowSummaries::default(),
             correlator: Correlator::new(config, facts.reasons),
+            joiner: Joiner::default(),
             aggregator: Aggregator::new(config.aggregate_window_ns, max_flows),
             findings_only: false,
             totals: Totals::default(),
@@ -106,6 +113,7 @@ impl<W: Write> Pipeline<W> {
             captured: None,
             metrics: None,
             attributor: None,
+            process_names: ProcessNames::new(std::path::Path::new("/")),
             stats_interval_ns: 60_000_000_000,
             flow_keys: FlowKeys::COOKIES,
             last_stats_ns: BootClock::now_boot_ns(),
@@ -139,9 +147,28 @@ impl<W: Write> Pipeline<W> {
         }
     }
 
-    /// Aggregates and prints the findings in `self.found`.
+    /// Joins, aggregates and prints the findings in `self.found`.
     fn publish(&mut self, cookie: u64) {
-        let found = std::mem::take(&mut self.found);
+        let mut joined = Vec::new();
+        for finding in std::mem::take(&mut self.found) {
+            self.joiner.offer(finding, &mut joined);
+        }
+        self.aggregate(cookie, joined);
+    }
+
+    /// Publishes the findings the join stage held past their moment (all of them at `u64::MAX`).
+    fn publish_held(&mut self, now_ns: u64) {
+        let mut due = Vec::new();
+        if now_ns == u64::MAX {
+            self.joiner.flush(&mut due);
+        } else {
+            self.joiner.due(now_ns, &mut due);
+        }
+        self.aggregate(0, due);
+    }
+
+    /// Aggregates and prints findings.
+    fn aggregate(&mut self, cookie: u64, found: Vec<Finding>) {
         for mut finding in found {
             if finding.pod.is_none()
                 && let Some(attributor) = self.attributor.as_mut()
@@ -160,9 +187,13 @@ impl<W: Write> Pipeline<W> {
         }
     }
 
-    /// Attributes an event to its pod: by the flow's owner process, else by its netns; the
-    /// answer is kept in the flow so each flow is looked up once.
+    /// Attributes an event to its process and pod: the process by its pid (cached), the pod
+    /// by the flow's owner process, else by its netns; the pod is kept in the flow so each
+    /// flow is looked up once.
     fn attribute(&mut self, event: &mut Event) {
+        if let Some(owner) = event.owner.as_mut() {
+            self.process_names.name(owner, event.boot_ns);
+        }
         let Some(attributor) = self.attributor.as_mut() else {
             return;
         };
@@ -192,6 +223,10 @@ impl<W: Write> Pipeline<W> {
         if let Some(metrics) = &self.metrics {
             metrics.event(event.kind.name());
         }
+        if let Some(owner) = event.owner.as_mut() {
+            // Before the flow keeps the owner: its later events without one get it named.
+            self.process_names.name(owner, event.boot_ns);
+        }
         if event.kind == EventKind::FlowSummary {
             // A clean flow the kernel never reported otherwise: counted, and remembered only
             // for linking a sidecar's finding to the connection it intercepted.
@@ -203,7 +238,13 @@ impl<W: Write> Pipeline<W> {
             }
             return;
         }
-        self.flows.observe(&mut event);
+        let reported_idle = self.idle_reported.get(&event.cookie).map(|(_, k)| *k);
+        if let Some(flow) = self.flows.observe(&mut event)
+            && flow.keepalive.is_none()
+        {
+            // A quiet flow warned about as idle: the keepalive its warning showed.
+            flow.keepalive = reported_idle;
+        }
         self.attribute(&mut event);
         let flow = self.flows.get_mut(event.cookie);
         self.correlator.on_event(&event, flow, &mut self.found);
@@ -229,6 +270,7 @@ impl<W: Write> Pipeline<W> {
                 }
             }
         }
+        self.publish_held(BootClock::now_boot_ns());
         if !self.output_closed && self.output.flush().is_err() {
             self.output_closed = true;
         }
@@ -253,9 +295,10 @@ impl<W: Write> Pipeline<W> {
         let mut at_risk = Vec::new();
         source.scan(&mut |cookie, activity| {
             let reported_for = reported.get(&cookie).copied();
-            if let Some(last) = reported_for {
-                still_reported.insert(cookie, last);
+            if let Some(entry) = reported_for {
+                still_reported.insert(cookie, entry);
             }
+            let reported_for = reported_for.map(|(last_data_ns, _)| last_data_ns);
             if let Check::AtRisk {
                 idle_ns,
                 last_data_ns,
@@ -268,7 +311,8 @@ impl<W: Write> Pipeline<W> {
         // Flows gone from the kernel's table are forgotten: the map stays bounded by it.
         self.idle_reported = still_reported;
         for (cookie, activity, idle_ns, last_data_ns) in at_risk {
-            self.idle_reported.insert(cookie, last_data_ns);
+            let keepalive = KeepaliveSettings::from_kernel(&activity.keepalive, hz);
+            self.idle_reported.insert(cookie, (last_data_ns, keepalive));
             // A flow that already broke after an idle period has its verdict: its
             // retransmissions' growing gaps are not a new idle period to warn about.
             if self
@@ -278,7 +322,6 @@ impl<W: Write> Pipeline<W> {
             {
                 continue;
             }
-            let keepalive = KeepaliveSettings::from_kernel(&activity.keepalive, hz);
             let finding = match self.flows.get_mut(cookie) {
                 Some(flow) => {
                     flow.keepalive = Some(keepalive);
@@ -394,6 +437,7 @@ impl<W: Write> Pipeline<W> {
             release_freed_memory();
         }
         self.publish(0);
+        self.publish_held(now);
         for line in self.aggregator.due(now) {
             self.write_finding(&line);
         }
@@ -453,6 +497,7 @@ impl<W: Write> Pipeline<W> {
             self.correlator.on_flow_end(flow, now, &mut self.found);
         }
         self.publish(0);
+        self.publish_held(u64::MAX);
         for line in self.aggregator.flush() {
             self.write_finding(&line);
         }

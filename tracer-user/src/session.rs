@@ -2,7 +2,7 @@
 //! log drained into the pipeline until the caller's stop condition, then a clean shutdown that
 //! loses nothing already recorded.
 
-use std::{future::Future, io::Write, os::fd::AsRawFd, time::Duration};
+use std::{future::Future, io::Write, os::fd::AsRawFd, path::Path, time::Duration};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
@@ -61,6 +61,41 @@ pub fn start_kernel_reads() {
     KERNEL_HZ.start(|| crate::kernel::hz::kernel_hz(&kernel_release()));
 }
 
+/// Gives the kernel the owners of the watched listeners that were already listening (it
+/// sees listen() only once attached): connections they accept then name their process.
+fn name_existing_listeners(probes: &mut KernelPrograms, ports: &[u16], host_root: &Path) {
+    let started = std::time::Instant::now();
+    let watched: std::collections::HashSet<u16> = ports.iter().copied().collect();
+    let listeners =
+        crate::events::procs::existing_listeners(host_root, &|port| watched.contains(&port));
+    let found = listeners.len();
+    let added = probes.add_listeners(listeners.into_iter().map(|listener| {
+        let mut comm = [0u8; 16];
+        let name = listener.comm.as_bytes();
+        let len = name.len().min(comm.len() - 1);
+        comm[..len].copy_from_slice(&name[..len]);
+        (
+            tracer_ebpf::ListenerKey {
+                netns: listener.netns,
+                port: listener.port,
+                _pad: 0,
+            },
+            tracer_ebpf::SockOwner {
+                pid: listener.pid,
+                tid: listener.pid,
+                uid: listener.uid,
+                flags: tracer_ebpf::flag::OWNER_KNOWN,
+                comm,
+                ..Default::default()
+            },
+        )
+    }));
+    tracing::debug!(
+        "{found} watched listeners already open, {added} named for the kernel, in {:?}",
+        started.elapsed()
+    );
+}
+
 /// What a session needs to start.
 pub struct Settings<'a> {
     pub ports: &'a [u16],
@@ -99,6 +134,7 @@ impl<W: Write> Session<W> {
                 .unwrap_or(std::path::Path::new("/")),
         };
         let mut probes = KernelPrograms::load(&btf, &options)?;
+        name_existing_listeners(&mut probes, settings.ports, options.host_root);
         let ring = readable(probes.take_events()?).context("polling the ring buffer")?;
 
         let kernel = kernel_release();
@@ -141,6 +177,12 @@ impl<W: Write> Session<W> {
             .host_root
             .as_deref()
             .map(crate::events::k8s::Attributor::new);
+        pipeline.process_names = crate::events::procs::ProcessNames::new(
+            settings
+                .host_root
+                .as_deref()
+                .unwrap_or(std::path::Path::new("/")),
+        );
         pipeline.stats_interval_ns = settings.stats_interval.as_nanos() as u64;
         pipeline
             .output

@@ -3,6 +3,7 @@
 pub mod clock;
 pub mod k8s;
 pub mod keepalive;
+pub mod procs;
 pub mod repeats;
 pub mod sources;
 
@@ -66,8 +67,22 @@ pub struct Owner {
     pub pid: u32,
     pub tid: u32,
     pub uid: u32,
+    /// The thread's name, as the kernel had it when the socket was made (a JVM's is a thread
+    /// name such as `shuffle-client-`).
     pub comm: String,
     pub cgroup_id: u64,
+    /// The process, named from /proc (see `procs`): None until named, or when it is gone.
+    pub process: Option<std::sync::Arc<procs::ProcessName>>,
+}
+
+impl Owner {
+    /// How findings name the process: its name and main class, else the thread's name.
+    pub fn process_name(&self) -> String {
+        match &self.process {
+            Some(process) => process.display(),
+            None => self.comm.clone(),
+        }
+    }
 }
 
 /// Which end of the connection this host is.
@@ -391,6 +406,7 @@ fn event_of(raw: &FlowEvent, kind: EventKind) -> Result<Event, DecodeError> {
         uid: raw.uid,
         comm: comm(&raw.comm),
         cgroup_id: raw.cgroup_id,
+        process: None,
     });
     let listener = raw.old_state == tcp_state::LISTEN || raw.new_state == tcp_state::LISTEN;
     let side = if raw.flags & flag::ACCEPTED != 0 {

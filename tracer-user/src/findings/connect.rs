@@ -61,7 +61,7 @@ impl Correlator {
                 event.remote,
                 tcp_state_name(event.new_state)
             );
-            f.remedy = remedies::peer_reset(event.remote, flow.side);
+            f.remedy = remedies::peer_reset(event.local, event.remote, flow.side);
             f
         };
         finding.evidence = flow.track.evidence.clone();
@@ -88,14 +88,25 @@ impl Correlator {
                 flow.track.verdict_given = true;
                 let error = errno_name(event.detail);
                 let mut f = self.finding(FindingKind::HostUnreachable, Severity::Error, event);
+                // The state the error found the socket in: a CLOSE transition carries it as
+                // the old state.
+                let state = if event.kind == EventKind::StateChange {
+                    event.old_state
+                } else {
+                    event.new_state
+                };
+                let attempt = state == tcp_state::SYN_SENT
+                    || (state == tcp_state::CLOSE && flow.track.syn_retransmits > 0);
+                let how = if attempt {
+                    "the connection attempt".to_owned()
+                } else if state == tcp_state::CLOSE {
+                    "the connection".to_owned()
+                } else {
+                    format!("the connection while it was {}", tcp_state_name(state))
+                };
                 f.summary = format!(
-                    "{} is unreachable: an ICMP error ({error}) ended the connection{}.",
-                    event.remote,
-                    if flow.track.syn_retransmits > 0 || event.new_state != tcp_state::ESTABLISHED {
-                        " attempt"
-                    } else {
-                        ""
-                    }
+                    "{} is unreachable: an ICMP error ({error}) ended {how}.",
+                    event.remote
                 );
                 f.remedy = remedies::host_unreachable(event.remote, &error);
                 f.evidence = flow.track.evidence.clone();
@@ -145,7 +156,16 @@ impl Correlator {
             event.local,
             remedies::reset_reason_meaning(&reason, event.local.port())
         );
-        f.remedy = remedies::local_reset(&reason, event.local);
+        f.remedy = remedies::local_reset(
+            &reason,
+            event.local,
+            event.remote,
+            event.side,
+            event
+                .owner
+                .as_ref()
+                .map(|o| format!("{} (pid {})", o.process_name(), o.pid)),
+        );
         f.evidence = if evidence.is_empty() {
             vec![event.clone()]
         } else {

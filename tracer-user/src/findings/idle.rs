@@ -179,6 +179,7 @@ impl super::Correlator {
             last_ns: now_ns,
             update_of: None,
             tls: None,
+            peer: None,
             pod: flow.pod.clone().flatten(),
             idle: Some(IdleDetail {
                 idle_s,

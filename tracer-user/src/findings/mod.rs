@@ -4,11 +4,13 @@
 mod aggregate;
 mod connect;
 pub mod idle;
+pub mod join;
 mod path;
 pub mod remedies;
 mod tls;
 
 pub use aggregate::Aggregator;
+pub use join::{Joiner, PeerEnd};
 
 use std::{collections::VecDeque, net::SocketAddr};
 
@@ -108,6 +110,8 @@ pub struct Finding {
     pub tls: Option<TlsDetail>,
     /// The Kubernetes pod (and container) of the flow, when it is in one.
     pub pod: Option<std::sync::Arc<crate::events::k8s::PodRef>>,
+    /// The connection's other end, when it is on this host too (see `join`).
+    pub peer: Option<PeerEnd>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -237,6 +241,7 @@ impl Correlator {
             update_of: None,
             idle: None,
             tls: None,
+            peer: None,
             pod: event.pod.clone(),
         }
     }

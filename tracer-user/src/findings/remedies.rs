@@ -85,21 +85,31 @@ pub fn host_unreachable(dst: SocketAddr, error: &str) -> String {
     )
 }
 
-pub fn peer_reset(dst: SocketAddr, side: Option<Side>) -> String {
-    let who = match side {
-        Some(Side::Server) => "the client",
-        _ => "the server",
-    };
-    format!(
-        "The peer's stack aborted the connection: check {who}'s logs at {ip} around this time \
-         (an application crash or restart, a close with unread data, an OOM kill - for \
-         executors raise spark.executor.memoryOverhead). If it follows an idle period, a NAT \
-         gateway or load balancer forgot the flow (AWS NAT 350 s, Azure NAT 4 min): set \
-         net.ipv4.tcp_keepalive_time below that. For port {port}: {}.",
-        listener_hint(dst.port()),
-        ip = dst.ip(),
-        port = dst.port()
-    )
+/// A RST from the peer: `local` is this host's end, `remote` the peer's.
+pub fn peer_reset(local: SocketAddr, remote: SocketAddr, side: Option<Side>) -> String {
+    let ip = remote.ip();
+    match side {
+        // The client reset its connection to this server: its port is ephemeral, nothing
+        // listens there, and the server has nothing to fix.
+        Some(Side::Server) => format!(
+            "The client at {remote} aborted its connection to this server's port {port}: look \
+             at the client's side at {ip} around this time (a task or query cancelled, a client \
+             timeout, a close with unread data, a crash or an OOM kill - for executors, \
+             spark.executor.memoryOverhead). If it follows an idle period, a NAT gateway or load \
+             balancer forgot the flow (AWS NAT 350 s, Azure NAT 4 min): set \
+             net.ipv4.tcp_keepalive_time below that on both nodes.",
+            port = local.port()
+        ),
+        _ => format!(
+            "The server's stack aborted the connection: check the server's logs at {ip} around \
+             this time (a crash or restart, a close with unread data, an OOM kill - for executors \
+             raise spark.executor.memoryOverhead). If it follows an idle period, a NAT gateway \
+             or load balancer forgot the flow (AWS NAT 350 s, Azure NAT 4 min): set \
+             net.ipv4.tcp_keepalive_time below that. For port {port}: {}.",
+            listener_hint(remote.port()),
+            port = remote.port()
+        ),
+    }
 }
 
 pub fn middlebox_reset(dst: SocketAddr, rst_ttl: u8, peer_ttl: u8) -> String {
@@ -149,16 +159,40 @@ pub fn reset_reason_meaning(reason: &str, local_port: u16) -> String {
     }
 }
 
-pub fn local_reset(reason: &str, local: SocketAddr) -> String {
+/// A RST this host sent: `local` is this host's end, `remote` the peer's; `who` names the
+/// process that owns this end (None: no socket, or not known).
+pub fn local_reset(
+    reason: &str,
+    local: SocketAddr,
+    remote: SocketAddr,
+    side: Option<Side>,
+    who: Option<String>,
+) -> String {
+    let who = who.unwrap_or_else(|| "the application".to_owned());
     match reason {
         "NO_SOCKET" => format!(
             "Clients are connecting to {local} but nothing listens: {}.",
             listener_hint(local.port())
         ),
+        "TCP_ABORT_ON_CLOSE" | "TCP_ABORT_ON_LINGER" | "TCP_STATE"
+            if side == Some(Side::Client) =>
+        {
+            format!(
+                "Nothing to fix on the server at {remote}: the client, {who}, ended its own \
+                 connection to port {port} ({}). Expected when a task or query is cancelled or \
+                 a client times out; if not, check the client's logs around this time.",
+                if reason == "TCP_ABORT_ON_CLOSE" {
+                    "it closed the socket with data it had not read"
+                } else {
+                    "SO_LINGER 0, or an abort"
+                },
+                port = remote.port()
+            )
+        }
         "TCP_ABORT_ON_CLOSE" | "TCP_ABORT_ON_LINGER" | "TCP_STATE" => format!(
-            "The local application on port {} aborted the connection: check its logs and its \
-             SO_LINGER / close-on-error handling.",
-            local.port()
+            "{who}, serving port {port}, aborted the connection from {remote}: check its logs \
+             around this time and its SO_LINGER / close-on-error handling.",
+            port = local.port()
         ),
         "TCP_ABORT_ON_MEMORY" => "Raise net.ipv4.tcp_mem / check socket memory pressure \
                                   (`ss -tm`, /proc/net/sockstat)."
@@ -209,7 +243,7 @@ pub fn nat_idle(
             "now: SO_KEEPALIVE off (the host default would probe after {:.0} s)",
             k.idle_s
         ),
-        None => "now: unknown".to_owned(),
+        None => String::new(),
     };
     let side = if server {
         "the server cannot tell a silent client from a gone one: with keepalive below the \
@@ -217,14 +251,21 @@ pub fn nat_idle(
     } else {
         "the client must send something before the NAT's timer runs out"
     };
+    let now = if now.is_empty() {
+        now
+    } else {
+        format!("; {now}")
+    };
     format!(
-        "Keep the connection to {peer} alive below the {t:.0} s NAT idle timeout ({side}; \
-         {now}): `sysctl -w net.ipv4.tcp_keepalive_time={idle:.0} \
-         net.ipv4.tcp_keepalive_intvl={interval:.0} net.ipv4.tcp_keepalive_probes=5` (persist \
-         in /etc/sysctl.d), and enable SO_KEEPALIVE in the client; for JDBC/ODBC to \
-         HiveServer2 add `KeepAlive=true;KeepAliveInterval={interval2:.0}` to the connection \
-         string. Or route this traffic around the NAT (VPC peering).",
-        interval2 = (idle / 2.0).floor().max(1.0),
+        "Keep the connection to {peer} alive below the {t:.0} s NAT idle timeout ({side}{now}): \
+         `sysctl -w net.ipv4.tcp_keepalive_time={idle:.0} \
+         net.ipv4.tcp_keepalive_intvl={interval:.0} net.ipv4.tcp_keepalive_probes=5` in the \
+         flow's network namespace: on the node for host-network processes (persist in \
+         /etc/sysctl.d), for a pod in its securityContext.sysctls (they are per namespace: the \
+         node's value does not reach pods). Spark's shuffle and RPC clients and the Hive JDBC driver's Thrift socket \
+         already turn SO_KEEPALIVE on, so the node's tcp_keepalive_time decides when they \
+         probe; other clients must enable SO_KEEPALIVE. Or route this traffic around the NAT \
+         (VPC peering)."
     )
 }
 

@@ -4,7 +4,7 @@ use crate::events::Owner;
 
 const SEC: u64 = 1_000_000_000;
 
-fn config() -> Thresholds {
+pub(super) fn config() -> Thresholds {
     Thresholds {
         storm_retransmits: 5,
         storm_window_ns: 10 * SEC,
@@ -54,6 +54,7 @@ fn ev(kind: EventKind, cookie: u64, ns: u64, old: u8, new: u8, detail: i32) -> E
             uid: 1000,
             comm: "java".into(),
             cgroup_id: 1,
+            process: None,
         }),
         side: Some(Side::Client),
         old_state: old,

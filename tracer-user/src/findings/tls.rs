@@ -31,7 +31,9 @@ const TLS_SETTLE_NS: u64 = 300_000_000;
 const ISTIO_PROXY_UID: u32 = 1337;
 
 fn is_sidecar(owner: Option<&Owner>) -> bool {
-    owner.is_some_and(|o| o.uid == ISTIO_PROXY_UID || o.comm == "envoy")
+    owner.is_some_and(|o| {
+        o.uid == ISTIO_PROXY_UID || o.comm == "envoy" || o.process_name() == "envoy"
+    })
 }
 
 /// The sidecar-linking state: recent client connections (bounded) and tls_mismatch findings
@@ -164,8 +166,8 @@ impl Correlator {
         f.first_ns = flow.first_ns;
         f.evidence = flow.track.evidence.clone();
         let who = match &flow.owner {
-            Some(o) if sidecar => format!("the sidecar ({} uid {})", o.comm, o.uid),
-            Some(o) => format!("{} (pid {})", o.comm, o.pid),
+            Some(o) if sidecar => format!("the sidecar ({} uid {})", o.process_name(), o.uid),
+            Some(o) => format!("{} (pid {})", o.process_name(), o.pid),
             None => "this host".to_owned(),
         };
         f.summary = if direction == "tls_to_plaintext" {
@@ -215,7 +217,7 @@ impl Correlator {
                         finding.summary,
                         app.owner
                             .as_ref()
-                            .map_or("an application", |o| o.comm.as_str()),
+                            .map_or("an application".to_owned(), |o| o.process_name()),
                         app.src,
                         app.dst,
                         match app.outcome {

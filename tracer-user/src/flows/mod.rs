@@ -264,6 +264,7 @@ mod tests {
             uid: 1000,
             comm: "java".into(),
             cgroup_id: 5,
+            process: None,
         }
     }
 

@@ -15,7 +15,12 @@ use aya::{
     maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, CgroupSkbAttachType, Program},
 };
-use tracer_ebpf::{FlowActivity, FlowSlot, KernelOffsets, RepeatCount, RepeatKey, counter};
+use tracer_ebpf::{
+    FlowActivity, FlowSlot, KernelOffsets, ListenerKey, RepeatCount, RepeatKey, SockOwner, counter,
+};
+
+/// `bpf_map_update_elem` flag: only add, never replace.
+const BPF_NOEXIST: u64 = 1;
 
 use crate::{
     error::FatalError,
@@ -354,6 +359,25 @@ impl KernelPrograms {
         for (key, value) in table.iter().flatten() {
             each(&key, &value);
         }
+    }
+
+    /// Names the owners of listeners that were listening before the programs were attached
+    /// (the kernel learns owners at listen()): the sockets they accept get an owner too. An
+    /// entry the kernel already made is newer and stays. Returns how many were added.
+    pub fn add_listeners(
+        &mut self,
+        listeners: impl IntoIterator<Item = (ListenerKey, SockOwner)>,
+    ) -> usize {
+        let Some(map) = self.ebpf.map_mut("LISTENERS") else {
+            return 0;
+        };
+        let Ok(mut table) = aya::maps::HashMap::<_, ListenerKey, SockOwner>::try_from(map) else {
+            return 0;
+        };
+        listeners
+            .into_iter()
+            .filter(|(key, owner)| table.insert(key, owner, BPF_NOEXIST).is_ok())
+            .count()
     }
 
     /// Takes the event ring buffer out of the object (to be read through AsyncFd).

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::{
     events::k8s::PodRef,
     events::{
-        Event, EventKind, ResetReasons, Side, errno_name, payload_class_name, tcp_state_name,
+        Event, EventKind, Owner, ResetReasons, Side, errno_name, payload_class_name, tcp_state_name,
     },
 };
 
@@ -25,7 +25,8 @@ pub(super) struct EventLine<'a> {
     pub(super) netns: u32,
     pub(super) pid: Option<u32>,
     pub(super) tid: Option<u32>,
-    pub(super) comm: Option<&'a str>,
+    #[serde(flatten)]
+    pub(super) process: ProcessFields<'a>,
     pub(super) uid: Option<u32>,
     pub(super) cgroup_id: Option<u64>,
     pub(super) cookie: u64,
@@ -75,6 +76,51 @@ pub(super) fn pod_fields(pod: Option<&PodRef>) -> PodFields<'_> {
         },
         None => PodFields::default(),
     }
+}
+
+/// `comm`: the process's name (the thread's when the process could not be named); `thread`:
+/// the name of the thread that made the socket, when it differs; `main_class`: a JVM's.
+#[derive(Serialize, Default)]
+pub(super) struct ProcessFields<'a> {
+    pub(super) comm: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) thread: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) main_class: Option<&'a str>,
+}
+
+pub(super) fn process_fields(owner: Option<&Owner>) -> ProcessFields<'_> {
+    let Some(owner) = owner else {
+        return ProcessFields::default();
+    };
+    match &owner.process {
+        Some(process) => ProcessFields {
+            comm: Some(&process.name),
+            thread: (owner.comm != process.name).then_some(owner.comm.as_str()),
+            main_class: process.main_class.as_deref(),
+        },
+        None => ProcessFields {
+            comm: Some(&owner.comm),
+            ..ProcessFields::default()
+        },
+    }
+}
+
+/// `pid=10 comm=java main_class=org.example.Main thread=shuffle-client- uid=1000`, or `pid=?`.
+pub(super) fn owner_text(owner: Option<&Owner>) -> String {
+    let Some(o) = owner else {
+        return "pid=?".into();
+    };
+    let fields = process_fields(Some(o));
+    let mut text = format!("pid={} comm={}", o.pid, fields.comm.unwrap_or("?"));
+    if let Some(class) = fields.main_class {
+        text.push_str(&format!(" main_class={class}"));
+    }
+    if let Some(thread) = fields.thread {
+        text.push_str(&format!(" thread={thread}"));
+    }
+    text.push_str(&format!(" uid={}", o.uid));
+    text
 }
 
 pub(super) fn pod_text(pod: Option<&PodRef>) -> String {
@@ -181,7 +227,8 @@ pub(super) struct FindingLine<'a> {
     pub(super) service: Option<&'static str>,
     pub(super) netns: u32,
     pub(super) pid: Option<u32>,
-    pub(super) comm: Option<&'a str>,
+    #[serde(flatten)]
+    pub(super) process: ProcessFields<'a>,
     pub(super) uid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) side: Option<&'static str>,
@@ -211,6 +258,23 @@ pub(super) struct FindingLine<'a> {
     pub(super) intercepted: Option<InterceptedLine<'a>>,
     #[serde(flatten)]
     pub(super) pod: PodFields<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) peer: Option<PeerLine<'a>>,
+}
+
+/// The connection's other end, when it is on this host too (a joined finding).
+#[derive(Serialize)]
+pub(super) struct PeerLine<'a> {
+    pub(super) addr: String,
+    pub(super) netns: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) side: Option<&'static str>,
+    pub(super) pid: Option<u32>,
+    #[serde(flatten)]
+    pub(super) process: ProcessFields<'a>,
+    pub(super) uid: Option<u32>,
+    #[serde(flatten)]
+    pub(super) pod: PodFields<'a>,
 }
 
 #[derive(Serialize)]
@@ -218,7 +282,8 @@ pub(super) struct InterceptedLine<'a> {
     pub(super) src: String,
     pub(super) dst: String,
     pub(super) pid: Option<u32>,
-    pub(super) comm: Option<&'a str>,
+    #[serde(flatten)]
+    pub(super) process: ProcessFields<'a>,
     pub(super) uid: Option<u32>,
     pub(super) outcome: &'static str,
 }

@@ -125,7 +125,7 @@ impl<W: Write> Output<W> {
                 netns: event.netns,
                 pid: owner.map(|o| o.pid),
                 tid: owner.map(|o| o.tid),
-                comm: owner.map(|o| o.comm.as_str()),
+                process: process_fields(owner),
                 uid: owner.map(|o| o.uid),
                 cgroup_id: owner.map(|o| o.cgroup_id),
                 cookie: event.cookie,
@@ -167,10 +167,8 @@ impl<W: Write> Output<W> {
             if let Some((class, direction)) = payload(event) {
                 line.push_str(&format!(" {direction} {class}"));
             }
-            match &event.owner {
-                Some(o) => line.push_str(&format!(" pid={} comm={} uid={}", o.pid, o.comm, o.uid)),
-                None => line.push_str(" pid=?"),
-            }
+            line.push(' ');
+            line.push_str(&owner_text(event.owner.as_ref()));
             if let Some(side) = side_name(event.side) {
                 line.push_str(&format!(" side={side}"));
             }
@@ -227,7 +225,7 @@ impl<W: Write> Output<W> {
                     service,
                     netns: finding.netns,
                     pid: owner.map(|o| o.pid),
-                    comm: owner.map(|o| o.comm.as_str()),
+                    process: process_fields(owner),
                     uid: owner.map(|o| o.uid),
                     side: side_name(finding.side),
                     summary: &finding.summary,
@@ -266,21 +264,27 @@ impl<W: Write> Output<W> {
                             src: app.src.to_string(),
                             dst: app.dst.to_string(),
                             pid: app.owner.as_ref().map(|o| o.pid),
-                            comm: app.owner.as_ref().map(|o| o.comm.as_str()),
+                            process: process_fields(app.owner.as_ref()),
                             uid: app.owner.as_ref().map(|o| o.uid),
                             outcome: app.outcome,
                         }),
                     pod: pod_fields(finding.pod.as_deref()),
+                    peer: finding.peer.as_ref().map(|peer| PeerLine {
+                        addr: peer.addr.to_string(),
+                        netns: peer.netns,
+                        side: side_name(peer.side),
+                        pid: peer.owner.as_ref().map(|o| o.pid),
+                        process: process_fields(peer.owner.as_ref()),
+                        uid: peer.owner.as_ref().map(|o| o.uid),
+                        pod: pod_fields(peer.pod.as_deref()),
+                    }),
                 };
             Some(to_line(&line)?)
         } else {
             None
         };
         let text = if self.format == Format::Text {
-            let who = match &finding.owner {
-                Some(o) => format!("pid={} comm={} uid={}", o.pid, o.comm, o.uid),
-                None => "pid=?".into(),
-            };
+            let who = owner_text(finding.owner.as_ref());
             let service = service.map(|s| format!(" ({s})")).unwrap_or_default();
             let update = match finding.update_of {
                 Some(id) => format!(" update of #{id}"),
@@ -324,8 +328,24 @@ impl<W: Write> Output<W> {
                 if let Some((class, direction)) = payload(event) {
                     text.push_str(&format!(" {direction} {class}"));
                 }
+                if (event.local, event.remote) != (finding.src, finding.dst) {
+                    // The other end's, in a joined finding.
+                    text.push_str(&format!(" at {} -> {}", event.local, event.remote));
+                }
                 block.push_str(&text);
                 block.push('\n');
+            }
+            if let Some(peer) = &finding.peer {
+                block.push_str(&format!(
+                    "    peer:     {}{} {}{} netns={}\n",
+                    peer.addr,
+                    side_name(peer.side)
+                        .map(|side| format!(" ({side})"))
+                        .unwrap_or_default(),
+                    owner_text(peer.owner.as_ref()),
+                    pod_text(peer.pod.as_deref()),
+                    peer.netns
+                ));
             }
             block.push_str(&format!("    fix:      {}\n\n", finding.remedy));
             Some(block)
@@ -443,6 +463,7 @@ mod tests {
                 uid: 1000,
                 comm: "java".into(),
                 cgroup_id: 3,
+                process: None,
             }),
             side: Some(Side::Client),
             old_state: 7,
