@@ -193,13 +193,32 @@ fn nat_that_resets_a_forgotten_flow_warns_first_then_diagnoses_the_break() {
             .unwrap()
             .contains("tcp_keepalive_time")
     );
+    // The Hive JDBC driver has no such connection-string setting: its Thrift socket already
+    // has SO_KEEPALIVE, and the namespace's tcp_keepalive_time decides.
     assert!(
-        warning["remedy"]
+        !warning["remedy"]
             .as_str()
             .unwrap()
-            .contains("KeepAlive=true")
+            .contains("KeepAlive=true"),
+        "{}",
+        warning["remedy"]
     );
     assert_eq!(broken["severity"], "error");
+    // The break knows the keepalive its warning showed.
+    assert_eq!(broken["keepalive"]["enabled"], false, "{}", dump(&lines));
+    assert!(
+        !broken["remedy"].as_str().unwrap().contains("unknown"),
+        "{}",
+        broken["remedy"]
+    );
+    assert!(
+        broken["remedy"]
+            .as_str()
+            .unwrap()
+            .contains("SO_KEEPALIVE off"),
+        "{}",
+        broken["remedy"]
+    );
     assert_eq!(broken["dst"], target.to_string().as_str());
     assert_eq!(broken["threshold_s"], NAT_IDLE_S as f64);
     let idle = broken["idle_s"].as_f64().unwrap();

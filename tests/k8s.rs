@@ -76,7 +76,10 @@ impl Drop for PodCgroup {
 
 /// `<root>/proc` (the real one) and the kubelet's log directories for the pod.
 fn host_root() -> PathBuf {
-    let root = std::env::temp_dir().join(format!("st-hostroot-{}", std::process::id()));
+    // One per test: the tests of this file run at once.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let root = std::env::temp_dir().join(format!("st-hostroot-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     let pod_dir = root
         .join("var/log/pods")

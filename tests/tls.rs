@@ -217,7 +217,7 @@ fn sidecar_to_plaintext(ends: SidecarEnds) -> (Vec<Value>, Value) {
     assert_eq!(f["direction"], "tls_to_plaintext");
     assert_eq!(f["sidecar"], true);
     assert_eq!(f["uid"], 1337);
-    assert_eq!(f["thread"], "envoy");
+    assert_eq!(f["comm"], "envoy");
     assert_eq!(f["sent"], "tls_client_hello");
     assert_eq!(f["dst"], target.to_string().as_str());
     assert_eq!(f["netns"], net.client.inode());
@@ -231,6 +231,19 @@ fn sidecar_to_plaintext(ends: SidecarEnds) -> (Vec<Value>, Value) {
         "{remedy}"
     );
     assert!(remedy.contains("PERMISSIVE"), "{remedy}");
+    // One incident, one verdict: the plaintext server's RST to the sidecar and the reset the
+    // application saw are this finding's evidence, not findings of their own.
+    for kind in ["local_reset", "peer_reset", "middlebox_reset"] {
+        let ours: Vec<&Value> = findings(&lines, kind)
+            .into_iter()
+            .filter(|other| {
+                other["netns"] == net.client.inode() || other["netns"] == net.server.inode()
+            })
+            .collect();
+        assert!(ours.is_empty(), "{kind}: {}", dump(&lines));
+    }
+    assert_eq!(f["peer"]["thread"], "st-shuffle", "{}", dump(&lines));
+    assert_eq!(f["peer"]["netns"], net.server.inode());
     (lines, f)
 }
 

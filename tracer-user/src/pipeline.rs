@@ -362,6 +362,9 @@ impl<W: Write> Pipeline<W> {
         // Without a slot (a flow opened before tracing started) the opening is unknown.
         let skip = usize::from(slot.is_none() && recorded.len() > 1);
         for mut event in recorded.into_iter().skip(skip) {
+            if let Some(owner) = event.owner.as_mut() {
+                self.process_names.name(owner, event.boot_ns);
+            }
             if pod.is_none() {
                 self.attribute(&mut event);
                 pod = Some(event.pod.clone());

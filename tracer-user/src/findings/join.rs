@@ -8,8 +8,11 @@
 //!   `connect_refused`, naming the namespace where nothing listens;
 //! - a client that aborted (closed with unread data, SO_LINGER 0): the client's own
 //!   `local_reset`, info: it is not the server's failure;
-//! - a server (or a sidecar in front of the application) that aborted: its `local_reset`,
-//!   a warning: the client's connection failed, and the server chose it.
+//! - a server that aborted: its `local_reset`, a warning: the client's connection failed,
+//!   and the server chose it;
+//! - a server that reset a TLS handshake it could not read, or a sidecar's upstream
+//!   connection that failed: the `tls_mismatch`, which explains both the server's RST and
+//!   the reset its intercepted application saw.
 //!
 //! A held finding with no counterpart is published unchanged when its moment ends.
 
@@ -18,9 +21,11 @@ use std::{collections::VecDeque, net::SocketAddr, sync::Arc};
 use super::{Finding, FindingKind, MAX_EVIDENCE, Severity};
 use crate::events::{Owner, Side, k8s::PodRef};
 
-/// How long a sent RST's finding waits for the receiving end's (both are reported within
+/// How long a RST's finding waits for the other end's (both are reported within
 /// microseconds of each other; the rest is collection latency).
-pub const JOIN_WINDOW_NS: u64 = 200_000_000;
+/// A sidecar's tls_mismatch comes later: it waits for the intercepted application's outcome
+/// (see `tls`) and is published by the next housekeeping pass (at most a second apart).
+pub const JOIN_WINDOW_NS: u64 = 1_500_000_000;
 /// Most findings held at once; past it the oldest is published without waiting.
 const MAX_HELD: usize = 4096;
 
@@ -172,6 +177,10 @@ impl Joiner {
     /// come first: the kernel reports a RST sent over loopback after the receiver has
     /// already handled it.
     pub fn offer(&mut self, finding: Finding, out: &mut Vec<Finding>) {
+        if finding.kind == FindingKind::TlsMismatch && finding.update_of.is_none() {
+            out.push(self.explain_resets(finding));
+            return;
+        }
         let joinable = matches!(
             finding.kind,
             FindingKind::LocalReset
@@ -208,6 +217,38 @@ impl Joiner {
             until_ns: finding.boot_ns.saturating_add(JOIN_WINDOW_NS),
             finding,
         });
+    }
+
+    /// A tls_mismatch takes in the held resets it explains: the server's RST answering the
+    /// handshake it could not read (sent to the mismatching connection's end), and the reset
+    /// the sidecar's intercepted application saw.
+    fn explain_resets(&mut self, mut tls: Finding) -> Finding {
+        let app = tls
+            .tls
+            .as_ref()
+            .and_then(|detail| detail.intercepted.as_ref())
+            .map(|app| app.src);
+        let mut kept = VecDeque::with_capacity(self.held.len());
+        for held in self.held.drain(..) {
+            let sent_to_it = held.finding.kind == FindingKind::LocalReset
+                && held.finding.dst == tls.src
+                && (!tls.src.ip().is_loopback() || held.finding.netns == tls.netns);
+            let seen_by_app = matches!(
+                held.finding.kind,
+                FindingKind::PeerReset | FindingKind::MiddleboxReset
+            ) && Some(held.finding.src) == app
+                && held.finding.netns == tls.netns;
+            if sent_to_it {
+                tls.peer = Some(PeerEnd::of(&held.finding));
+                add_evidence(&mut tls, &held.finding);
+            } else if seen_by_app {
+                add_evidence(&mut tls, &held.finding);
+            } else {
+                kept.push_back(held);
+            }
+        }
+        self.held = kept;
+        tls
     }
 
     /// Publishes the held findings whose moment has passed.

@@ -232,3 +232,71 @@ fn held_findings_are_bounded_and_published_when_due() {
     joiner.flush(&mut out);
     assert_eq!(out.len(), MAX_HELD + 3);
 }
+
+#[test]
+fn a_tls_mismatch_takes_in_the_resets_it_explains() {
+    let mut joiner = Joiner::default();
+    let mut out = Vec::new();
+    // The plaintext server's RST to the sidecar's upstream connection.
+    let mut server = finding(
+        FindingKind::LocalReset,
+        Severity::Info,
+        "10.0.0.2:7337",
+        "10.0.0.1:35262",
+        Side::Server,
+    );
+    server.netns = 2;
+    joiner.offer(server, &mut out);
+    // The reset the intercepted application saw (from the sidecar, one hop nearer).
+    let app = finding(
+        FindingKind::MiddleboxReset,
+        Severity::Error,
+        "10.0.0.1:35246",
+        "10.0.0.2:7337",
+        Side::Client,
+    );
+    joiner.offer(app, &mut out);
+    // Somebody else's reset stays.
+    joiner.offer(
+        finding(
+            FindingKind::PeerReset,
+            Severity::Error,
+            "10.0.0.1:40000",
+            "10.0.0.3:7337",
+            Side::Client,
+        ),
+        &mut out,
+    );
+    assert!(out.is_empty());
+    let mut tls = finding(
+        FindingKind::TlsMismatch,
+        Severity::Error,
+        "10.0.0.1:35262",
+        "10.0.0.2:7337",
+        Side::Client,
+    );
+    tls.tls = Some(crate::findings::TlsDetail {
+        direction: "tls_to_plaintext",
+        sidecar: true,
+        sent: "tls_client_hello",
+        answer: "reset".into(),
+        intercepted: Some(crate::findings::Intercepted {
+            src: "10.0.0.1:35246".parse().unwrap(),
+            dst: "10.0.0.2:7337".parse().unwrap(),
+            owner: None,
+            outcome: "reset",
+        }),
+    });
+    joiner.offer(tls, &mut out);
+    assert_eq!(out.len(), 1);
+    let joined = &out[0];
+    assert_eq!(joined.kind, FindingKind::TlsMismatch);
+    assert_eq!(joined.peer.as_ref().unwrap().netns, 2, "the server end");
+    assert_eq!(joined.evidence.len(), 3, "its own, the server's and the app's");
+    joiner.flush(&mut out);
+    assert_eq!(kinds(&out[1..]), vec![FindingKind::PeerReset]);
+}
+
+fn kinds(found: &[Finding]) -> Vec<FindingKind> {
+    found.iter().map(|f| f.kind).collect()
+}
