@@ -34,6 +34,9 @@ pub fn release_freed_memory() {
     }
 }
 
+/// Events put in time order at once (bounded memory however full the ring buffer is).
+const DRAIN_BATCH: usize = 4096;
+
 /// Flows expired in one housekeeping pass above which freed memory is handed back.
 const TRIM_AFTER_EXPIRED: usize = 10_000;
 
@@ -255,19 +258,30 @@ impl<W: Write> Pipeline<W> {
     }
 
     pub fn drain(&mut self, ring: &mut RingBuf<MapData>) {
-        let mut decoded = Vec::new();
-        while let Some(record) = ring.next() {
-            match events::decode_into(&record, &mut decoded) {
-                Ok(()) => {
-                    for mut event in decoded.drain(..) {
-                        event.cookie = self.flow_keys.shown(event.cookie);
-                        self.process(event);
+        // What the ring holds now, in time order: a quiet flow's recorded events come with
+        // the record that ended its quiet, after records of other flows that are later. The
+        // batch is bounded by the ring's size; a flow's own events stay in their order.
+        let mut batch = Vec::new();
+        loop {
+            let more = match ring.next() {
+                Some(record) => {
+                    if let Err(error) = events::decode_into(&record, &mut batch) {
+                        self.totals.decode_errors += 1;
+                        warn!("undecodable ring-buffer record: {error}");
                     }
+                    true
                 }
-                Err(error) => {
-                    self.totals.decode_errors += 1;
-                    warn!("undecodable ring-buffer record: {error}");
+                None => false,
+            };
+            if batch.len() >= DRAIN_BATCH || (!more && !batch.is_empty()) {
+                batch.sort_by_key(|event| event.boot_ns);
+                for mut event in batch.drain(..) {
+                    event.cookie = self.flow_keys.shown(event.cookie);
+                    self.process(event);
                 }
+            }
+            if !more {
+                break;
             }
         }
         self.publish_held(BootClock::now_boot_ns());

@@ -53,7 +53,15 @@ pub struct Output<W: Write> {
     context: Context,
     trace: Option<TraceWriter>,
     trace_errors: u64,
+    /// Text: the newest event line printed, and the flow of the late group being printed
+    /// (see `event`).
+    newest_event_ns: u64,
+    late_flow: Option<u64>,
 }
+
+/// An event line this much older than the newest one printed is late: the kernel held a
+/// quiet flow's events until something happened to it (`tracer_ebpf::FlowSlot`).
+const LATE_NS: u64 = 100_000_000;
 
 impl<W: Write> Output<W> {
     pub fn new(format: Format, out: W, context: Context) -> Self {
@@ -63,6 +71,8 @@ impl<W: Write> Output<W> {
             context,
             trace: None,
             trace_errors: 0,
+            newest_event_ns: 0,
+            late_flow: None,
         }
     }
 
@@ -174,11 +184,30 @@ impl<W: Write> Output<W> {
             }
             line.push_str(&pod_text(event.pod.as_deref()));
             line.push_str(&format!(" netns={} cookie={}\n", event.netns, event.cookie));
-            Some(line)
+            Some(self.in_time_order(event, line))
         } else {
             None
         };
         self.publish(json, text)
+    }
+
+    /// Text lines go out as events arrive, and a quiet flow's events arrive together when
+    /// something happens to it, after later lines of other flows: such a group is announced,
+    /// so that a reader does not take the log's order for the order of events.
+    fn in_time_order(&mut self, event: &Event, line: String) -> String {
+        if event.boot_ns + LATE_NS >= self.newest_event_ns {
+            self.newest_event_ns = self.newest_event_ns.max(event.boot_ns);
+            self.late_flow = None;
+            return line;
+        }
+        if self.late_flow == Some(event.cookie) {
+            return line;
+        }
+        self.late_flow = Some(event.cookie);
+        format!(
+            "  (earlier events of {} -> {}, held by the kernel while the flow was quiet:)\n{line}",
+            event.local, event.remote
+        )
     }
 
     fn evidence_line(&self, event: &Event) -> EvidenceLine {
@@ -518,5 +547,50 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("pid=10 comm=java uid=1000"), "{text}");
+    }
+
+    #[test]
+    fn a_quiet_flows_late_events_are_announced_once_in_text() {
+        let mut out = output(Format::Text);
+        let mut event = refused();
+        event.kind = EventKind::StateChange;
+        event.boot_ns = 10_000_000_000;
+        out.event(&event).unwrap();
+        // Another flow's events, recorded seconds earlier, sent when it stopped being quiet.
+        let mut late = event.clone();
+        late.cookie = 99;
+        for at in [2_000_000_000, 2_000_100_000] {
+            late.boot_ns = at;
+            out.event(&late).unwrap();
+        }
+        event.boot_ns = 10_500_000_000;
+        out.event(&event).unwrap();
+        let text = String::from_utf8(out.out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 5, "{text}");
+        assert!(lines[1].contains("earlier events of"), "{text}");
+        assert!(!lines[4].contains("earlier"), "{text}");
+        assert_eq!(text.matches("earlier events").count(), 1, "{text}");
+    }
+
+    #[test]
+    fn owners_show_the_process_its_main_class_and_the_thread() {
+        let mut out = output(Format::Json);
+        let mut event = refused();
+        if let Some(owner) = event.owner.as_mut() {
+            owner.comm = "shuffle-client-".into();
+            owner.process = Some(std::sync::Arc::new(crate::events::procs::ProcessName {
+                name: "java".into(),
+                main_class: Some("org.apache.spark.executor.CoarseGrainedExecutorBackend".into()),
+            }));
+        }
+        out.event(&event).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&out.out).unwrap();
+        assert_eq!(value["comm"], "java");
+        assert_eq!(value["thread"], "shuffle-client-");
+        assert_eq!(
+            value["main_class"],
+            "org.apache.spark.executor.CoarseGrainedExecutorBackend"
+        );
     }
 }

@@ -292,7 +292,11 @@ fn a_tls_mismatch_takes_in_the_resets_it_explains() {
     let joined = &out[0];
     assert_eq!(joined.kind, FindingKind::TlsMismatch);
     assert_eq!(joined.peer.as_ref().unwrap().netns, 2, "the server end");
-    assert_eq!(joined.evidence.len(), 3, "its own, the server's and the app's");
+    assert_eq!(
+        joined.evidence.len(),
+        3,
+        "its own, the server's and the app's"
+    );
     joiner.flush(&mut out);
     assert_eq!(kinds(&out[1..]), vec![FindingKind::PeerReset]);
 }
