@@ -311,4 +311,6 @@ impl Finding {
 }
 
 #[cfg(test)]
+mod remedy_tests;
+#[cfg(test)]
 mod tests;

@@ -14,23 +14,27 @@ pub(super) fn config() -> Thresholds {
     }
 }
 
-struct Harness {
+pub(super) struct Harness {
     flows: FlowTable,
     correlator: Correlator,
 }
 
 impl Harness {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self {
             flows: FlowTable::new(1024),
             correlator: Correlator::new(
                 config(),
-                ResetReasons::new(vec![(1, "NO_SOCKET".into()), (14, "TCP_STATE".into())]),
+                ResetReasons::new(vec![
+                    (1, "NO_SOCKET".into()),
+                    (14, "TCP_STATE".into()),
+                    (15, "TCP_ABORT_ON_CLOSE".into()),
+                ]),
             ),
         }
     }
 
-    fn feed(&mut self, mut event: Event) -> Vec<Finding> {
+    pub(super) fn feed(&mut self, mut event: Event) -> Vec<Finding> {
         let mut out = Vec::new();
         let flow = self.flows.observe(&mut event);
         self.correlator.on_event(&event, flow, &mut out);
@@ -46,7 +50,7 @@ impl Harness {
     }
 }
 
-fn ev(kind: EventKind, cookie: u64, ns: u64, old: u8, new: u8, detail: i32) -> Event {
+pub(super) fn ev(kind: EventKind, cookie: u64, ns: u64, old: u8, new: u8, detail: i32) -> Event {
     Event {
         owner: Some(Owner {
             pid: 42,

@@ -147,7 +147,7 @@ const SCENARIOS: &[Scenario] = &[
     scenario(
         "connect-refused",
         "findings",
-        "closed_port_is_connect_refused_and_a_local_reset_on_the_server",
+        "a_refused_connect_between_two_namespaces_is_one_finding_naming_both",
     ),
     scenario(
         "connect-timeout",
@@ -164,7 +164,16 @@ const SCENARIOS: &[Scenario] = &[
         "findings",
         "dropped_synacks_are_return_path_blocked_on_the_server",
     ),
-    scenario("peer-reset", "findings", "server_abort_is_a_peer_reset"),
+    scenario(
+        "server-abort",
+        "findings",
+        "a_server_abort_seen_from_both_ends_is_one_warning",
+    ),
+    scenario(
+        "client-abort",
+        "findings",
+        "a_client_closing_with_unread_data_is_its_own_info_finding_not_a_server_error",
+    ),
     scenario(
         "late-segment",
         "findings",
