@@ -124,7 +124,9 @@ pub struct RunArgs {
 
     /// Upper bound on flows tracked at once, in the kernel's socket-owner table and in the
     /// collector's flow table. Past it the oldest flows are evicted, and evictions are counted.
-    #[arg(long, value_name = "N", default_value_t = 131_072)]
+    /// 1 to 4194304; the kernel tables take about 352 bytes per flow (46 MiB at the default).
+    #[arg(long, value_name = "N", default_value_t = 131_072,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_FLOWS)))]
     pub max_flows: u32,
 
     /// Where the host's /proc and /var/log/pods are, for Kubernetes pod attribution: `/`
@@ -139,6 +141,9 @@ pub struct RunArgs {
     pub export: ExportArgs,
 }
 
+/// Most flows `--max-flows` accepts: the kernel tables then take about 1.4 GiB.
+pub const MAX_FLOWS: u32 = 1 << 22;
+
 /// Where the stream goes besides stdout, for incidents and for a DaemonSet that runs for
 /// months.
 #[derive(Args, Debug, Clone)]
@@ -152,10 +157,11 @@ pub struct ExportArgs {
     #[arg(long, value_name = "SIZE", default_value = "64MiB")]
     pub trace_max_size: String,
 
-    /// Trace files kept; older ones are deleted (the directory never exceeds about
-    /// keep x max-size).
-    #[arg(long, value_name = "N", default_value_t = 8)]
-    pub trace_keep: usize,
+    /// Trace files kept (at least 1); older ones are deleted (the directory never exceeds
+    /// about keep x max-size).
+    #[arg(long, value_name = "N", default_value_t = 8,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub trace_keep: u64,
 
     /// Serve Prometheus metrics on http://ADDR/metrics and liveness on /healthz (off by
     /// default), e.g. `0.0.0.0:9464`.

@@ -91,9 +91,16 @@ pub enum ReportFormat {
 /// Returns the sorted, de-duplicated ports.
 pub fn parse_ports(list: &str) -> Result<Vec<u16>, UsageError> {
     let bad = |token: &str, why: &str| {
+        // The entry, not the list: a list can hold tens of thousands of entries.
+        let at = list
+            .split(',')
+            .position(|entry| std::ptr::eq(entry.as_ptr(), token.as_ptr()))
+            .map(|index| format!(" (entry {})", index + 1))
+            .unwrap_or_default();
         UsageError(format!(
-            "invalid --ports list {list:?}: {token:?} {why} (expected ports 1-65535 or ranges \
-             like 10000-10001, comma separated)"
+            "invalid --ports list: {:?}{at} {why} (expected ports 1-65535 or ranges like \
+             10000-10001, comma separated)",
+            shorten(token)
         ))
     };
     if list.trim().is_empty() {
@@ -126,6 +133,14 @@ pub fn parse_ports(list: &str) -> Result<Vec<u16>, UsageError> {
     ports.sort_unstable();
     ports.dedup();
     Ok(ports)
+}
+
+/// At most 40 characters of a user's value, for an error message.
+fn shorten(value: &str) -> String {
+    match value.char_indices().nth(40) {
+        Some((cut, _)) => format!("{}...", &value[..cut]),
+        None => value.to_owned(),
+    }
 }
 
 /// Parses `--duration`: `30s`, `5m`, `1h`, `1h30m`, `250ms`.
@@ -229,6 +244,15 @@ mod tests {
             assert!(err.contains(token), "{list}: {err}");
             assert!(!err.contains('\n'), "one line: {err}");
         }
+    }
+
+    #[test]
+    fn a_bad_entry_in_a_long_list_is_named_alone() {
+        let mut list: Vec<String> = (1..=20_000).map(|p| p.to_string()).collect();
+        list.push("x".repeat(500));
+        let err = parse_ports(&list.join(",")).unwrap_err().0;
+        assert!(err.len() < 250, "{} characters: {err}", err.len());
+        assert!(err.contains("entry 20001"), "{err}");
     }
 
     #[test]

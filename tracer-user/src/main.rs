@@ -82,15 +82,25 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     })?;
     let stats_interval = config::parse_duration(&export.stats_interval)
         .map_err(|e| UsageError(e.0.replace("--duration", "--stats-interval")))?;
+    if !args.host_root.join("proc").is_dir() {
+        return Err(UsageError(format!(
+            "--host-root {}: no proc directory there; give the directory where the host's \
+             root is mounted (`/` on the host, `/host` in a container that mounts it there)",
+            args.host_root.display()
+        ))
+        .into());
+    }
     let btf = session::prepare()?;
     let trace = match &export.trace_dir {
         Some(dir) => Some(
-            sinks::trace::TraceWriter::new(dir, max_size, export.trace_keep).map_err(|e| {
-                FatalError(format!(
-                    "cannot write trace files in {}: {e}; pick a writable --trace-dir",
-                    dir.display()
-                ))
-            })?,
+            sinks::trace::TraceWriter::new(dir, max_size, export.trace_keep as usize).map_err(
+                |e| {
+                    FatalError(format!(
+                        "cannot write trace files in {}: {e}; pick a writable --trace-dir",
+                        dir.display()
+                    ))
+                },
+            )?,
         ),
         None => None,
     };
@@ -120,10 +130,12 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     })
 }
 
-/// Completes on SIGINT, SIGTERM or when `duration` has passed.
+/// Completes on SIGINT, SIGTERM, SIGHUP (the terminal or ssh session went away: what was
+/// seen must still be flushed) or when `duration` has passed.
 fn stop_signal(duration: Option<Duration>) -> Result<impl Future<Output = ()>> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     Ok(async move {
         let deadline = async {
             match duration {
@@ -134,6 +146,7 @@ fn stop_signal(duration: Option<Duration>) -> Result<impl Future<Output = ()>> {
         tokio::select! {
             _ = sigint.recv() => info!("SIGINT: stopping"),
             _ = sigterm.recv() => info!("SIGTERM: stopping"),
+            _ = sighup.recv() => info!("SIGHUP: stopping"),
             _ = deadline => info!("--duration reached: stopping"),
         }
     })

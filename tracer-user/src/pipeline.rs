@@ -90,6 +90,7 @@ struct Metered {
     kernel: KernelCounters,
     evictions: u64,
     trace_bytes: u64,
+    trace_errors: u64,
 }
 
 impl<W: Write> Pipeline<W> {
@@ -145,7 +146,7 @@ impl<W: Write> Pipeline<W> {
         if let Some(metrics) = &self.metrics {
             metrics.finding(finding.kind.name(), finding.service_port(), finding.count);
         }
-        if !self.output_closed && self.output.finding(finding).is_err() {
+        if self.output.finding(finding).is_err() {
             self.output_closed = true;
         }
     }
@@ -251,7 +252,7 @@ impl<W: Write> Pipeline<W> {
         self.attribute(&mut event);
         let flow = self.flows.get_mut(event.cookie);
         self.correlator.on_event(&event, flow, &mut self.found);
-        if !self.findings_only && !self.output_closed && self.output.event(&event).is_err() {
+        if !self.findings_only && self.output.event(&event).is_err() {
             self.output_closed = true;
         }
         self.publish(event.cookie);
@@ -285,7 +286,7 @@ impl<W: Write> Pipeline<W> {
             }
         }
         self.publish_held(BootClock::now_boot_ns());
-        if !self.output_closed && self.output.flush().is_err() {
+        if self.output.flush().is_err() {
             self.output_closed = true;
         }
     }
@@ -458,7 +459,7 @@ impl<W: Write> Pipeline<W> {
         for line in self.aggregator.due(now) {
             self.write_finding(&line);
         }
-        if !self.output_closed && self.output.flush().is_err() {
+        if self.output.flush().is_err() {
             self.output_closed = true;
         }
         self.totals.flows = self.flows.len();
@@ -498,11 +499,20 @@ impl<W: Write> Pipeline<W> {
         );
         let trace_bytes = self.output.trace_bytes();
         metrics.trace_bytes(trace_bytes.saturating_sub(self.metered.trace_bytes));
+        // Lines the trace files did not get (stdout and the metrics did).
+        let trace_errors = self.output.trace_errors();
+        if trace_errors > self.metered.trace_errors {
+            metrics.lost(
+                "trace_write_error",
+                trace_errors - self.metered.trace_errors,
+            );
+        }
         metrics.heartbeat();
         self.metered = Metered {
             kernel: counters,
             evictions,
             trace_bytes,
+            trace_errors,
         };
     }
 

@@ -271,12 +271,14 @@ impl<W: Write> Session<W> {
         self.pipeline.housekeeping(counters, &mut self.probes);
         self.pipeline.finish();
         let totals = self.pipeline.totals;
-        if !self.pipeline.output_closed {
-            self.pipeline
-                .output
-                .stats(&counters, &totals, &self.pipeline.summaries)
-                .context("writing to stdout")?;
-            self.pipeline.output.flush().context("writing to stdout")?;
+        // To the trace files as well when stdout is gone (the output skips it then).
+        let written = self
+            .pipeline
+            .output
+            .stats(&counters, &totals, &self.pipeline.summaries)
+            .and_then(|()| self.pipeline.output.flush());
+        if written.is_err() && !self.pipeline.output_closed {
+            info!("stdout closed: the final lines went to the trace files only");
         }
         info!(
             "{} events ({} clean flows summarised), {} findings in {} lines, {} lost (ring \

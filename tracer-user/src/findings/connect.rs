@@ -138,7 +138,14 @@ impl Correlator {
         let reason = if event.no_socket && !event.answers_syn {
             remedies::NO_CONNECTION
         } else {
-            self.reasons.of_reset(event).unwrap_or("NOT_SPECIFIED")
+            match self.reasons.of_reset(event) {
+                Some(reason) => reason,
+                // Before 6.2 the kernel gives no reason; a socket that sends a RST as it
+                // closes is aborted by its application (closed with unread data, or
+                // SO_LINGER 0): both move it to CLOSE first.
+                None if !event.no_socket && event.new_state == tcp_state::CLOSE => remedies::ABORT,
+                None => "NOT_SPECIFIED",
+            }
         }
         .to_owned();
         let severity = if nothing_listens {

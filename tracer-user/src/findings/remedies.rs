@@ -128,6 +128,9 @@ pub fn middlebox_reset(dst: SocketAddr, rst_ttl: u8, peer_ttl: u8) -> String {
 /// Plain words for the kernel's reset reasons (`enum sk_rst_reason`).
 /// Not a kernel reason: a RST sent without a socket for a segment that was not a SYN.
 pub const NO_CONNECTION: &str = "NO_CONNECTION";
+/// Not a kernel reason: a RST a socket sent as its application closed it, on a kernel that
+/// gives no reasons (before 6.2), where unread data and SO_LINGER 0 cannot be told apart.
+pub const ABORT: &str = "ABORT";
 
 pub fn reset_reason_meaning(reason: &str, local_port: u16) -> String {
     match reason {
@@ -143,6 +146,9 @@ pub fn reset_reason_meaning(reason: &str, local_port: u16) -> String {
         "TCP_ABORT_ON_LINGER" | "TCP_STATE" => {
             format!("the application aborted the connection (SO_LINGER 0 or disconnect; {reason})")
         }
+        ABORT => "the application aborted the connection as it closed it (with unread data, or \
+                  SO_LINGER 0; this kernel does not say which)"
+            .into(),
         "TCP_ABORT_ON_DATA" => {
             "data arrived for a socket already closed (TCP_ABORT_ON_DATA)".into()
         }
@@ -174,22 +180,22 @@ pub fn local_reset(
             "Clients are connecting to {local} but nothing listens: {}.",
             listener_hint(local.port())
         ),
-        "TCP_ABORT_ON_CLOSE" | "TCP_ABORT_ON_LINGER" | "TCP_STATE"
+        "TCP_ABORT_ON_CLOSE" | "TCP_ABORT_ON_LINGER" | "TCP_STATE" | ABORT
             if side == Some(Side::Client) =>
         {
             format!(
                 "Nothing to fix on the server at {remote}: the client, {who}, ended its own \
                  connection to port {port} ({}). Expected when a task or query is cancelled or \
                  a client times out; if not, check the client's logs around this time.",
-                if reason == "TCP_ABORT_ON_CLOSE" {
-                    "it closed the socket with data it had not read"
-                } else {
-                    "SO_LINGER 0, or an abort"
+                match reason {
+                    "TCP_ABORT_ON_CLOSE" => "it closed the socket with data it had not read",
+                    ABORT => "it closed the socket with unread data or with SO_LINGER 0",
+                    _ => "SO_LINGER 0, or an abort",
                 },
                 port = remote.port()
             )
         }
-        "TCP_ABORT_ON_CLOSE" | "TCP_ABORT_ON_LINGER" | "TCP_STATE" => format!(
+        "TCP_ABORT_ON_CLOSE" | "TCP_ABORT_ON_LINGER" | "TCP_STATE" | ABORT => format!(
             "{who}, serving port {port}, aborted the connection from {remote}: check its logs \
              around this time and its SO_LINGER / close-on-error handling.",
             port = local.port()

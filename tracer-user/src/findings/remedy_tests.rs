@@ -275,3 +275,30 @@ fn tls_mismatch_names_the_istio_annotation_or_the_client_setting() {
         remedies::tls_mismatch("10.0.0.2:10000".parse().unwrap(), "plaintext_to_tls", false);
     assert!(plain.contains("ssl=true"), "{plain}");
 }
+
+#[test]
+fn an_abort_on_a_kernel_without_reset_reasons_is_still_named() {
+    // Before 6.2 the kernel gives no reason: a RST sent as the socket closed is an abort.
+    let mut correlator = Correlator::new(super::tests::config(), ResetReasons::new(Vec::new()));
+    let mut flows = FlowTable::new(8);
+    let mut out = Vec::new();
+    for mut event in [
+        ev(EventKind::StateChange, 1, 0, SS, ES, 0),
+        ev(EventKind::StateChange, 1, SEC, ES, CL, 0),
+        ev(EventKind::ResetSent, 1, SEC, CL, CL, 0),
+    ] {
+        let flow = flows.observe(&mut event);
+        correlator.on_event(&event, flow, &mut out);
+    }
+    let f = only(out, FindingKind::LocalReset);
+    assert!(
+        f.summary.contains("aborted the connection as it closed it"),
+        "{}",
+        f.summary
+    );
+    assert!(
+        f.remedy.contains("Nothing to fix on the server"),
+        "{}",
+        f.remedy
+    );
+}

@@ -198,6 +198,9 @@ pub struct KernelPrograms {
     /// How the programs' flow keys are shown (opaque numbers where they are kernel
     /// addresses; see `crate::kernel::flowkey`). Keys going in and out of this type are shown keys.
     pub flow_keys: FlowKeys,
+    /// Runs the kernel skipped, read just before the programs were unloaded (an unloaded
+    /// program's count is gone with it): the final stats line says what the warnings said.
+    recursion_misses_at_detach: u64,
 }
 
 impl crate::events::sources::ActivitySource for KernelPrograms {
@@ -329,6 +332,7 @@ impl KernelPrograms {
             attached,
             missing,
             unavailable,
+            recursion_misses_at_detach: 0,
             flow_keys: if offsets.flow_key_is_address != 0 {
                 FlowKeys::addresses()
             } else {
@@ -391,6 +395,7 @@ impl KernelPrograms {
 
     /// Detaches every program: no new events after this returns.
     pub fn detach(&mut self) {
+        self.recursion_misses_at_detach = self.counters().recursion_misses;
         for (_, program) in self.ebpf.programs_mut() {
             match program {
                 Program::CgroupSkb(prog) if prog.fd().is_ok() => {
@@ -406,7 +411,10 @@ impl KernelPrograms {
 
     /// Reads the per-CPU loss counters and each program's recursion misses.
     pub fn counters(&self) -> KernelCounters {
-        let mut counters = KernelCounters::default();
+        let mut counters = KernelCounters {
+            recursion_misses: self.recursion_misses_at_detach,
+            ..KernelCounters::default()
+        };
         if let Some(map) = self.ebpf.map("COUNTERS")
             && let Ok(array) = PerCpuArray::<_, u64>::try_from(map)
         {

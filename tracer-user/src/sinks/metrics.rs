@@ -85,7 +85,8 @@ impl Metrics {
         let lost = Family::<LossLabels, Counter>::default();
         registry.register(
             "lost",
-            "Evidence lost: ring buffer full, kernel table full, program runs skipped",
+            "Evidence lost: ring buffer full, kernel table full, program runs skipped, trace \
+             file lines not written (trace_write_error)",
             lost.clone(),
         );
         let flows = Gauge::default();

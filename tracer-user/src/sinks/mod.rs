@@ -57,6 +57,8 @@ pub struct Output<W: Write> {
     /// (see `event`).
     newest_event_ns: u64,
     late_flow: Option<u64>,
+    /// stdout failed (the reader went away): lines still go to the trace files.
+    stdout_closed: bool,
 }
 
 /// An event line this much older than the newest one printed is late: the kernel held a
@@ -73,6 +75,7 @@ impl<W: Write> Output<W> {
             trace_errors: 0,
             newest_event_ns: 0,
             late_flow: None,
+            stdout_closed: false,
         }
     }
 
@@ -422,12 +425,31 @@ impl<W: Write> Output<W> {
             repeats_counted: totals.repeats_counted,
         };
         let json = to_line(&line)?;
-        self.publish(Some(json), None)
+        let text = (self.format == Format::Text).then(|| {
+            format!(
+                "--- stats {}: {} events, {} findings in {} lines; lost: {} events (ring buffer \
+                 full), {} program runs skipped (recursion), {} undecodable, {} trace write \
+                 errors; {} flows tracked, {} evicted; {} clean flows summarised\n",
+                line.ts,
+                line.events,
+                line.findings,
+                line.finding_lines,
+                line.lost_events,
+                line.recursion_misses,
+                line.decode_errors,
+                line.trace_write_errors,
+                line.flows,
+                line.flow_evictions,
+                line.clean_flows,
+            )
+        });
+        self.publish(Some(json), text)
     }
 
     /// Writes a line: JSON to the trace files and, in JSON format, to stdout; text to stdout
-    /// in text format. A failing trace file is counted and warned about, never fatal; a
-    /// failing stdout is returned (the caller stops).
+    /// in text format. A failing trace file is counted and warned about, never fatal. A
+    /// failing stdout is returned once (the caller stops); the trace files still get every
+    /// line after it, up to the final stats.
     fn publish(&mut self, json: Option<Vec<u8>>, text: Option<String>) -> io::Result<()> {
         if let (Some(trace), Some(json)) = (self.trace.as_mut(), json.as_ref())
             && let Err(error) = trace.write_line(json)
@@ -437,11 +459,21 @@ impl<W: Write> Output<W> {
             }
             self.trace_errors += 1;
         }
-        match (self.format, json, text) {
+        if self.stdout_closed {
+            return Ok(());
+        }
+        let written = match (self.format, json, text) {
             (Format::Json, Some(json), _) => self.out.write_all(&json),
             (Format::Text, _, Some(text)) => self.out.write_all(text.as_bytes()),
             _ => Ok(()),
-        }
+        };
+        self.stdout_closed = written.is_err();
+        written
+    }
+
+    /// Trace write errors so far (counted, never fatal).
+    pub fn trace_errors(&self) -> u64 {
+        self.trace_errors
     }
 
     /// Sends subsequent lines to trace files as well.
@@ -460,7 +492,12 @@ impl<W: Write> Output<W> {
             self.trace_errors += 1;
             tracing::warn!("cannot flush the trace file: {error}");
         }
-        self.out.flush()
+        if self.stdout_closed {
+            return Ok(());
+        }
+        let flushed = self.out.flush();
+        self.stdout_closed = flushed.is_err();
+        flushed
     }
 }
 

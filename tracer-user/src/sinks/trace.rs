@@ -4,6 +4,7 @@
 use std::{
     fs::{self, File},
     io::{self, BufWriter, Write},
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
     time::SystemTime,
 };
@@ -50,13 +51,29 @@ pub fn trace_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// Creates a new file only its owner can read.
+fn private_file(path: &Path) -> io::Result<File> {
+    fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+}
+
 impl TraceWriter {
     /// Opens `dir` (created if missing) for writing; fails with a clear message when it
     /// cannot be written.
+    /// A directory it creates is 0700 and its files 0600: incident evidence (addresses,
+    /// processes, pods) for root's eyes, unless the directory given says otherwise.
     pub fn new(dir: &Path, max_size: u64, keep: usize) -> io::Result<Self> {
-        fs::create_dir_all(dir)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
         let probe = dir.join(".shuffletrace-write-test");
-        File::create(&probe)?;
+        // One left by a run that was killed at this point.
+        let _ = fs::remove_file(&probe);
+        private_file(&probe)?;
         fs::remove_file(&probe)?;
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -84,10 +101,7 @@ impl TraceWriter {
         }
         self.sequence += 1;
         let path = self.dir.join(file_name(SystemTime::now(), self.sequence));
-        let file = fs::OpenOptions::new()
-            .create_new(true)
-            .write(true)
-            .open(&path)?;
+        let file = private_file(&path)?;
         let mut file = BufWriter::new(file);
         let mut size = 0;
         if let Some(header) = &self.header {
