@@ -109,6 +109,9 @@ pub struct Event {
     pub peer_ttl: Option<u8>,
     /// For an idle-tracked flow: how long it had been idle (see [`Idle`]).
     pub idle: Option<Idle>,
+    /// The flow's first payload class sent and received when the kernel sent the event
+    /// (`payload_class::NONE`: none yet). What a clean flow's summary says of its payload.
+    pub classes: (u8, u8),
     /// The Kubernetes pod (and container) of the flow, when it is in one.
     pub pod: Option<std::sync::Arc<crate::events::k8s::PodRef>>,
 }
@@ -136,6 +139,7 @@ pub fn sample_event(kind: EventKind, cookie: u64, boot_ns: u64) -> Event {
         ttl: None,
         peer_ttl: None,
         idle: None,
+        classes: (0, 0),
         pod: None,
     }
 }
@@ -365,6 +369,8 @@ pub fn repeat_event(key: &RepeatKey, count: &RepeatCount) -> Result<Event, Decod
         idle_ms: u32::MAX,
         gap_ms: u32::MAX,
         resumed_ms: u32::MAX,
+        tx_class: 0,
+        rx_class: 0,
         _pad: 0,
     };
     let kind = EventKind::from_wire(raw.kind).ok_or(DecodeError::Kind(raw.kind))?;
@@ -424,6 +430,7 @@ fn event_of(raw: &FlowEvent, kind: EventKind) -> Result<Event, DecodeError> {
             last_gap_ms: (raw.gap_ms != u32::MAX).then_some(raw.gap_ms),
             resumed_ago_ms: (raw.resumed_ms != u32::MAX).then_some(raw.resumed_ms),
         }),
+        classes: (raw.tx_class, raw.rx_class),
         pod: None,
     })
 }
@@ -575,6 +582,8 @@ mod tests {
             idle_ms: u32::MAX,
             gap_ms: u32::MAX,
             resumed_ms: u32::MAX,
+            tx_class: 0,
+            rx_class: 0,
             _pad: 0,
         }
     }
@@ -772,6 +781,24 @@ mod tests {
     }
 
     #[test]
+    fn a_summary_says_what_its_flow_spoke() {
+        let mut raw = wire(kind::FLOW_SUMMARY, AF_INET);
+        (raw.tx_class, raw.rx_class) = (
+            payload_class::TLS_CLIENT_HELLO,
+            payload_class::TLS_SERVER_HELLO,
+        );
+        let summary = decode(&bytes(&raw)).unwrap();
+        assert_eq!(summary.kind, EventKind::FlowSummary);
+        assert_eq!(
+            summary.classes,
+            (
+                payload_class::TLS_CLIENT_HELLO,
+                payload_class::TLS_SERVER_HELLO
+            )
+        );
+    }
+
+    #[test]
     fn unknown_owner_is_none() {
         let mut raw = wire(kind::RESET_RECEIVED, AF_INET);
         raw.flags = 0;
@@ -790,9 +817,15 @@ mod tests {
         assert!(!answer_may_mismatch(SPARK_RPC, SPARK_RPC));
         assert!(!answer_may_mismatch(NONE, TLS_ALERT));
         assert!(!answer_may_mismatch(TLS_CLIENT_HELLO, NONE));
-        assert!(hello_unanswered(TLS_CLIENT_HELLO, NONE));
-        assert!(!hello_unanswered(TLS_CLIENT_HELLO, TLS_SERVER_HELLO));
-        assert!(!hello_unanswered(OTHER, NONE));
+        // Sent, and not a byte back: judged when the peer closes.
+        assert!(request_unanswered(TLS_CLIENT_HELLO, NONE));
+        assert!(request_unanswered(SPARK_RPC, NONE));
+        assert!(request_unanswered(HTTP, NONE));
+        assert!(!request_unanswered(TLS_CLIENT_HELLO, TLS_SERVER_HELLO));
+        assert!(!request_unanswered(SPARK_RPC, SPARK_RPC));
+        assert!(!request_unanswered(NONE, NONE));
+        // Any other TLS record sent first is TLS already under way: nothing to judge.
+        assert!(!request_unanswered(TLS_RECORD, NONE));
     }
 
     /// First bytes of real first segments (captured from openssl/Python/rustls/Spark/beeline
