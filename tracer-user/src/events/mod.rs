@@ -319,6 +319,17 @@ pub fn quiet_history(cookie: u64, activity: &FlowActivity, slot: Option<&FlowSlo
     }
 }
 
+/// A tracked flow's ends (this host's, the peer's) from its activity record; None for an
+/// address family it does not know.
+pub fn activity_ends(activity: &FlowActivity) -> Option<(SocketAddr, SocketAddr)> {
+    let local = address(activity.family, activity.local_addr).ok()?;
+    let remote = address(activity.family, activity.remote_addr).ok()?;
+    Some((
+        SocketAddr::new(local, activity.local_port),
+        SocketAddr::new(remote, activity.remote_port),
+    ))
+}
+
 /// Socket cookies count up from 1; this one stands for the flows of counted repeats, which
 /// userspace never saw (see `repeat_event`).
 pub const REPEAT_COOKIE: u64 = u64::MAX;
@@ -817,15 +828,23 @@ mod tests {
         assert!(!answer_may_mismatch(SPARK_RPC, SPARK_RPC));
         assert!(!answer_may_mismatch(NONE, TLS_ALERT));
         assert!(!answer_may_mismatch(TLS_CLIENT_HELLO, NONE));
-        // Sent, and not a byte back: judged when the peer closes.
-        assert!(request_unanswered(TLS_CLIENT_HELLO, NONE));
-        assert!(request_unanswered(SPARK_RPC, NONE));
-        assert!(request_unanswered(HTTP, NONE));
-        assert!(!request_unanswered(TLS_CLIENT_HELLO, TLS_SERVER_HELLO));
-        assert!(!request_unanswered(SPARK_RPC, SPARK_RPC));
-        assert!(!request_unanswered(NONE, NONE));
-        // Any other TLS record sent first is TLS already under way: nothing to judge.
-        assert!(!request_unanswered(TLS_RECORD, NONE));
+        // Sent, and not a byte back: judged when the peer closes. Any other TLS record sent
+        // first is TLS already under way: nothing to judge.
+        for (sent, received, judged) in [
+            (TLS_CLIENT_HELLO, NONE, true),
+            (SPARK_RPC, NONE, true),
+            (HTTP, NONE, true),
+            (TLS_CLIENT_HELLO, TLS_SERVER_HELLO, false),
+            (SPARK_RPC, SPARK_RPC, false),
+            (NONE, NONE, false),
+            (TLS_RECORD, NONE, false),
+        ] {
+            assert_eq!(
+                request_unanswered(sent, received),
+                judged,
+                "{sent} {received}"
+            );
+        }
     }
 
     /// First bytes of real first segments (captured from openssl/Python/rustls/Spark/beeline
