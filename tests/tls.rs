@@ -48,40 +48,59 @@ fn plaintext_server(ns: &Netns, addr: SocketAddr) -> std::thread::JoinHandle<Vec
     handle
 }
 
-/// A self-signed certificate for the TLS server, made with the openssl command.
+/// A self-signed certificate and its key as PEM files, removed on drop.
+struct PemFiles {
+    dir: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl PemFiles {
+    /// Made with the openssl command, one directory per call (each test removes its own).
+    fn new() -> Self {
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("st-tls-{}-{call}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let status = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=spark",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl");
+        assert!(status.success());
+        Self { dir, cert, key }
+    }
+}
+
+impl Drop for PemFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A self-signed certificate for the rustls server.
 fn certificate() -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-    // One directory per call: the tests run in parallel, and each removes its own.
-    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("st-tls-{}-{call}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key): (PathBuf, PathBuf) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let status = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=spark",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(Stdio::null())
-        .status()
-        .expect("openssl");
-    assert!(status.success());
-    let certs = CertificateDer::pem_file_iter(&cert)
+    let pem = PemFiles::new();
+    let certs = CertificateDer::pem_file_iter(&pem.cert)
         .unwrap()
         .map(Result::unwrap)
         .collect();
-    let key = PrivateKeyDer::from_pem_file(&key).unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
+    let key = PrivateKeyDer::from_pem_file(&pem.key).unwrap();
     (certs, key)
 }
 
@@ -116,6 +135,18 @@ fn tls_server(ns: &Netns, addr: SocketAddr) -> std::thread::JoinHandle<()> {
 
 fn tls_findings(lines: &[Value]) -> Vec<&Value> {
     findings(lines, "tls_mismatch")
+}
+
+/// Stops the tracer once the connections settled; its lines must hold no tls_mismatch.
+fn stop_without_tls_mismatch(tracer: Tracer) -> Vec<Value> {
+    settle();
+    let lines = tracer.stop();
+    assert!(
+        tls_findings(&lines).is_empty(),
+        "no tls_mismatch:\n{}",
+        dump(&lines)
+    );
+    lines
 }
 
 /// What the sidecar does to the application's connection after its upstream failed.
@@ -183,21 +214,7 @@ fn sidecar_to_plaintext(ends: SidecarEnds) -> (Vec<Value>, Value) {
         .read_line(&mut ready)
         .unwrap();
     assert_eq!(ready.trim(), "ready");
-    let (app_local, outcome) = net
-        .client
-        .run("st-exec", move || {
-            let mut stream = connect(target).expect("connect (to the sidecar)");
-            stream.write_all(&spark_frame()).unwrap();
-            let mut buf = [0u8; 16];
-            let outcome = match stream.read(&mut buf) {
-                Ok(0) => "closed".to_owned(),
-                Ok(n) => format!("{n} bytes"),
-                Err(e) => format!("{:?}", e.kind()),
-            };
-            (stream.local_addr().unwrap(), outcome)
-        })
-        .join()
-        .unwrap();
+    let (app_local, outcome) = plaintext_request(&net, target, "st-exec");
     let expected = match ends {
         SidecarEnds::Reset => "ConnectionReset",
         SidecarEnds::Close => "closed",
@@ -299,6 +316,13 @@ fn plaintext_to_a_tls_port_is_a_tls_mismatch() {
     assert_eq!(f["sent"], "spark_rpc");
     assert_eq!(f["thread"], "st-beeline");
     assert!(f["answer"].as_str().unwrap().contains("tls_alert"));
+    // The server's own TLS record on this very connection: no doubt left.
+    assert_eq!(f["confidence"], "certain");
+    assert!(
+        f["basis"].as_str().unwrap().contains("TLS alert"),
+        "{}",
+        f["basis"]
+    );
     assert!(
         f["remedy"]
             .as_str()
@@ -323,13 +347,7 @@ fn a_correct_tls_client_gives_no_finding() {
     );
     exec_in(&net.client, &["/usr/bin/python3", "-c", &client]);
     server.join().unwrap();
-    settle();
-    let lines = tracer.stop();
-    assert!(
-        tls_findings(&lines).is_empty(),
-        "no tls_mismatch:\n{}",
-        dump(&lines)
-    );
+    let lines = stop_without_tls_mismatch(tracer);
     // ClientHello answered by a ServerHello: nothing to judge, so the kernel kept the flow
     // quiet and summarised each end when it closed (no other test here uses port 8443).
     assert!(
@@ -341,4 +359,198 @@ fn a_correct_tls_client_gives_no_finding() {
     );
     let clean = clean_flows(last_stats(&lines), 8443, None);
     assert_eq!(clean, 2, "{}", dump(&lines));
+}
+
+/// Runs `args` inside a namespace and waits until its stdout prints a line containing
+/// `ready` (the server listens).
+fn spawn_ready(ns: &Netns, args: &[&str], ready: &str) -> std::process::Child {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the server");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains(ready) {
+        line.clear();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "{args:?} ended early"
+        );
+    }
+    // The rest of its output is not needed, but the pipe must not fill up.
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    child
+}
+
+/// A plaintext Spark frame from a thread named `comm` in the client namespace: returns its
+/// local address and what came back (`closed`, `ConnectionReset`, or `N bytes`).
+fn plaintext_request(net: &Routed, target: SocketAddr, comm: &str) -> (SocketAddr, String) {
+    net.client
+        .run(comm, move || {
+            let mut stream = connect(target).expect("connect");
+            stream.write_all(&spark_frame()).unwrap();
+            let mut buf = [0u8; 16];
+            let outcome = match stream.read(&mut buf) {
+                Ok(0) => "closed".to_owned(),
+                Ok(n) => format!("{n} bytes"),
+                Err(e) => format!("{:?}", e.kind()),
+            };
+            (stream.local_addr().unwrap(), outcome)
+        })
+        .join()
+        .unwrap()
+}
+
+/// The one tls_mismatch of a silent TLS server's answer to plaintext, from `local`, with no
+/// peer_reset besides it; its remedy names the client and says `setting`.
+fn one_silent_mismatch<'a>(
+    lines: &'a [Value],
+    local: SocketAddr,
+    how: &str,
+    setting: &str,
+) -> &'a Value {
+    let found = tls_findings(lines);
+    assert_eq!(found.len(), 1, "one tls_mismatch:\n{}", dump(lines));
+    let f = found[0];
+    assert_eq!(f["direction"], "plaintext_to_tls", "{f}");
+    assert_eq!(f["src"], local.to_string().as_str(), "{f}");
+    assert_eq!(f["sent"], "spark_rpc");
+    assert_eq!(f["comm"], "st-spark-rpc");
+    assert!(f["answer"].as_str().unwrap().contains(how), "{f}");
+    assert!(
+        f["answer"].as_str().unwrap().contains("without a byte"),
+        "{f}"
+    );
+    // A silent close or reset is not the server's own word: likely, not certain.
+    assert_eq!(f["confidence"], "likely", "{f}");
+    let remedy = f["remedy"].as_str().unwrap();
+    assert!(
+        remedy.contains(setting) && remedy.contains("st-spark-rpc"),
+        "{remedy}"
+    );
+    // One verdict: the reset is the mismatch's answer, not a peer_reset of its own.
+    assert!(
+        findings(lines, "peer_reset").is_empty(),
+        "no peer_reset besides the tls_mismatch:\n{}",
+        dump(lines)
+    );
+    f
+}
+
+#[test]
+fn openssl_closing_on_plaintext_after_answering_others_with_tls_is_a_likely_mismatch() {
+    // OpenSSL's s_server closes (FIN) on plaintext without a byte. Port 10000 is no HTTPS
+    // port; what marks it as TLS is that it answered another client with a ServerHello.
+    let net = Routed::new();
+    let target = SocketAddr::new(net.server_ip, 10000);
+    let pem = PemFiles::new();
+    let tracer = Tracer::start("10000");
+    let (cert, key) = (pem.cert.to_str().unwrap(), pem.key.to_str().unwrap());
+    let accept = target.port().to_string();
+    let mut server = spawn_ready(
+        &net.server,
+        &[
+            "openssl", "s_server", "-accept", &accept, "-cert", cert, "-key", key, "-www",
+            "-naccept", "2",
+        ],
+        "ACCEPT",
+    );
+    // A correct TLS client first: it reads the status page to the end, so both ends close
+    // cleanly (summarised by the kernel).
+    let client = format!(
+        "import socket, ssl\n\
+         c = ssl.create_default_context(); c.check_hostname = False; c.verify_mode = ssl.CERT_NONE\n\
+         s = c.wrap_socket(socket.create_connection(('{}', {})), server_hostname='spark')\n\
+         s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\n\
+         while s.recv(4096): pass\n\
+         s.close()\n",
+        target.ip(),
+        target.port()
+    );
+    exec_in(&net.client, &["/usr/bin/python3", "-c", &client]);
+    let (local, outcome) = plaintext_request(&net, target, "st-spark-rpc");
+    assert_eq!(outcome, "closed", "OpenSSL closes without a byte");
+    assert!(server.wait().unwrap().success());
+    settle();
+    let lines = tracer.stop();
+    let f = one_silent_mismatch(&lines, local, "closed", "ssl=true");
+    let basis = f["basis"].as_str().unwrap();
+    assert!(
+        basis.contains("answered other clients with a TLS ServerHello")
+            && basis.contains(&target.to_string()),
+        "{basis}"
+    );
+}
+
+#[test]
+fn python_ssl_resetting_plaintext_on_an_https_port_is_one_likely_mismatch() {
+    // Python's ssl module answers plaintext with a RST. 8443 is an HTTPS port in the seed
+    // table, and nothing else marks it.
+    let net = Routed::new();
+    let target = SocketAddr::new(net.server_ip, 8443);
+    let pem = PemFiles::new();
+    let tracer = Tracer::start("8443");
+    let script = format!(
+        "import socket, ssl\n\
+         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain('{}', '{}')\n\
+         l = socket.create_server(('{}', {})); print('ready', flush=True)\n\
+         c, _ = l.accept()\n\
+         try: ctx.wrap_socket(c, server_side=True)\n\
+         except ssl.SSLError: pass\n\
+         c.close()\n",
+        pem.cert.display(),
+        pem.key.display(),
+        target.ip(),
+        target.port()
+    );
+    let mut server = spawn_ready(&net.server, &["/usr/bin/python3", "-c", &script], "ready");
+    let (local, outcome) = plaintext_request(&net, target, "st-spark-rpc");
+    assert_eq!(outcome, "ConnectionReset", "Python's ssl resets");
+    assert!(server.wait().unwrap().success());
+    settle();
+    let lines = tracer.stop();
+    let f = one_silent_mismatch(&lines, local, "reset", "https://");
+    let basis = f["basis"].as_str().unwrap();
+    assert!(
+        basis.contains("8443 is an HTTPS port in the seed table"),
+        "{basis}"
+    );
+}
+
+#[test]
+fn a_plaintext_server_closing_on_bad_input_is_no_tls_mismatch() {
+    // A plaintext server that reads the request and closes without a word, on a port nothing
+    // marks as TLS: a closed connection, not a TLS mismatch.
+    let net = Routed::new();
+    let target = SocketAddr::new(net.server_ip, 7337);
+    let tracer = Tracer::start("7337");
+    let script = format!(
+        "import socket\n\
+         l = socket.create_server(('{}', {})); print('ready', flush=True)\n\
+         c, _ = l.accept(); c.recv(4096); c.close()\n",
+        target.ip(),
+        target.port()
+    );
+    let mut server = spawn_ready(&net.server, &["/usr/bin/python3", "-c", &script], "ready");
+    let (local, outcome) = plaintext_request(&net, target, "st-spark-rpc");
+    assert_eq!(outcome, "closed");
+    assert!(server.wait().unwrap().success());
+    let lines = stop_without_tls_mismatch(tracer);
+    // The kernel did send the unanswered request for judging (a quiet flow would have been
+    // summarised and never judged), and nothing was found in it.
+    assert!(
+        lines.iter().any(|v| v["event"] == "first_payload"
+            && v["src"] == local.to_string().as_str()
+            && v["class"] == "spark_rpc"),
+        "{}",
+        dump(&lines)
+    );
+    assert!(
+        lines.iter().all(|v| v["type"] != "finding"),
+        "{}",
+        dump(&lines)
+    );
 }

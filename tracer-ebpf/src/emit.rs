@@ -98,7 +98,7 @@ pub(crate) fn write_event(
     owner: &SockOwner,
     now: u64,
 ) {
-    let (idle_ms, gap_ms, resumed_ms) = idle_times(record.cookie, now);
+    write_activity(out, record.cookie, now);
     out.ts_ns = if record.ts_ns != 0 { record.ts_ns } else { now };
     out.cookie = record.cookie;
     out.cgroup_id = owner.cgroup_id;
@@ -119,9 +119,6 @@ pub(crate) fn write_event(
     out.local_addr = tuple.local_addr;
     out.remote_addr = tuple.remote_addr;
     out.comm = owner.comm;
-    out.idle_ms = idle_ms;
-    out.gap_ms = gap_ms;
-    out.resumed_ms = resumed_ms;
     out._pad = 0;
 }
 
@@ -160,23 +157,26 @@ pub(crate) fn emit(record: &Record, tuple: &Tuple, owner: &SockOwner) {
     entry.submit(wakeup_flag());
 }
 
-/// Idle times of a tracked flow for an event (see `FlowEvent::idle_ms`); `u32::MAX` each
-/// when the flow is not tracked.
+/// What a tracked flow's activity record says, for an event (see `FlowEvent::idle_ms` and
+/// `FlowEvent::tx_class`): idle times (`u32::MAX` each when the flow is not tracked) and
+/// first payload classes (0 each), from one lookup.
 #[inline(always)]
-pub(crate) fn idle_times(cookie: u64, now: u64) -> (u32, u32, u32) {
+pub(crate) fn write_activity(out: &mut FlowEvent, cookie: u64, now: u64) {
     let ms = |ns: u64| (ns / 1_000_000).min(u64::from(u32::MAX - 1)) as u32;
+    (out.idle_ms, out.gap_ms, out.resumed_ms) = (u32::MAX, u32::MAX, u32::MAX);
+    (out.tx_class, out.rx_class) = (0, 0);
     if cookie == 0 {
-        return (u32::MAX, u32::MAX, u32::MAX);
+        return;
     }
     // SAFETY: fields are read at once.
     let Some(a) = (unsafe { ACTIVITY.get(&cookie) }) else {
-        return (u32::MAX, u32::MAX, u32::MAX);
+        return;
     };
-    let idle = ms(now.saturating_sub(a.last_rx_ns.max(a.last_tx_ns)));
-    if a.resumed_ns == 0 {
-        (idle, u32::MAX, u32::MAX)
-    } else {
-        (idle, ms(a.gap_ns), ms(now.saturating_sub(a.resumed_ns)))
+    out.idle_ms = ms(now.saturating_sub(a.last_rx_ns.max(a.last_tx_ns)));
+    (out.tx_class, out.rx_class) = (a.tx_class, a.rx_class);
+    if a.resumed_ns != 0 {
+        out.gap_ms = ms(a.gap_ns);
+        out.resumed_ms = ms(now.saturating_sub(a.resumed_ns));
     }
 }
 

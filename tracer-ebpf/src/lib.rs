@@ -66,10 +66,12 @@ pub mod payload_class {
         }
     }
 
-    /// A ClientHello was sent and nothing came back: if the peer now closes or resets, it
-    /// may not speak TLS (userspace judges it).
-    pub const fn hello_unanswered(sent: u8, received: u8) -> bool {
-        sent == TLS_CLIENT_HELLO && received == NONE
+    /// A request was sent and not a byte came back: if the peer now closes, it may not speak
+    /// what was sent (a ClientHello to a plaintext port, plaintext to a TLS port a server
+    /// closes on without an alert). The kernel sends such a quiet client flow when the peer
+    /// closes it; userspace judges it with what it knows of the port.
+    pub const fn request_unanswered(sent: u8, received: u8) -> bool {
+        received == NONE && (sent == TLS_CLIENT_HELLO || (sent != NONE && !is_tls(sent)))
     }
 
     /// Whether a class is a TLS record of any kind.
@@ -262,7 +264,12 @@ pub struct FlowEvent {
     pub idle_ms: u32,
     pub gap_ms: u32,
     pub resumed_ms: u32,
-    pub _pad: u32,
+    /// The flow's first payload class sent and received, as its activity record had them
+    /// when the event was sent (0: none yet, or no activity record). A clean flow's summary
+    /// is all userspace hears of it: this says whether it spoke TLS.
+    pub tx_class: u8,
+    pub rx_class: u8,
+    pub _pad: u16,
 }
 
 /// Keepalive configuration of a socket, raw from the kernel (jiffies; 0 = the network

@@ -160,8 +160,13 @@ pub(crate) fn note_quiet(cookie: u64, record: &mut Record) -> Quiet {
         }
         // A connect or handshake that ends without ESTABLISHED, or an error: not clean.
         tcp_state::CLOSE => Quiet::Ends,
-        // The peer closes after our ClientHello without a word: it may not speak TLS.
-        tcp_state::CLOSE_WAIT if hello_unanswered(cookie) => Quiet::Ends,
+        // The peer closes on our request without a word: it may not speak what we sent (a
+        // ClientHello to a plaintext port, or plaintext to a TLS server that closes silently).
+        tcp_state::CLOSE_WAIT
+            if slot.opened_new == tcp_state::SYN_SENT && request_unanswered(cookie) =>
+        {
+            Quiet::Ends
+        }
         _ if slot.established_ns != 0 => {
             slot.latest_old = record.old_state;
             slot.latest_new = record.new_state;
@@ -186,10 +191,10 @@ pub(crate) fn closes_gracefully(old_state: u8) -> bool {
 }
 
 #[inline(always)]
-pub(crate) fn hello_unanswered(cookie: u64) -> bool {
+pub(crate) fn request_unanswered(cookie: u64) -> bool {
     // SAFETY: fields are read at once.
     unsafe { ACTIVITY.get(&cookie) }
-        .is_some_and(|a| payload_class::hello_unanswered(a.tx_class, a.rx_class))
+        .is_some_and(|a| payload_class::request_unanswered(a.tx_class, a.rx_class))
 }
 
 /// Whether a flow is quiet: it has a slot and nothing of it was sent yet.

@@ -294,7 +294,8 @@ impl<W: Write> Pipeline<W> {
     /// Every tenth of the NAT threshold: scans the kernel's activity table and reports each
     /// flow idle past 80% of it without keepalive that would save it, once per idle period.
     /// Flows the kernel kept quiet are described from its tables (tuple, owner, recorded
-    /// state changes); nothing is kept per flow but the reported idle periods.
+    /// state changes); nothing is kept per flow but the reported idle periods. The open
+    /// flows' first payloads also tell the correlator which servers speak TLS.
     fn idle_scan(&mut self, now: u64, source: &dyn ActivitySource) {
         if now < self.next_idle_scan_ns {
             return;
@@ -306,9 +307,11 @@ impl<W: Write> Pipeline<W> {
         self.next_idle_scan_ns = now + interval - interval / 10;
         let (nat, hz) = (self.config.nat_idle, self.hz);
         let reported = &self.idle_reported;
+        let correlator = &mut self.correlator;
         let mut still_reported = HashMap::new();
         let mut at_risk = Vec::new();
         source.scan(&mut |cookie, activity| {
+            correlator.note_activity(activity, now);
             let reported_for = reported.get(&cookie).copied();
             if let Some(entry) = reported_for {
                 still_reported.insert(cookie, entry);

@@ -5,6 +5,11 @@
 /// Connect, the executor shuffle service, the driver UI and the Hive metastore.
 pub const DEFAULT_PORTS: &str = "7337,10000,10001,4040,9083,443,8443";
 
+/// The seed table's HTTPS ports: what arrives there is expected to be TLS.
+pub fn is_https(port: u16) -> bool {
+    matches!(port, 443 | 8443)
+}
+
 /// The Spark-side service behind a well-known port.
 pub fn service_name(port: u16) -> Option<&'static str> {
     Some(match port {

@@ -124,6 +124,9 @@ pub struct Event {
     pub peer_ttl: Option<u8>,
     /// For an idle-tracked flow: how long it had been idle (see [`Idle`]).
     pub idle: Option<Idle>,
+    /// The flow's first payload class sent and received when the kernel sent the event
+    /// (`payload_class::NONE`: none yet). What a clean flow's summary says of its payload.
+    pub classes: (u8, u8),
     /// The Kubernetes pod (and container) of the flow, when it is in one.
     pub pod: Option<std::sync::Arc<crate::events::k8s::PodRef>>,
 }
@@ -151,6 +154,7 @@ pub fn sample_event(kind: EventKind, cookie: u64, boot_ns: u64) -> Event {
         ttl: None,
         peer_ttl: None,
         idle: None,
+        classes: (0, 0),
         pod: None,
     }
 }
@@ -330,6 +334,17 @@ pub fn quiet_history(cookie: u64, activity: &FlowActivity, slot: Option<&FlowSlo
     }
 }
 
+/// A tracked flow's ends (this host's, the peer's) from its activity record; None for an
+/// address family it does not know.
+pub fn activity_ends(activity: &FlowActivity) -> Option<(SocketAddr, SocketAddr)> {
+    let local = address(activity.family, activity.local_addr).ok()?;
+    let remote = address(activity.family, activity.remote_addr).ok()?;
+    Some((
+        SocketAddr::new(local, activity.local_port),
+        SocketAddr::new(remote, activity.remote_port),
+    ))
+}
+
 /// Socket cookies count up from 1; this one stands for the flows of counted repeats, which
 /// userspace never saw (see `repeat_event`).
 pub const REPEAT_COOKIE: u64 = u64::MAX;
@@ -380,6 +395,8 @@ pub fn repeat_event(key: &RepeatKey, count: &RepeatCount) -> Result<Event, Decod
         idle_ms: u32::MAX,
         gap_ms: u32::MAX,
         resumed_ms: u32::MAX,
+        tx_class: 0,
+        rx_class: 0,
         _pad: 0,
     };
     let kind = EventKind::from_wire(raw.kind).ok_or(DecodeError::Kind(raw.kind))?;
@@ -440,6 +457,7 @@ fn event_of(raw: &FlowEvent, kind: EventKind) -> Result<Event, DecodeError> {
             last_gap_ms: (raw.gap_ms != u32::MAX).then_some(raw.gap_ms),
             resumed_ago_ms: (raw.resumed_ms != u32::MAX).then_some(raw.resumed_ms),
         }),
+        classes: (raw.tx_class, raw.rx_class),
         pod: None,
     })
 }
@@ -591,6 +609,8 @@ mod tests {
             idle_ms: u32::MAX,
             gap_ms: u32::MAX,
             resumed_ms: u32::MAX,
+            tx_class: 0,
+            rx_class: 0,
             _pad: 0,
         }
     }
@@ -788,6 +808,24 @@ mod tests {
     }
 
     #[test]
+    fn a_summary_says_what_its_flow_spoke() {
+        let mut raw = wire(kind::FLOW_SUMMARY, AF_INET);
+        (raw.tx_class, raw.rx_class) = (
+            payload_class::TLS_CLIENT_HELLO,
+            payload_class::TLS_SERVER_HELLO,
+        );
+        let summary = decode(&bytes(&raw)).unwrap();
+        assert_eq!(summary.kind, EventKind::FlowSummary);
+        assert_eq!(
+            summary.classes,
+            (
+                payload_class::TLS_CLIENT_HELLO,
+                payload_class::TLS_SERVER_HELLO
+            )
+        );
+    }
+
+    #[test]
     fn unknown_owner_is_none() {
         let mut raw = wire(kind::RESET_RECEIVED, AF_INET);
         raw.flags = 0;
@@ -806,9 +844,23 @@ mod tests {
         assert!(!answer_may_mismatch(SPARK_RPC, SPARK_RPC));
         assert!(!answer_may_mismatch(NONE, TLS_ALERT));
         assert!(!answer_may_mismatch(TLS_CLIENT_HELLO, NONE));
-        assert!(hello_unanswered(TLS_CLIENT_HELLO, NONE));
-        assert!(!hello_unanswered(TLS_CLIENT_HELLO, TLS_SERVER_HELLO));
-        assert!(!hello_unanswered(OTHER, NONE));
+        // Sent, and not a byte back: judged when the peer closes. Any other TLS record sent
+        // first is TLS already under way: nothing to judge.
+        for (sent, received, judged) in [
+            (TLS_CLIENT_HELLO, NONE, true),
+            (SPARK_RPC, NONE, true),
+            (HTTP, NONE, true),
+            (TLS_CLIENT_HELLO, TLS_SERVER_HELLO, false),
+            (SPARK_RPC, SPARK_RPC, false),
+            (NONE, NONE, false),
+            (TLS_RECORD, NONE, false),
+        ] {
+            assert_eq!(
+                request_unanswered(sent, received),
+                judged,
+                "{sent} {received}"
+            );
+        }
     }
 
     /// First bytes of real first segments (captured from openssl/Python/rustls/Spark/beeline

@@ -8,6 +8,7 @@ pub mod join;
 mod path;
 pub mod remedies;
 mod tls;
+mod tls_ports;
 
 pub use aggregate::Aggregator;
 pub use join::{Joiner, PeerEnd};
@@ -123,8 +124,29 @@ pub struct TlsDetail {
     /// Class of what was sent, and what came back (a class, or how the peer ended it).
     pub sent: &'static str,
     pub answer: String,
+    /// How sure the verdict is, and what it rests on.
+    pub confidence: Confidence,
+    pub basis: String,
     /// The application's own connection the sidecar intercepted, when one is found.
     pub intercepted: Option<Intercepted>,
+}
+
+/// How sure a tls_mismatch is: `Certain` when the peer's own bytes on the connection say it
+/// (a TLS record answering plaintext, non-TLS bytes answering a ClientHello); `Likely` when
+/// it rests on a silent close or reset and what is known of the peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Confidence {
+    Certain,
+    Likely,
+}
+
+impl Confidence {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Certain => "certain",
+            Self::Likely => "likely",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -202,6 +224,8 @@ pub struct Correlator {
     next_id: u64,
     /// Sidecar linking (see `tls`).
     sidecars: tls::Sidecars,
+    /// Server endpoints seen speaking TLS (see `tls_ports`).
+    tls_ports: tls_ports::TlsPorts,
 }
 
 impl Correlator {
@@ -211,6 +235,7 @@ impl Correlator {
             reasons,
             next_id: 1,
             sidecars: tls::Sidecars::default(),
+            tls_ports: tls_ports::TlsPorts::default(),
         }
     }
 

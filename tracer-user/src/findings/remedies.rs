@@ -31,7 +31,9 @@ fn listener_hint(port: u16) -> &'static str {
             "the Hive metastore must be running (hive.metastore.uris=thrift://HOST:9083); check \
              the load balancer's health-check target port"
         }
-        443 | 8443 => "the HTTPS listener (load balancer, ingress or gateway) must be up",
+        port if crate::services::is_https(port) => {
+            "the HTTPS listener (load balancer, ingress or gateway) must be up"
+        }
         _ => "the service must be running and listening on that port",
     }
 }
@@ -275,7 +277,39 @@ pub fn nat_idle(
     )
 }
 
-pub fn tls_mismatch(peer: SocketAddr, direction: &str, sidecar: bool) -> String {
+/// How a client turns TLS on for the service behind a port.
+fn client_tls_setting(peer: SocketAddr) -> String {
+    let port = peer.port();
+    match port {
+        10000 => format!(
+            "add ssl=true;sslTrustStore=...;trustStorePassword=... to the JDBC URL \
+             (jdbc:hive2://{peer}/;ssl=true;...), as HiveServer2 runs with \
+             hive.server2.use.SSL=true"
+        ),
+        10001 => format!("connect with sc://{peer}/;use_ssl=true"),
+        9083 => "set hive.metastore.use.SSL=true and hive.metastore.truststore.path (for Spark: \
+                 spark.hadoop.hive.metastore.use.SSL=true)"
+            .to_owned(),
+        4040 => format!("use https://{peer} (the UI runs with spark.ssl.ui.enabled=true)"),
+        port if crate::services::is_https(port) => {
+            format!("use https://{peer}, not http://")
+        }
+        _ => format!(
+            "for Spark RPC{} set spark.ssl.rpc.enabled=true with spark.ssl.rpc.trustStore and \
+             spark.ssl.rpc.trustStorePassword in the client's Spark conf, as on the server \
+             (spark.ssl.enabled does not turn RPC TLS on, and spark.network.crypto.enabled is \
+             Spark's own AES encryption, not TLS)",
+            if port == 7337 {
+                " (the external shuffle service on 7337)"
+            } else {
+                ""
+            }
+        ),
+    }
+}
+
+/// `who`: the process that sent what the peer did not expect.
+pub fn tls_mismatch(peer: SocketAddr, direction: &str, sidecar: bool, who: &str) -> String {
     let port = peer.port();
     match (direction, sidecar) {
         ("tls_to_plaintext", true) => format!(
@@ -291,8 +325,9 @@ pub fn tls_mismatch(peer: SocketAddr, direction: &str, sidecar: bool) -> String 
              the service's TLS port."
         ),
         _ => format!(
-            "{peer} expects TLS: enable TLS on the client (ssl=true in the JDBC URL, \
-             spark.ssl.enabled / the service's TLS settings), or point it at the plaintext port."
+            "{peer} expects TLS: enable TLS on the client, {who}: {}; or point it at the \
+             service's plaintext port.",
+            client_tls_setting(peer)
         ),
     }
 }

@@ -407,3 +407,5 @@ fn a_finding_after_the_window_flushes_the_aggregate_then_prints() {
     );
     assert!(lines[0].summary.contains("Once more"));
 }
+
+mod tls;

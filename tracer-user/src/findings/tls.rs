@@ -1,13 +1,16 @@
 //! TLS mismatches (`tls_mismatch`): a ClientHello answered without TLS, plaintext answered with
-//! TLS, and a sidecar's mismatch linked to the application connection it intercepted, with
-//! its own state (recent client connections, findings waiting for the application's outcome).
+//! TLS or closed on without a byte by a server known to speak TLS (see `tls_ports`), each with
+//! how sure it is and why; and a sidecar's mismatch linked to the application connection it
+//! intercepted, with its own state (recent client connections, findings waiting for the
+//! application's outcome).
 
 use std::{collections::VecDeque, net::SocketAddr};
 
-use tracer_ebpf::tcp_state;
+use tracer_ebpf::{FlowActivity, tcp_state};
 
+use super::tls_ports::{span, tls_answer, tls_class_text};
 use super::*;
-use crate::events::{Event, EventKind, Owner, payload_class_name};
+use crate::events::{Event, EventKind, Owner, Side, payload_class_name};
 
 /// A recent client connection, kept to find the one a sidecar intercepted.
 #[derive(Clone, Debug)]
@@ -26,6 +29,19 @@ const RECENT_CONNECTIONS: usize = 1024;
 
 /// A tls_mismatch waits this long for the intercepted application's outcome.
 const TLS_SETTLE_NS: u64 = 300_000_000;
+
+/// A server that rejects a request it cannot parse as TLS does so at once (OpenSSL and
+/// Python's ssl within milliseconds, Netty's SslHandler under Spark RPC in about 60 ms); a
+/// silent close later than this after the request is a read or idle timeout, not that.
+const SILENT_REJECTION_NS: u64 = 5_000_000_000;
+
+/// What a tls_mismatch says: which way, what came back, and how sure it is and why.
+struct Verdict {
+    direction: &'static str,
+    answer: String,
+    confidence: Confidence,
+    basis: String,
+}
 
 /// Istio's proxy uid.
 const ISTIO_PROXY_UID: u32 = 1337;
@@ -100,10 +116,17 @@ impl Correlator {
         self.sidecars.recent.push_back(connection);
     }
 
-    /// A clean client flow the kernel kept quiet and summarised: remembered for sidecar
-    /// linking like the connections reported event by event (a sidecar that fails upstream
-    /// may close the application's connection cleanly).
+    /// A clean flow the kernel kept quiet and summarised: what it spoke marks TLS servers;
+    /// a client flow is remembered for sidecar linking like the connections reported event
+    /// by event (a sidecar that fails upstream may close the application's connection
+    /// cleanly).
     pub fn note_summary(&mut self, event: &Event) {
+        let server = event
+            .owner
+            .as_ref()
+            .filter(|_| event.side == Some(Side::Server));
+        let ends = (event.local, event.remote);
+        self.learn_tls(event.netns, ends, event.classes, event.boot_ns, server);
         if event.old_state != tcp_state::SYN_SENT || is_sidecar(event.owner.as_ref()) {
             return;
         }
@@ -120,39 +143,134 @@ impl Correlator {
         });
     }
 
-    /// A TLS ClientHello answered without TLS, or plaintext answered with TLS.
+    /// Learns TLS servers from what a flow's first payloads were: a TLS answer received
+    /// makes the peer one, one sent makes this host's end one (`server`: its process).
+    fn learn_tls(
+        &mut self,
+        netns: u32,
+        (local, remote): (SocketAddr, SocketAddr),
+        (tx, rx): (u8, u8),
+        at_ns: u64,
+        server: Option<&Owner>,
+    ) {
+        if tls_answer(rx) {
+            self.tls_ports.learn(netns, remote, rx, at_ns, None);
+        }
+        if tls_answer(tx) {
+            self.tls_ports.learn(netns, local, tx, at_ns, server);
+        }
+    }
+
+    /// An open flow in the kernel's activity table (read at each idle scan): long-lived TLS
+    /// connections (Spark RPC keeps its own) mark their server before they ever close.
+    pub fn note_activity(&mut self, activity: &FlowActivity, now_ns: u64) {
+        if !tls_answer(activity.tx_class) && !tls_answer(activity.rx_class) {
+            return;
+        }
+        if let Some(ends) = crate::events::activity_ends(activity) {
+            let classes = (activity.tx_class, activity.rx_class);
+            self.learn_tls(activity.netns, ends, classes, now_ns, None);
+        }
+    }
+
+    /// A TLS ClientHello answered without TLS, plaintext answered with TLS, or plaintext a
+    /// server known to speak TLS closed or reset without a byte.
     pub(super) fn check_tls(&mut self, event: &Event, flow: &mut Flow) {
         use tracer_ebpf::payload_class::{NONE, TLS_CLIENT_HELLO, is_tls};
+        if event.kind == EventKind::FirstPayload {
+            let server = flow
+                .owner
+                .as_ref()
+                .filter(|_| flow.side == Some(Side::Server));
+            let (ends, classes) = ((flow.local, flow.remote), (flow.tx_class, flow.rx_class));
+            self.learn_tls(flow.netns, ends, classes, event.boot_ns, server);
+        }
         if flow.track.tls_reported || flow.tx_class == NONE {
             return;
         }
+        // A RST from a device in between (another TTL than the peer's) is not the peer's
+        // answer: it is a middlebox_reset.
+        let forged = matches!((event.ttl, event.peer_ttl), (Some(rst), Some(peer)) if rst != peer);
         let peer_ended = match event.kind {
-            EventKind::ResetReceived => Some("reset the connection"),
+            EventKind::ResetReceived if !forged => Some("reset the connection"),
             EventKind::StateChange if event.new_state == tcp_state::CLOSE_WAIT => {
                 Some("closed the connection")
             }
             _ => None,
         };
         let answered = event.kind == EventKind::FirstPayload && event.received;
-        let (direction, answer) = if flow.tx_class == TLS_CLIENT_HELLO {
+        let (rx, peer) = (flow.rx_class, flow.remote);
+        let verdict = if flow.tx_class == TLS_CLIENT_HELLO {
             match (answered, peer_ended) {
-                (true, _) if !is_tls(flow.rx_class) => (
-                    "tls_to_plaintext",
-                    format!("answered with {}", payload_class_name(flow.rx_class)),
-                ),
-                (false, Some(how)) if flow.rx_class == NONE => {
-                    ("tls_to_plaintext", format!("{how} without a TLS record"))
-                }
+                (true, _) if !is_tls(rx) => Verdict {
+                    direction: "tls_to_plaintext",
+                    answer: format!("answered with {}", payload_class_name(rx)),
+                    confidence: Confidence::Certain,
+                    basis: format!(
+                        "{peer} answered the ClientHello with {}, not TLS",
+                        payload_class_name(rx)
+                    ),
+                },
+                (false, Some(how)) if rx == NONE => Verdict {
+                    direction: "tls_to_plaintext",
+                    answer: format!("{how} without a TLS record"),
+                    confidence: Confidence::Likely,
+                    basis: format!(
+                        "{peer} ended the connection on the ClientHello without a byte, where a \
+                         TLS server answers with a ServerHello or an alert"
+                    ),
+                },
                 _ => return,
             }
-        } else if !is_tls(flow.tx_class) && answered && is_tls(flow.rx_class) {
-            (
-                "plaintext_to_tls",
-                format!("answered with {}", payload_class_name(flow.rx_class)),
-            )
+        } else if is_tls(flow.tx_class) {
+            return;
+        } else if answered && is_tls(rx) {
+            Verdict {
+                direction: "plaintext_to_tls",
+                answer: format!("answered with {}", payload_class_name(rx)),
+                confidence: Confidence::Certain,
+                basis: format!(
+                    "{peer} answered this connection with {}",
+                    tls_class_text(rx)
+                ),
+            }
+        } else if let Some(how) = peer_ended
+            && rx == NONE
+            && flow.side != Some(Side::Server)
+            && let Some(verdict) = self.silent_tls(event, flow, how)
+        {
+            verdict
         } else {
             return;
         };
+        self.tls_mismatch(event, flow, verdict);
+    }
+
+    /// Plaintext a server closed or reset without a byte: a TLS mismatch when the server is
+    /// known to speak TLS and it ended the connection at once (a TLS server rejects a
+    /// request it cannot parse as a record right away; one that waited is a timeout).
+    fn silent_tls(&self, event: &Event, flow: &Flow, how: &str) -> Option<Verdict> {
+        let sent_ns = flow
+            .track
+            .evidence
+            .iter()
+            .find(|e| e.kind == EventKind::FirstPayload && !e.received)
+            .map_or(flow.first_ns, |e| e.boot_ns);
+        let after_ns = event.boot_ns.saturating_sub(sent_ns);
+        if after_ns > SILENT_REJECTION_NS {
+            return None;
+        }
+        let basis = self.tls_ports.basis(flow.netns, flow.remote, sent_ns)?;
+        Some(Verdict {
+            direction: "plaintext_to_tls",
+            answer: format!("{how} without a byte, {} after the request", span(after_ns)),
+            confidence: Confidence::Likely,
+            basis,
+        })
+    }
+
+    /// The tls_mismatch of a flow, held back a moment for the sidecar's application outcome.
+    fn tls_mismatch(&mut self, event: &Event, flow: &mut Flow, verdict: Verdict) {
         flow.track.tls_reported = true;
         // The mismatch explains the reset or close that follows.
         flow.track.verdict_given = true;
@@ -170,23 +288,35 @@ impl Correlator {
             Some(o) => format!("{} (pid {})", o.process_name(), o.pid),
             None => "this host".to_owned(),
         };
-        f.summary = if direction == "tls_to_plaintext" {
-            format!(
+        let Verdict {
+            direction,
+            answer,
+            confidence,
+            basis,
+        } = verdict;
+        f.summary = match (direction, confidence) {
+            ("tls_to_plaintext", _) => format!(
                 "{who} sent a TLS ClientHello to {}, which does not speak TLS: it {answer}.",
                 flow.remote
-            )
-        } else {
-            format!(
+            ),
+            (_, Confidence::Certain) => format!(
                 "{who} sent plaintext ({sent}) to {}, which speaks TLS: it {answer}.",
                 flow.remote
-            )
+            ),
+            (_, Confidence::Likely) => format!(
+                "{who} sent plaintext ({sent}) to {}, which likely speaks TLS: it {answer}. TLS, \
+                 because {basis}.",
+                flow.remote
+            ),
         };
-        f.remedy = remedies::tls_mismatch(flow.remote, direction, sidecar);
+        f.remedy = remedies::tls_mismatch(flow.remote, direction, sidecar, &who);
         f.tls = Some(TlsDetail {
             direction,
             sidecar,
             sent,
             answer,
+            confidence,
+            basis,
             intercepted: None,
         });
         self.sidecars

@@ -255,6 +255,10 @@ pub(super) struct FindingLine<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) answer: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) confidence: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) basis: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) intercepted: Option<InterceptedLine<'a>>,
     #[serde(flatten)]
     pub(super) pod: PodFields<'a>,

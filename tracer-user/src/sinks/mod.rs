@@ -288,6 +288,8 @@ impl<W: Write> Output<W> {
                     sidecar: finding.tls.as_ref().map(|t| t.sidecar),
                     sent: finding.tls.as_ref().map(|t| t.sent),
                     answer: finding.tls.as_ref().map(|t| t.answer.as_str()),
+                    confidence: finding.tls.as_ref().map(|t| t.confidence.name()),
+                    basis: finding.tls.as_ref().map(|t| t.basis.as_str()),
                     intercepted: finding
                         .tls
                         .as_ref()
@@ -334,6 +336,16 @@ impl<W: Write> Output<W> {
                 finding.count,
             );
             block.push_str(&format!("    what:     {}\n", finding.summary));
+            if let Some(tls) = &finding.tls {
+                block.push_str(&format!(
+                    "    tls:      {} sent={} answer=\"{}\" confidence={} basis=\"{}\"\n",
+                    tls.direction,
+                    tls.sent,
+                    tls.answer,
+                    tls.confidence.name(),
+                    tls.basis
+                ));
+            }
             for event in &finding.evidence {
                 let d = detail(event, &self.context.reset_reasons);
                 let mut text = format!(

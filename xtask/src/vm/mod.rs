@@ -199,6 +199,21 @@ const SCENARIOS: &[Scenario] = &[
         "tls",
         "plaintext_to_a_tls_port_is_a_tls_mismatch",
     ),
+    scenario(
+        "tls-silent-close",
+        "tls",
+        "openssl_closing_on_plaintext_after_answering_others_with_tls_is_a_likely_mismatch",
+    ),
+    scenario(
+        "tls-silent-reset",
+        "tls",
+        "python_ssl_resetting_plaintext_on_an_https_port_is_one_likely_mismatch",
+    ),
+    scenario(
+        "tls-plaintext-server",
+        "tls",
+        "a_plaintext_server_closing_on_bad_input_is_no_tls_mismatch",
+    ),
 ];
 
 /// The test targets the scenarios come from.
