@@ -123,8 +123,10 @@ fn run(args: RunArgs) -> Result<ExitCode> {
                 .await
                 .map_err(|e| FatalError(format!("{e:#}")))?;
         }
+        // Before the start line: a signal sent as soon as it is read must stop, not kill.
+        let stop = stop_signal(duration)?;
         let mut session = Session::start(btf, settings, BufWriter::new(std::io::stdout()))?;
-        session.pump_until(stop_signal(duration)?).await?;
+        session.pump_until(stop).await?;
         session.finish()?;
         Ok(ExitCode::SUCCESS)
     })

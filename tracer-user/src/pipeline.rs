@@ -77,6 +77,9 @@ pub struct Pipeline<W: Write> {
     /// kernel had then (bounded by the kernel's activity table: entries of flows gone from it
     /// are dropped at each scan).
     idle_reported: HashMap<u64, (u64, KeepaliveSettings)>,
+    /// Entries that left `idle_reported` at the last scan (their flow closed): the events of
+    /// its close may still be in the ring buffer, and its break needs the keepalive.
+    idle_gone: HashMap<u64, (u64, KeepaliveSettings)>,
     /// When the kernel's activity table is scanned next.
     next_idle_scan_ns: u64,
     /// Counts already given to the metrics (they take deltas).
@@ -123,6 +126,7 @@ impl<W: Write> Pipeline<W> {
             last_stats_ns: BootClock::now_boot_ns(),
             metered: Metered::default(),
             idle_reported: HashMap::new(),
+            idle_gone: HashMap::new(),
             next_idle_scan_ns: 0,
             repeats: Repeats::new(config.aggregate_window_ns),
         }
@@ -242,7 +246,11 @@ impl<W: Write> Pipeline<W> {
             }
             return;
         }
-        let reported_idle = self.idle_reported.get(&event.cookie).map(|(_, k)| *k);
+        let reported_idle = self
+            .idle_reported
+            .get(&event.cookie)
+            .or_else(|| self.idle_gone.get(&event.cookie))
+            .map(|(_, k)| *k);
         if let Some(flow) = self.flows.observe(&mut event)
             && flow.keepalive.is_none()
         {
@@ -326,8 +334,11 @@ impl<W: Write> Pipeline<W> {
                 at_risk.push((cookie, *activity, idle_ns, last_data_ns));
             }
         });
-        // Flows gone from the kernel's table are forgotten: the map stays bounded by it.
-        self.idle_reported = still_reported;
+        // Flows gone from the kernel's table are forgotten after one more scan: the map stays
+        // bounded by twice the table.
+        let mut gone = std::mem::replace(&mut self.idle_reported, still_reported);
+        gone.retain(|cookie, _| !self.idle_reported.contains_key(cookie));
+        self.idle_gone = gone;
         for (cookie, activity, idle_ns, last_data_ns) in at_risk {
             let keepalive = KeepaliveSettings::from_kernel(&activity.keepalive, hz);
             self.idle_reported.insert(cookie, (last_data_ns, keepalive));

@@ -172,41 +172,83 @@ fn add_evidence(joined: &mut Finding, other: &Finding) {
     joined.evidence.sort_by_key(|event| event.boot_ns);
 }
 
+/// Takes `reset` into `tls` when the mismatch explains it: the server's RST answering the
+/// handshake it could not read (sent to the mismatching connection's end: that server is
+/// the peer), or the reset the sidecar's intercepted application saw. True when taken.
+fn absorb(tls: &mut Finding, reset: &Finding) -> bool {
+    if tls.kind != FindingKind::TlsMismatch {
+        return false;
+    }
+    let app = tls
+        .tls
+        .as_ref()
+        .and_then(|detail| detail.intercepted.as_ref())
+        .map(|app| app.src);
+    let sent_to_it = reset.kind == FindingKind::LocalReset
+        && reset.dst == tls.src
+        && (!tls.src.ip().is_loopback() || reset.netns == tls.netns);
+    let seen_by_app = matches!(
+        reset.kind,
+        FindingKind::PeerReset | FindingKind::MiddleboxReset
+    ) && Some(reset.src) == app
+        && reset.netns == tls.netns;
+    if sent_to_it {
+        tls.peer = Some(PeerEnd::of(reset));
+    }
+    if sent_to_it || seen_by_app {
+        add_evidence(tls, reset);
+    }
+    sent_to_it || seen_by_app
+}
+
 impl Joiner {
     /// Takes one finding; what is ready to publish goes to `out`. Either end's finding can
     /// come first: the kernel reports a RST sent over loopback after the receiver has
     /// already handled it.
-    pub fn offer(&mut self, finding: Finding, out: &mut Vec<Finding>) {
-        if finding.kind == FindingKind::TlsMismatch && finding.update_of.is_none() {
-            out.push(self.explain_resets(finding));
-            return;
-        }
+    pub fn offer(&mut self, mut finding: Finding, out: &mut Vec<Finding>) {
         let joinable = matches!(
             finding.kind,
             FindingKind::LocalReset
                 | FindingKind::ConnectRefused
                 | FindingKind::PeerReset
                 | FindingKind::MiddleboxReset
+                | FindingKind::TlsMismatch
         );
         if !joinable || finding.update_of.is_some() {
             out.push(finding);
             return;
         }
-        let sends = finding.kind == FindingKind::LocalReset;
-        let counterpart = self.held.iter().position(|held| {
-            if sends {
-                joins(&finding, &held.finding)
-            } else {
-                joins(&held.finding, &finding)
+        if finding.kind == FindingKind::TlsMismatch {
+            // It takes in the resets it explains, now and while it is held.
+            let held = std::mem::take(&mut self.held);
+            for other in held {
+                if !absorb(&mut finding, &other.finding) {
+                    self.held.push_back(other);
+                }
             }
-        });
-        if let Some(other) = counterpart.and_then(|at| self.held.remove(at)) {
-            out.push(if sends {
-                merge(finding, other.finding)
-            } else {
-                merge(other.finding, finding)
-            });
+        } else if self
+            .held
+            .iter_mut()
+            .any(|held| absorb(&mut held.finding, &finding))
+        {
             return;
+        } else {
+            let sends = finding.kind == FindingKind::LocalReset;
+            let counterpart = self.held.iter().position(|held| {
+                if sends {
+                    joins(&finding, &held.finding)
+                } else {
+                    joins(&held.finding, &finding)
+                }
+            });
+            if let Some(other) = counterpart.and_then(|at| self.held.remove(at)) {
+                out.push(if sends {
+                    merge(finding, other.finding)
+                } else {
+                    merge(other.finding, finding)
+                });
+                return;
+            }
         }
         if self.held.len() >= MAX_HELD
             && let Some(oldest) = self.held.pop_front()
@@ -217,38 +259,6 @@ impl Joiner {
             until_ns: finding.boot_ns.saturating_add(JOIN_WINDOW_NS),
             finding,
         });
-    }
-
-    /// A tls_mismatch takes in the held resets it explains: the server's RST answering the
-    /// handshake it could not read (sent to the mismatching connection's end), and the reset
-    /// the sidecar's intercepted application saw.
-    fn explain_resets(&mut self, mut tls: Finding) -> Finding {
-        let app = tls
-            .tls
-            .as_ref()
-            .and_then(|detail| detail.intercepted.as_ref())
-            .map(|app| app.src);
-        let mut kept = VecDeque::with_capacity(self.held.len());
-        for held in self.held.drain(..) {
-            let sent_to_it = held.finding.kind == FindingKind::LocalReset
-                && held.finding.dst == tls.src
-                && (!tls.src.ip().is_loopback() || held.finding.netns == tls.netns);
-            let seen_by_app = matches!(
-                held.finding.kind,
-                FindingKind::PeerReset | FindingKind::MiddleboxReset
-            ) && Some(held.finding.src) == app
-                && held.finding.netns == tls.netns;
-            if sent_to_it {
-                tls.peer = Some(PeerEnd::of(&held.finding));
-                add_evidence(&mut tls, &held.finding);
-            } else if seen_by_app {
-                add_evidence(&mut tls, &held.finding);
-            } else {
-                kept.push_back(held);
-            }
-        }
-        self.held = kept;
-        tls
     }
 
     /// Publishes the held findings whose moment has passed.

@@ -270,9 +270,9 @@ pub fn nat_idle(
          net.ipv4.tcp_keepalive_intvl={interval:.0} net.ipv4.tcp_keepalive_probes=5` in the \
          flow's network namespace: on the node for host-network processes (persist in \
          /etc/sysctl.d), for a pod in its securityContext.sysctls (they are per namespace: the \
-         node's value does not reach pods). Spark's shuffle and RPC clients and the Hive JDBC driver's Thrift socket \
-         already turn SO_KEEPALIVE on, so the node's tcp_keepalive_time decides when they \
-         probe; other clients must enable SO_KEEPALIVE. Or route this traffic around the NAT \
+         node's value does not reach pods). Spark's shuffle and RPC clients and the Hive JDBC \
+         driver's Thrift socket already turn SO_KEEPALIVE on, so the node's \
+         tcp_keepalive_time decides when they probe; other clients must enable SO_KEEPALIVE. Or route this traffic around the NAT \
          (VPC peering)."
     )
 }

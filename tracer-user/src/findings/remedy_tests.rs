@@ -265,15 +265,21 @@ fn idle_remedies_name_the_kernel_keepalive_and_no_jdbc_parameters() {
 #[test]
 fn tls_mismatch_names_the_istio_annotation_or_the_client_setting() {
     let peer: SocketAddr = "10.0.0.2:7337".parse().unwrap();
-    let mesh = remedies::tls_mismatch(peer, "tls_to_plaintext", true);
+    let mesh = remedies::tls_mismatch(peer, "tls_to_plaintext", true, "envoy (pid 7)");
     assert!(
         mesh.contains("traffic.sidecar.istio.io/excludeOutboundPorts: \"7337\""),
         "{mesh}"
     );
     assert!(mesh.contains("PERMISSIVE"), "{mesh}");
-    let plain =
-        remedies::tls_mismatch("10.0.0.2:10000".parse().unwrap(), "plaintext_to_tls", false);
+    let plain = remedies::tls_mismatch(
+        "10.0.0.2:10000".parse().unwrap(),
+        "plaintext_to_tls",
+        false,
+        "java (pid 42)",
+    );
     assert!(plain.contains("ssl=true"), "{plain}");
+    assert!(plain.contains("java (pid 42)"), "{plain}");
+    assert!(plain.contains("hive.server2.use.SSL=true"), "{plain}");
 }
 
 #[test]

@@ -280,6 +280,8 @@ fn a_tls_mismatch_takes_in_the_resets_it_explains() {
         sidecar: true,
         sent: "tls_client_hello",
         answer: "reset".into(),
+        confidence: crate::findings::Confidence::Certain,
+        basis: String::new(),
         intercepted: Some(crate::findings::Intercepted {
             src: "10.0.0.1:35246".parse().unwrap(),
             dst: "10.0.0.2:7337".parse().unwrap(),
@@ -287,18 +289,37 @@ fn a_tls_mismatch_takes_in_the_resets_it_explains() {
             outcome: "reset",
         }),
     });
-    joiner.offer(tls, &mut out);
-    assert_eq!(out.len(), 1);
-    let joined = &out[0];
-    assert_eq!(joined.kind, FindingKind::TlsMismatch);
+    joiner.offer(tls.clone(), &mut out);
+    assert!(out.is_empty(), "held, for resets that come later");
+    joiner.flush(&mut out);
+    assert_eq!(
+        kinds(&out),
+        vec![FindingKind::PeerReset, FindingKind::TlsMismatch]
+    );
+    let joined = &out[1];
     assert_eq!(joined.peer.as_ref().unwrap().netns, 2, "the server end");
     assert_eq!(
         joined.evidence.len(),
         3,
         "its own, the server's and the app's"
     );
+
+    // The server's RST reported after the client's verdict.
+    let mut joiner = Joiner::default();
+    let mut out = Vec::new();
+    joiner.offer(tls, &mut out);
+    let mut server = finding(
+        FindingKind::LocalReset,
+        Severity::Info,
+        "10.0.0.2:7337",
+        "10.0.0.1:35262",
+        Side::Server,
+    );
+    server.netns = 2;
+    joiner.offer(server, &mut out);
     joiner.flush(&mut out);
-    assert_eq!(kinds(&out[1..]), vec![FindingKind::PeerReset]);
+    assert_eq!(kinds(&out), vec![FindingKind::TlsMismatch]);
+    assert!(out[0].peer.is_some());
 }
 
 fn kinds(found: &[Finding]) -> Vec<FindingKind> {
