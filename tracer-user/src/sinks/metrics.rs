@@ -1,5 +1,5 @@
 //! Prometheus metrics (`--metrics-addr`): exposition with prometheus-client, served over HTTP
-//! by axum on the same runtime, with `/healthz` for liveness.
+//! (`sinks::http`, bounded) on the same runtime, with `/healthz` for liveness.
 
 use std::{
     net::SocketAddr,
@@ -7,11 +7,11 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::Instant,
 };
 
+use super::http::Response;
 use anyhow::{Context as _, Result};
-use axum::{Router, http::StatusCode, routing::get};
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge},
@@ -178,49 +178,37 @@ impl Metrics {
         now.saturating_sub(self.heartbeat_ms.load(Ordering::Relaxed)) < 30_000
     }
 
-    /// Binds `addr` and serves `/metrics` and `/healthz` on the current runtime.
+    /// Binds `addr` and serves `/metrics` and `/healthz` on the current runtime (see
+    /// `sinks::http` for the bounds).
     pub async fn serve(&self, addr: SocketAddr) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on --metrics-addr {addr}"))?;
-        let (for_metrics, for_health) = (self.clone(), self.clone());
-        let app = Router::new()
-            .route(
-                "/metrics",
-                get(move || {
-                    let metrics = for_metrics.clone();
-                    async move {
-                        (
-                            [(
-                                "content-type",
-                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                            )],
-                            metrics.render(),
-                        )
-                    }
-                }),
-            )
-            .route(
-                "/healthz",
-                get(move || {
-                    let metrics = for_health.clone();
-                    async move {
-                        if metrics.healthy() {
-                            (StatusCode::OK, "ok\n")
-                        } else {
-                            (StatusCode::SERVICE_UNAVAILABLE, "collector stalled\n")
-                        }
-                    }
-                }),
-            );
-        tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, app).await {
-                tracing::warn!("metrics server stopped: {error}");
-            }
-        });
+        let metrics = self.clone();
+        let answer = move |path: &str| match path {
+            "/metrics" => Response {
+                status: "200 OK",
+                content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                body: metrics.render(),
+            },
+            "/healthz" if metrics.healthy() => Response {
+                status: "200 OK",
+                content_type: "text/plain",
+                body: "ok\n".into(),
+            },
+            "/healthz" => Response {
+                status: "503 Service Unavailable",
+                content_type: "text/plain",
+                body: "collector stalled\n".into(),
+            },
+            _ => Response {
+                status: "404 Not Found",
+                content_type: "text/plain",
+                body: "/metrics or /healthz\n".into(),
+            },
+        };
+        tokio::spawn(super::http::serve(listener, Arc::new(answer)));
         tracing::info!("metrics on http://{addr}/metrics");
-        // Let the server task start accepting before the caller goes on.
-        tokio::time::sleep(Duration::from_millis(1)).await;
         Ok(())
     }
 }

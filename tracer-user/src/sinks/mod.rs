@@ -1,6 +1,7 @@
 //! Output: the event stream on stdout, as readable text or NDJSON (schema in
 //! `schema/shuffletrace.schema.json`). The tool's own logs go to stderr, never here.
 
+pub mod http;
 mod lines;
 pub mod metrics;
 pub mod trace;
