@@ -5,16 +5,11 @@ use std::{
     fs::File,
     io::{BufRead, BufReader, Read},
     path::{Path, PathBuf},
-    time::SystemTime,
 };
 
 use serde_json::Value;
 
-use crate::{
-    error::{BadInput, UsageError},
-    sinks::SCHEMA_VERSION,
-    sinks::trace,
-};
+use crate::{error::BadInput, sinks::SCHEMA_VERSION, sinks::trace};
 
 /// The files to read, in order: files as given, directories' trace files oldest first.
 pub(super) fn input_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, BadInput> {
@@ -107,18 +102,4 @@ pub fn read_lines(paths: &[PathBuf], skip_bad: bool) -> Result<(Vec<Value>, u64)
         }
     }
     Ok((lines, skipped))
-}
-
-/// `--since`/`--until`: an RFC 3339 time, or a duration meaning that long ago.
-pub fn parse_time(flag: &str, text: &str) -> Result<String, UsageError> {
-    if let Ok(time) = humantime::parse_rfc3339_weak(text.trim()) {
-        return Ok(humantime::format_rfc3339_nanos(time).to_string());
-    }
-    match humantime::parse_duration(text.trim()) {
-        Ok(ago) => Ok(humantime::format_rfc3339_nanos(SystemTime::now() - ago).to_string()),
-        Err(_) => Err(UsageError(format!(
-            "invalid {flag} {text:?}: use an RFC 3339 time (2026-11-22T10:00:00Z) or a \
-             duration ago (2h)"
-        ))),
-    }
 }

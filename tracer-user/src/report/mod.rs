@@ -11,11 +11,12 @@ use crate::{cli::ReportArgs, config::ReportFormat, sinks::SCHEMA_VERSION};
 
 mod input;
 mod markdown;
+mod time;
 
 use input::input_files;
 #[cfg(test)]
 use input::parse_line;
-pub use input::{parse_time, read_lines};
+pub use input::read_lines;
 pub use markdown::markdown;
 
 /// Lines shown in the timeline, and evidence items per group.
@@ -260,16 +261,11 @@ pub fn build(
 
 /// Runs `shuffletrace report`.
 pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
-    let since = args
-        .since
-        .as_deref()
-        .map(|t| parse_time("--since", t))
-        .transpose()?;
-    let until = args
-        .until
-        .as_deref()
-        .map(|t| parse_time("--until", t))
-        .transpose()?;
+    let window = time::window(
+        args.since.as_deref(),
+        args.until.as_deref(),
+        std::time::SystemTime::now(),
+    )?;
     let (lines, skipped) = read_lines(&args.inputs, args.skip_bad)?;
     let files = input_files(&args.inputs)?
         .iter()
@@ -280,8 +276,8 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
         files,
         skipped,
         args,
-        since.as_deref(),
-        until.as_deref(),
+        window.since.as_deref(),
+        window.until.as_deref(),
     );
     if args.skip_bad && skipped > 0 {
         tracing::warn!("skipped {skipped} unreadable lines");
