@@ -20,6 +20,35 @@ pub(super) fn list(items: &[String]) -> String {
     }
 }
 
+/// Why the evidence may be incomplete, as one sentence.
+fn incomplete(report: &Report) -> String {
+    let mut clauses = vec![format!(
+        "{} events were lost in this window",
+        report.lost_events
+    )];
+    for (n, what) in [
+        (report.skipped_lines, "unreadable lines were skipped"),
+        (
+            report.truncated_inputs,
+            "inputs ended early at a read error (a cut .gz), read up to it",
+        ),
+        (
+            report.skipped_inputs,
+            "inputs were not regular files and were not read",
+        ),
+    ] {
+        if n > 0 {
+            clauses.push(format!("{n} {what}"));
+        }
+    }
+    let last = clauses.pop().unwrap_or_default();
+    if clauses.is_empty() {
+        last
+    } else {
+        format!("{} and {last}", clauses.join(", "))
+    }
+}
+
 pub(super) fn evidence_line(e: &Value) -> String {
     let mut line = format!("`{}` {}", text(e, "ts"), text(e, "event"));
     match (
@@ -78,16 +107,8 @@ pub fn markdown(report: &Report) -> String {
     if report.evidence_incomplete {
         let _ = writeln!(
             out,
-            "\n> **Evidence may be incomplete:** {} events were lost in this window{}.",
-            report.lost_events,
-            if report.skipped_lines > 0 {
-                format!(
-                    " and {} unreadable lines were skipped",
-                    report.skipped_lines
-                )
-            } else {
-                String::new()
-            }
+            "\n> **Evidence may be incomplete:** {}.",
+            incomplete(report)
         );
     }
     let _ = writeln!(out, "\n## Findings\n");

@@ -7,16 +7,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::{cli::ReportArgs, config::ReportFormat, sinks::SCHEMA_VERSION};
+use crate::{cli::ReportArgs, config::ReportFormat, error::BadInput, sinks::SCHEMA_VERSION};
 
 mod input;
+mod lines;
 mod markdown;
 mod time;
 
-use input::input_files;
 #[cfg(test)]
 use input::parse_line;
-pub use input::read_lines;
 pub use markdown::markdown;
 
 /// Lines shown in the timeline, and evidence items per group.
@@ -41,6 +40,8 @@ pub struct Report {
     lost_events: u64,
     evidence_incomplete: bool,
     skipped_lines: u64,
+    skipped_inputs: u64,
+    truncated_inputs: u64,
 }
 
 #[derive(Serialize, Debug, PartialEq)]
@@ -119,6 +120,20 @@ fn lost_in_window(stats: &[&Value], since: Option<&str>, until: Option<&str>) ->
         }
     }
     lost
+}
+
+/// The inputs as given, for a message: the first few and how many more.
+fn named(inputs: &[std::path::PathBuf]) -> String {
+    const SHOWN: usize = 5;
+    let mut text: Vec<String> = inputs
+        .iter()
+        .take(SHOWN)
+        .map(|p| p.display().to_string())
+        .collect();
+    if inputs.len() > SHOWN {
+        text.push(format!("and {} more", inputs.len() - SHOWN));
+    }
+    text.join(", ")
 }
 
 /// Builds the report from checked lines.
@@ -266,21 +281,28 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
         args.until.as_deref(),
         std::time::SystemTime::now(),
     )?;
-    let (lines, skipped) = read_lines(&args.inputs, args.skip_bad)?;
-    let files = input_files(&args.inputs)?
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect();
-    let report = build(
+    let mut lines = Vec::new();
+    let totals = input::read(&args.inputs, args.skip_bad, |line| lines.push(line.clone()))?;
+    if totals.lines == 0 {
+        return Err(BadInput(format!(
+            "no lines in {}: nothing to report",
+            named(&args.inputs)
+        ))
+        .into());
+    }
+    let mut report = build(
         &lines,
-        files,
-        skipped,
+        totals.files,
+        totals.skipped_lines,
         args,
         window.since.as_deref(),
         window.until.as_deref(),
     );
-    if args.skip_bad && skipped > 0 {
-        tracing::warn!("skipped {skipped} unreadable lines");
+    report.evidence_incomplete |= totals.skipped_inputs > 0 || totals.truncated_inputs > 0;
+    report.skipped_inputs = totals.skipped_inputs;
+    report.truncated_inputs = totals.truncated_inputs;
+    if report.skipped_lines > 0 {
+        tracing::warn!("skipped {} unreadable lines", report.skipped_lines);
     }
     let text = match ReportFormat::from(args.format) {
         ReportFormat::Markdown => markdown(&report),
