@@ -17,6 +17,13 @@ pub struct Window {
     pub until: Option<String>,
 }
 
+impl Window {
+    pub fn holds(&self, ts: &str) -> bool {
+        self.since.as_deref().is_none_or(|s| ts >= s)
+            && self.until.as_deref().is_none_or(|u| ts <= u)
+    }
+}
+
 /// A time, or `None` when it lies before 1970 (a duration reaching back past the epoch).
 fn parse(flag: &str, text: &str, now: SystemTime) -> Result<Option<SystemTime>, UsageError> {
     if let Ok(time) = humantime::parse_rfc3339_weak(text.trim()) {
