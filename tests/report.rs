@@ -10,6 +10,9 @@ use std::{
 
 use serde_json::{Value, json};
 
+#[path = "report/inputs.rs"]
+mod inputs;
+
 const NODE: &str = "exec-node-1";
 
 fn finding(id: u64, ts: &str, kind: &str, count: u64, src: &str, dst: &str) -> Value {

@@ -10,6 +10,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 mod bench;
+mod bench_report;
 mod vm;
 use clap::{Parser, Subcommand};
 
@@ -59,6 +60,17 @@ enum Task {
     /// Setup, build, then measure overhead against untraced runs and bpftrace (root):
     /// connection churn, refused connects, bulk throughput, start-up and memory.
     Bench,
+    /// Build, then measure the peak RSS of `shuffletrace report` on a generated trace
+    /// (target/bench/report-<SIZE>MiB.ndjson) against its budget. Needs no root.
+    BenchReport {
+        /// Size of the generated trace.
+        #[arg(long, value_name = "MIB", default_value_t = 64)]
+        size_mib: u64,
+        /// Measure this binary instead of building target/release/shuffletrace (e.g. an
+        /// older build, for a before/after figure).
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -73,6 +85,15 @@ fn main() -> ExitCode {
             .and_then(|()| build())
             .and_then(|()| run_checked(cargo().args(["build", "--release", "--package", "stload"])))
             .and_then(|()| bench::run()),
+        Task::BenchReport { size_mib, binary } => {
+            let binary = match binary {
+                Some(binary) => Ok(binary),
+                None => setup()
+                    .and_then(|()| build())
+                    .map(|()| workspace_root().join("target/release/shuffletrace")),
+            };
+            binary.and_then(|binary| bench_report::run(&workspace_root(), &binary, size_mib))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,11 +1,15 @@
-//! The ticket-ready Markdown rendering of a report.
+//! The ticket-ready Markdown rendering of a report. What a bounded list left out is said
+//! where the list is (`+ N lines naming other ...`), and only then: a report within the bounds
+//! reads as it always did.
 
 use std::fmt::Write as _;
 
 use serde_json::Value;
 
-/// Lines shown in the timeline, and evidence items per group.
-use super::*;
+use super::{
+    Report,
+    build::{MAX_GROUPS, TIMELINE, text},
+};
 
 /// A table cell: no pipes or line breaks.
 pub(super) fn cell(text: &str) -> String {
@@ -17,6 +21,49 @@ pub(super) fn list(items: &[String]) -> String {
         "-".into()
     } else {
         items.join(", ")
+    }
+}
+
+/// `list`, and how many lines named others when the list was full.
+fn listed(items: &[String], omitted: u64, others: &str) -> String {
+    let mut text = list(items);
+    if omitted > 0 {
+        let _ = write!(text, " (+ {omitted} lines naming other {others})");
+    }
+    text
+}
+
+/// Why the evidence may be incomplete, as one sentence.
+fn incomplete(report: &Report) -> String {
+    let mut clauses = vec![format!(
+        "{} events were lost in this window",
+        report.lost_events
+    )];
+    for (n, what) in [
+        (report.skipped_lines, "unreadable lines were skipped"),
+        (
+            report.truncated_inputs,
+            "inputs ended early at a read error (a cut .gz), read up to it",
+        ),
+        (
+            report.skipped_inputs,
+            "inputs were not regular files and were not read",
+        ),
+        (
+            report.stats_lines_omitted,
+            "stats lines overlapped others of their node (a file read twice?), their losses not \
+             counted",
+        ),
+    ] {
+        if n > 0 {
+            clauses.push(format!("{n} {what}"));
+        }
+    }
+    let last = clauses.pop().unwrap_or_default();
+    if clauses.is_empty() {
+        last
+    } else {
+        format!("{} and {last}", clauses.join(", "))
     }
 }
 
@@ -60,16 +107,30 @@ pub fn markdown(report: &Report) -> String {
         _ => "-".into(),
     };
     let ports: Vec<String> = report.ports.iter().map(u64::to_string).collect();
+    let mut findings = format!("{} in {} groups", report.findings, report.groups.len());
+    if report.groups_omitted > 0 {
+        let _ = write!(
+            findings,
+            " (+ {} finding lines in further groups, not shown: the report keeps {MAX_GROUPS})",
+            report.groups_omitted
+        );
+    }
     for (key, value) in [
-        ("Nodes", list(&report.nodes)),
+        (
+            "Nodes",
+            listed(&report.nodes, report.nodes_omitted, "nodes"),
+        ),
         ("Time window", window),
         ("Ports watched", list(&ports)),
-        ("Kernel", list(&report.kernels)),
-        ("shuffletrace", list(&report.versions)),
         (
-            "Findings",
-            format!("{} in {} groups", report.findings, report.groups.len()),
+            "Kernel",
+            listed(&report.kernels, report.kernels_omitted, "kernels"),
         ),
+        (
+            "shuffletrace",
+            listed(&report.versions, report.versions_omitted, "versions"),
+        ),
+        ("Findings", findings),
         ("Lost events", report.lost_events.to_string()),
         ("Files", list(&report.files)),
     ] {
@@ -78,16 +139,8 @@ pub fn markdown(report: &Report) -> String {
     if report.evidence_incomplete {
         let _ = writeln!(
             out,
-            "\n> **Evidence may be incomplete:** {} events were lost in this window{}.",
-            report.lost_events,
-            if report.skipped_lines > 0 {
-                format!(
-                    " and {} unreadable lines were skipped",
-                    report.skipped_lines
-                )
-            } else {
-                String::new()
-            }
+            "\n> **Evidence may be incomplete:** {}.",
+            incomplete(report)
         );
     }
     let _ = writeln!(out, "\n## Findings\n");
@@ -110,7 +163,7 @@ pub fn markdown(report: &Report) -> String {
                 g.count,
                 g.first_ts,
                 g.last_ts,
-                cell(&list(&g.processes))
+                cell(&listed(&g.processes, g.processes_omitted, "processes"))
             );
         }
     }
@@ -133,6 +186,13 @@ pub fn markdown(report: &Report) -> String {
                 t.count
             );
         }
+        if report.timeline_omitted > 0 {
+            let _ = writeln!(
+                out,
+                "\n{} later finding lines are not in the timeline (it shows the first {TIMELINE}).",
+                report.timeline_omitted
+            );
+        }
     }
     for g in &report.groups {
         let service = g
@@ -147,7 +207,7 @@ pub fn markdown(report: &Report) -> String {
             g.count,
             g.first_ts,
             g.last_ts,
-            list(&g.nodes)
+            listed(&g.nodes, g.nodes_omitted, "nodes")
         );
         let _ = writeln!(out, "{}\n", g.summary);
         let _ = writeln!(out, "Evidence:\n");
