@@ -15,6 +15,7 @@ MODELS = {
     ("v1", "Namespace"): "V1Namespace",
     ("v1", "ServiceAccount"): "V1ServiceAccount",
     ("apps/v1", "DaemonSet"): "V1DaemonSet",
+    ("networking.k8s.io/v1", "NetworkPolicy"): "V1NetworkPolicy",
 }
 CAPABILITIES = {"BPF", "PERFMON", "NET_ADMIN", "SYS_RESOURCE", "SYS_PTRACE"}
 
@@ -57,6 +58,7 @@ for generator in kustomization.get("configMapGenerator", []):
 check({"ports", "nat-idle", "trace-max-size", "trace-keep"} <= set(config), "kustomization sets ports, NAT profile and trace limits")
 
 daemonset = None
+policy = None
 for name in kustomization["resources"]:
     for doc in yaml.safe_load_all((HERE / name).read_text()):
         model = MODELS.get((doc["apiVersion"], doc["kind"]))
@@ -65,6 +67,8 @@ for name in kustomization["resources"]:
             value = strict(doc, model)
             if doc["kind"] == "DaemonSet":
                 daemonset = value
+            if doc["kind"] == "NetworkPolicy":
+                policy = value
 
 check(daemonset is not None, "a DaemonSet")
 if daemonset:
@@ -78,6 +82,8 @@ if daemonset:
     (container,) = pod.containers
     security = container.security_context
     check(security.privileged is False, "not privileged")
+    seccomp = pod.security_context.seccomp_profile if pod.security_context else None
+    check(seccomp is not None and seccomp.type == "RuntimeDefault", "seccomp RuntimeDefault")
     check(set(security.capabilities.add) == CAPABILITIES, f"capabilities {CAPABILITIES}")
     check(security.capabilities.drop == ["ALL"], "drops all other capabilities")
     check(container.resources.limits and container.resources.requests, "requests and limits")
@@ -95,6 +101,17 @@ if daemonset:
     check("--metrics-addr" in args, "metrics served")
     for var in ["SHUFFLETRACE_PORTS", "SHUFFLETRACE_NAT_IDLE", "SHUFFLETRACE_TRACE_MAX_SIZE", "SHUFFLETRACE_TRACE_KEEP"]:
         check(f"$({var})" in args and var in env, f"{var} from the config map")
+
+check(policy is not None, "a NetworkPolicy")
+if policy and daemonset:
+    labels = daemonset.spec.template.metadata.labels
+    selector = policy.spec.pod_selector.match_labels or {}
+    check(all(labels.get(k) == v for k, v in selector.items()) and selector, "the policy selects the DaemonSet's pods")
+    check(set(policy.spec.policy_types) == {"Ingress", "Egress"}, "the policy covers ingress and egress")
+    check(policy.spec.egress in (None, []), "no egress: shuffletrace needs no network")
+    ports = [p.port for rule in policy.spec.ingress or [] for p in rule.ports or []]
+    check(ports == [9464], "ingress only to the metrics port")
+    check(all(rule._from for rule in policy.spec.ingress or []), "ingress only from named peers")
 
 if failures:
     for failure in failures:

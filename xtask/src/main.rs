@@ -319,6 +319,8 @@ fn test() -> Result<()> {
         "report",
         "--test",
         "k8s",
+        "--test",
+        "hardening",
         "--",
         "--test-threads=1",
     ]))?;
