@@ -418,7 +418,7 @@ fn one_silent_mismatch<'a>(
     assert_eq!(f["direction"], "plaintext_to_tls", "{f}");
     assert_eq!(f["src"], local.to_string().as_str(), "{f}");
     assert_eq!(f["sent"], "spark_rpc");
-    assert_eq!(f["comm"], "st-spark-rpc");
+    assert_eq!(f["thread"], "st-spark-rpc");
     assert!(f["answer"].as_str().unwrap().contains(how), "{f}");
     assert!(
         f["answer"].as_str().unwrap().contains("without a byte"),
@@ -427,8 +427,10 @@ fn one_silent_mismatch<'a>(
     // A silent close or reset is not the server's own word: likely, not certain.
     assert_eq!(f["confidence"], "likely", "{f}");
     let remedy = f["remedy"].as_str().unwrap();
+    // The client process, by its name and pid.
+    let process = format!("{} (pid {})", f["comm"].as_str().unwrap(), f["pid"]);
     assert!(
-        remedy.contains(setting) && remedy.contains("st-spark-rpc"),
+        remedy.contains(setting) && remedy.contains(&process),
         "{remedy}"
     );
     // One verdict: the reset is the mismatch's answer, not a peer_reset of its own.
@@ -518,6 +520,16 @@ fn python_ssl_resetting_plaintext_on_an_https_port_is_one_likely_mismatch() {
         basis.contains("8443 is an HTTPS port in the seed table"),
         "{basis}"
     );
+    // The server is on this host too: its RST is the mismatch's evidence, and it is the peer.
+    assert!(
+        !findings(&lines, "local_reset")
+            .iter()
+            .any(|other| other["netns"] == net.server.inode()),
+        "no local_reset of the server besides the tls_mismatch:\n{}",
+        dump(&lines)
+    );
+    assert_eq!(f["peer"]["comm"], "python3", "{}", dump(&lines));
+    assert_eq!(f["peer"]["netns"], net.server.inode());
 }
 
 #[test]
