@@ -293,7 +293,11 @@ impl<W: Write> Pipeline<W> {
                 break;
             }
         }
-        self.publish_held(BootClock::now_boot_ns());
+        // A sidecar's tls_mismatch settles within the join window (see `findings::join`).
+        let now = BootClock::now_boot_ns();
+        self.correlator.due_tls(now, &mut self.found);
+        self.publish(0);
+        self.publish_held(now);
         if self.output.flush().is_err() {
             self.output_closed = true;
         }

@@ -135,7 +135,9 @@ impl Correlator {
         // state was lost in a NAT) says that, whatever the kernel's reason name (6.10+ says
         // NO_SOCKET for both).
         let nothing_listens = event.no_socket && event.answers_syn;
-        let reason = if event.no_socket && !event.answers_syn {
+        // A listening socket never answers a SYN with a RST: its RST answers a stray segment.
+        let stray = (event.no_socket && !event.answers_syn) || event.new_state == tcp_state::LISTEN;
+        let reason = if stray {
             remedies::NO_CONNECTION
         } else {
             match self.reasons.of_reset(event) {

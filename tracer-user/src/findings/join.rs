@@ -21,11 +21,10 @@ use std::{collections::VecDeque, net::SocketAddr, sync::Arc};
 use super::{Finding, FindingKind, MAX_EVIDENCE, Severity};
 use crate::events::{Owner, Side, k8s::PodRef};
 
-/// How long a RST's finding waits for the other end's (both are reported within
-/// microseconds of each other; the rest is collection latency).
-/// A sidecar's tls_mismatch comes later: it waits for the intercepted application's outcome
-/// (see `tls`) and is published by the next housekeeping pass (at most a second apart).
-pub const JOIN_WINDOW_NS: u64 = 1_500_000_000;
+/// How long a RST's finding waits for the other end's: both are reported within
+/// microseconds of each other, and a sidecar's tls_mismatch within `tls`'s settle time (300
+/// ms); the rest is collection latency (the ring buffer is read every 50 ms).
+pub const JOIN_WINDOW_NS: u64 = 500_000_000;
 /// Most findings held at once; past it the oldest is published without waiting.
 const MAX_HELD: usize = 4096;
 
@@ -68,6 +67,14 @@ impl PeerEnd {
 struct Held {
     finding: Finding,
     until_ns: u64,
+    /// Both ends' findings already made this one: it waits out its moment only to take in
+    /// further RSTs between the same two ends (a listener answering the client's last ACK).
+    joined: bool,
+}
+
+/// The same two endpoints, either way round.
+fn same_ends(a: &Finding, b: &Finding) -> bool {
+    (a.src == b.src && a.dst == b.dst) || (a.src == b.dst && a.dst == b.src)
 }
 
 /// The join stage, between the correlator and the aggregator. Bounded by `MAX_HELD`.
@@ -232,32 +239,51 @@ impl Joiner {
             .any(|held| absorb(&mut held.finding, &finding))
         {
             return;
+        } else if let Some(incident) = self
+            .held
+            .iter_mut()
+            .find(|held| held.joined && same_ends(&held.finding, &finding))
+        {
+            // A further RST between the two ends of an incident already joined.
+            add_evidence(&mut incident.finding, &finding);
+            return;
         } else {
             let sends = finding.kind == FindingKind::LocalReset;
             let counterpart = self.held.iter().position(|held| {
-                if sends {
+                if held.joined {
+                    false
+                } else if sends {
                     joins(&finding, &held.finding)
                 } else {
                     joins(&held.finding, &finding)
                 }
             });
             if let Some(other) = counterpart.and_then(|at| self.held.remove(at)) {
-                out.push(if sends {
+                let until_ns = other.until_ns;
+                let joined = if sends {
                     merge(finding, other.finding)
                 } else {
                     merge(other.finding, finding)
-                });
+                };
+                self.hold(joined, until_ns, true, out);
                 return;
             }
         }
+        let until_ns = finding.boot_ns.saturating_add(JOIN_WINDOW_NS);
+        self.hold(finding, until_ns, false, out);
+    }
+
+    /// Holds a finding until `until_ns`; past `MAX_HELD` the oldest goes out at once.
+    fn hold(&mut self, finding: Finding, until_ns: u64, joined: bool, out: &mut Vec<Finding>) {
         if self.held.len() >= MAX_HELD
             && let Some(oldest) = self.held.pop_front()
         {
             out.push(oldest.finding);
         }
         self.held.push_back(Held {
-            until_ns: finding.boot_ns.saturating_add(JOIN_WINDOW_NS),
             finding,
+            until_ns,
+            joined,
         });
     }
 

@@ -55,6 +55,8 @@ fn a_refusal_seen_from_both_ends_is_the_clients_connect_refused() {
         Side::Client,
     );
     joiner.offer(refused, &mut out);
+    assert!(out.is_empty(), "held for further RSTs of the incident");
+    joiner.due(u64::MAX, &mut out);
     assert_eq!(out.len(), 1);
     let joined = &out[0];
     assert_eq!(joined.kind, FindingKind::ConnectRefused);
@@ -68,7 +70,7 @@ fn a_refusal_seen_from_both_ends_is_the_clients_connect_refused() {
         "{}",
         joined.summary
     );
-    joiner.due(u64::MAX, &mut out);
+    joiner.flush(&mut out);
     assert_eq!(out.len(), 1, "nothing was left held");
 }
 
@@ -85,6 +87,7 @@ fn a_refusal_counted_for_another_client_port_still_joins() {
         Side::Client,
     );
     joiner.offer(refused, &mut out);
+    joiner.flush(&mut out);
     assert_eq!(out.len(), 1);
     assert!(out[0].peer.is_some());
 }
@@ -110,6 +113,18 @@ fn a_clients_abort_is_its_own_info_finding_naming_the_server() {
     );
     seen.owner.as_mut().unwrap().pid = 99;
     joiner.offer(seen, &mut out);
+    // The listener's RST answering the client's last segment: the same incident.
+    let mut late = finding(
+        FindingKind::LocalReset,
+        Severity::Info,
+        "127.0.0.1:10000",
+        "127.0.0.1:36800",
+        Side::Server,
+    );
+    late.boot_ns += 1;
+    late.evidence[0].boot_ns += 1;
+    joiner.offer(late, &mut out);
+    joiner.flush(&mut out);
     assert_eq!(out.len(), 1, "{out:?}");
     let joined = &out[0];
     assert_eq!(
@@ -119,7 +134,11 @@ fn a_clients_abort_is_its_own_info_finding_naming_the_server() {
     let peer = joined.peer.as_ref().unwrap();
     assert_eq!(peer.owner.as_ref().unwrap().pid, 99);
     assert_eq!(peer.side, Some(Side::Server));
-    assert_eq!(joined.evidence.len(), 2, "both ends' evidence");
+    assert_eq!(
+        joined.evidence.len(),
+        3,
+        "both ends' evidence, and the late RST"
+    );
 }
 
 #[test]
@@ -147,6 +166,7 @@ fn the_receivers_finding_may_come_first() {
         ),
         &mut out,
     );
+    joiner.flush(&mut out);
     assert_eq!(out.len(), 1);
     assert_eq!(
         (out[0].kind, out[0].severity),
@@ -178,6 +198,7 @@ fn a_servers_abort_is_a_warning_naming_the_client() {
         ),
         &mut out,
     );
+    joiner.flush(&mut out);
     assert_eq!(out.len(), 1, "joined through a service address: {out:?}");
     assert_eq!(out[0].severity, Severity::Warning);
     assert_eq!(out[0].kind, FindingKind::LocalReset);
