@@ -14,21 +14,10 @@ use std::{
 };
 
 use serde_json::Value;
-use support::{Topology, Tracer, connect, dump};
+use support::{Topology, Tracer, dump, refused_burst};
 
-/// Refused connects to `port`. Each test here uses its own port: the tests run in parallel
-/// and a tracer sees every namespace.
-fn refused_burst(topo: &Topology, port: u16, count: usize) {
-    let target = SocketAddr::new(topo.server_v4, port);
-    let refused = topo
-        .client
-        .run("st-burst", move || {
-            (0..count).filter(|_| connect(target).is_err()).count()
-        })
-        .join()
-        .unwrap();
-    assert_eq!(refused, count);
-}
+// Each test here uses its own port: the tests run in parallel and a tracer sees every
+// namespace.
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("st-export-{name}-{}", std::process::id()));

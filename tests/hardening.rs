@@ -7,7 +7,7 @@ mod support;
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{SocketAddr, TcpStream},
+    net::TcpStream,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -15,24 +15,12 @@ use std::{
 };
 
 use serde_json::Value;
-use support::{Topology, connect};
+use support::{Topology, refused_burst};
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("st-hard-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     dir
-}
-
-fn refused(topo: &Topology, port: u16, count: usize) {
-    let target = SocketAddr::new(topo.server_v4, port);
-    let refused = topo
-        .client
-        .run("st-burst", move || {
-            (0..count).filter(|_| connect(target).is_err()).count()
-        })
-        .join()
-        .unwrap();
-    assert_eq!(refused, count);
 }
 
 /// Starts the tracer with stdout piped and waits for its start line.
@@ -96,7 +84,7 @@ fn a_hangup_drains_and_flushes_like_sigterm() {
         "--trace-dir",
         dir.to_str().unwrap(),
     ]);
-    refused(&topo, 10001, 300);
+    refused_burst(&topo, 10001, 300);
     // The ssh session that ran `sudo shuffletrace` dropped.
     // SAFETY: plain kill(2) on our child.
     unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
@@ -135,7 +123,7 @@ fn a_reader_that_goes_away_leaves_the_trace_files_complete() {
         dir.to_str().unwrap(),
     ]);
     drop(stdout); // `shuffletrace | head -1` after its line
-    refused(&topo, 10000, 50);
+    refused_burst(&topo, 10000, 50);
     let deadline = Instant::now() + Duration::from_secs(20);
     while child.try_wait().unwrap().is_none() {
         assert!(Instant::now() < deadline, "it stops once stdout is gone");

@@ -411,3 +411,16 @@ pub fn findings<'a>(lines: &'a [Value], kind: &str) -> Vec<&'a Value> {
         .filter(|v| v["type"] == "finding" && v["kind"] == kind)
         .collect()
 }
+
+/// `count` connects from the client namespace to `port` of the server, each refused.
+pub fn refused_burst(topo: &Topology, port: u16, count: usize) {
+    let target = SocketAddr::new(topo.server_v4, port);
+    let refused = topo
+        .client
+        .run("st-burst", move || {
+            (0..count).filter(|_| connect(target).is_err()).count()
+        })
+        .join()
+        .unwrap();
+    assert_eq!(refused, count);
+}

@@ -159,26 +159,9 @@ impl Attributor {
         }
         self.netns_read = Some(Instant::now());
         self.netns_pids.clear();
-        let Ok(dir) = std::fs::read_dir(self.root.join("proc")) else {
-            return;
-        };
-        for entry in dir.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let Ok(link) = std::fs::read_link(entry.path().join("ns/net")) else {
-                continue;
-            };
-            let inode = link
-                .to_str()
-                .and_then(|l| l.strip_prefix("net:["))
-                .and_then(|l| l.strip_suffix(']'))
-                .and_then(|l| l.parse::<u32>().ok());
-            if let Some(inode) = inode {
+        let proc_root = self.root.join("proc");
+        for pid in super::procs::pids(&proc_root) {
+            if let Some(inode) = super::procs::netns_of(&proc_root, pid) {
                 self.netns_pids.entry(inode).or_insert(pid);
             }
         }

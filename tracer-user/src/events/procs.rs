@@ -204,7 +204,18 @@ pub fn listening_inodes(table: &str, watched: &dyn Fn(u16) -> bool) -> HashMap<u
     inodes
 }
 
-fn netns_of(proc_root: &Path, pid: u32) -> Option<u32> {
+/// The processes under `proc_root` (its numeric entries).
+pub fn pids(proc_root: &Path) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir(proc_root) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// The network namespace (inode) of process `pid`.
+pub fn netns_of(proc_root: &Path, pid: u32) -> Option<u32> {
     let link = std::fs::read_link(proc_root.join(format!("{pid}/ns/net"))).ok()?;
     let link = link.to_str()?;
     link.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
@@ -223,18 +234,8 @@ fn socket_inode(link: &Path) -> Option<u64> {
 /// namespaces with a watched listener have their descriptors read.
 pub fn existing_listeners(host_root: &Path, watched: &dyn Fn(u16) -> bool) -> Vec<Listener> {
     let proc_root = host_root.join("proc");
-    let Ok(dir) = std::fs::read_dir(&proc_root) else {
-        return Vec::new();
-    };
     let mut by_netns: HashMap<u32, Vec<u32>> = HashMap::new();
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for pid in pids(&proc_root) {
         if let Some(netns) = netns_of(&proc_root, pid) {
             by_netns.entry(netns).or_default().push(pid);
         }
