@@ -1,7 +1,8 @@
 """Why: the alert rules exist twice, as a plain Prometheus rules file and as a PrometheusRule
 for the Prometheus Operator; this keeps them one. `--write` generates the PrometheusRule from
 deploy/prometheus/shuffletrace.rules.yml; without it, checks (run by `cargo xtask test`) that
-the checked-in PrometheusRule is what would be generated, that every alert has the
+the checked-in PrometheusRule is what would be generated (and stays out of the base
+kustomization), that every alert has the
 annotations an on-call person needs with a runbook_url whose README anchor exists, and that
 deploy/prometheus/tests.yml proves every alert both firing and quiet.
 """
@@ -39,6 +40,8 @@ def generate():
         "kind": "PrometheusRule",
         "metadata": {
             "name": "shuffletrace",
+            # The overlay's namespace is not the base's: set here, next to the DaemonSet.
+            "namespace": "shuffletrace",
             "labels": {"app.kubernetes.io/name": "shuffletrace", "role": "alert-rules"},
         },
         "spec": rules,
@@ -62,6 +65,10 @@ def check():
     if not GENERATED.exists() or GENERATED.read_text() != generate():
         failures.append(f"{GENERATED.relative_to(ROOT)} differs from the rules file: run "
                         "python3 deploy/prometheus/rules.py --write")
+    base = yaml.safe_load((ROOT / "deploy/kubernetes/kustomization.yaml").read_text())
+    if base.get("components") or any("prometheus" in r for r in base.get("resources", [])):
+        failures.append("the base kustomization must apply without the Operator's CRDs: the "
+                        "PrometheusRule comes in deploy/prometheus/kustomization.yaml only")
     rules = yaml.safe_load(RULES.read_text())
     alerts = [r for g in rules["groups"] for r in g["rules"] if "alert" in r]
     readme = anchors(README.read_text())
