@@ -1,11 +1,10 @@
 """Why: the alert rules exist twice, as a plain Prometheus rules file and as a PrometheusRule
 for the Prometheus Operator; this keeps them one. `--write` generates the PrometheusRule from
 deploy/prometheus/shuffletrace.rules.yml; without it, checks (run by `cargo xtask test`) that
-the checked-in PrometheusRule is what would be generated (and stays out of the base
-kustomization), that every alert has the
-annotations an on-call person needs with a runbook_url whose README anchor exists, and that
-deploy/prometheus/tests.yml proves every alert both firing and quiet.
-"""
+the checked-in PrometheusRule is what would be generated and stays out of the base
+kustomization, that every alert has the annotations an on-call person needs with a
+runbook_url whose README anchor exists, and that deploy/prometheus/tests.yml proves every
+alert both firing and quiet."""
 
 import pathlib
 import re
