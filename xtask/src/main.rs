@@ -40,9 +40,10 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Setup, then: cargo fmt --check, clippy -D warnings, unit tests, the root
-    /// integration tests (network namespaces, real traffic, the real binary), and last the
-    /// kernel matrix of `vm-test` (skipped when SHUFFLETRACE_SKIP_VM=1).
+    /// Setup, then: cargo fmt --check, clippy -D warnings, unit tests, the manifests and the
+    /// alert rules (promtool check and test, offline), the root integration tests (network
+    /// namespaces, real traffic, the real binary, a real Prometheus), and last the kernel
+    /// matrix of `vm-test` (skipped when SHUFFLETRACE_SKIP_VM=1).
     Test,
     /// Setup, then boot Debian's kernel packages under qemu and run the root integration
     /// tests inside each, against the freshly built binary.
