@@ -195,6 +195,9 @@ impl<W: Write> Session<W> {
                 &findings.nat_idle,
             )
             .context("writing to stdout")?;
+        if let Some(metrics) = &pipeline.metrics {
+            metrics.programs_missing(probes.missing.len());
+        }
         for missing in &probes.missing {
             warn!(
                 "{} not attached ({}); running with the rest",

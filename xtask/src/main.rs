@@ -40,9 +40,10 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Setup, then: cargo fmt --check, clippy -D warnings, unit tests, the root
-    /// integration tests (network namespaces, real traffic, the real binary), and last the
-    /// kernel matrix of `vm-test` (skipped when SHUFFLETRACE_SKIP_VM=1).
+    /// Setup, then: cargo fmt --check, clippy -D warnings, unit tests, the manifests and the
+    /// alert rules (promtool check and test, offline), the root integration tests (network
+    /// namespaces, real traffic, the real binary, a real Prometheus), and last the kernel
+    /// matrix of `vm-test` (skipped when SHUFFLETRACE_SKIP_VM=1).
     Test,
     /// Setup, then boot Debian's kernel packages under qemu and run the root integration
     /// tests inside each, against the freshly built binary.
@@ -257,6 +258,25 @@ fn ensure_command(command: &str, package: &str) -> Result<()> {
     run_checked(Command::new("apt-get").args(["install", "-y", package]))
 }
 
+/// The alert rules: valid for Prometheus (`promtool check rules`), each alert proven firing
+/// and quiet (`promtool test rules`), and the PrometheusRule generated from them in sync.
+/// Debian's prometheus package ships promtool, and the server the root tests run.
+fn prometheus_rules() -> Result<()> {
+    ensure_command("promtool", "prometheus")?;
+    let dir = workspace_root().join("deploy/prometheus");
+    run_checked(
+        Command::new("promtool")
+            .args(["check", "rules", "shuffletrace.rules.yml"])
+            .current_dir(&dir),
+    )?;
+    run_checked(
+        Command::new("promtool")
+            .args(["test", "rules", "tests.yml"])
+            .current_dir(&dir),
+    )?;
+    run_checked(Command::new("python3").arg("rules.py").current_dir(&dir))
+}
+
 fn test() -> Result<()> {
     run_checked(cargo().args(["fmt", "--all", "--", "--check"]))?;
     // The root integration tests too (they are built only with their feature).
@@ -288,6 +308,8 @@ fn test() -> Result<()> {
             .arg("deploy/check_manifests.py")
             .current_dir(workspace_root()),
     )?;
+
+    prometheus_rules()?;
 
     if !is_root() {
         bail!(
@@ -321,6 +343,8 @@ fn test() -> Result<()> {
         "k8s",
         "--test",
         "hardening",
+        "--test",
+        "prometheus",
         "--",
         "--test-threads=1",
     ]))?;

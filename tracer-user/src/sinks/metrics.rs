@@ -50,6 +50,7 @@ pub struct Metrics {
     repeats: Family<FindingLabels, Counter>,
     lost: Family<LossLabels, Counter>,
     flows: Gauge,
+    programs_missing: Gauge,
     evictions: Counter,
     trace_bytes: Counter,
     /// Milliseconds since `started` at the collector's last housekeeping (for /healthz).
@@ -95,6 +96,12 @@ impl Metrics {
             "Flows in the collector's table",
             flows.clone(),
         );
+        let programs_missing = Gauge::default();
+        registry.register(
+            "programs_missing",
+            "Kernel programs not attached at start (the start line's missing, with why)",
+            programs_missing.clone(),
+        );
         let evictions = Counter::default();
         registry.register(
             "flow_table_evictions",
@@ -115,6 +122,7 @@ impl Metrics {
             repeats,
             lost,
             flows,
+            programs_missing,
             evictions,
             trace_bytes,
             heartbeat_ms: Arc::new(AtomicU64::new(0)),
@@ -154,6 +162,11 @@ impl Metrics {
     pub fn flow_table(&self, size: usize, new_evictions: u64) {
         self.flows.set(size as i64);
         self.evictions.inc_by(new_evictions);
+    }
+
+    /// Set once at start: how many kernel programs could not be attached.
+    pub fn programs_missing(&self, count: usize) {
+        self.programs_missing.set(count as i64);
     }
 
     pub fn trace_bytes(&self, delta: u64) {
@@ -227,6 +240,11 @@ mod tests {
         metrics.flow_table(5, 1);
         metrics.trace_bytes(100);
         let text = metrics.render();
+        // Served from the start, before the session sets it.
+        assert!(text.contains("shuffletrace_programs_missing 0"), "{text}");
+        metrics.programs_missing(2);
+        let text = metrics.render();
+        assert!(text.contains("shuffletrace_programs_missing 2"), "{text}");
         assert!(
             text.contains("shuffletrace_events_total{event=\"state_change\"} 2"),
             "{text}"
