@@ -265,12 +265,33 @@ fn a_node_without_a_cgroup2_mount_still_gets_the_cgroup_skb_programs() {
 }
 
 #[test]
+fn two_tracers_can_stand_for_two_nodes() {
+    let output = Command::new(env!("CARGO_BIN_EXE_shuffletrace"))
+        .args(["--format", "json", "--ports", "10000", "--duration", "1s"])
+        .args(["--node-name", "spark-worker-2.example"])
+        .env("NODE_NAME", "from-the-environment")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    for line in stdout.lines() {
+        let value: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(value["node"], "spark-worker-2.example", "{line}");
+    }
+    assert!(
+        stdout.lines().count() >= 2,
+        "start and stats lines: {stdout}"
+    );
+}
+
+#[test]
 fn nonsense_values_are_refused_naming_the_flag() {
     for (args, flag) in [
         (&["--max-flows", "0"][..], "--max-flows"),
         (&["--max-flows", "4294967295"][..], "--max-flows"),
         (&["--trace-keep", "0"][..], "--trace-keep"),
         (&["--host-root", "/nonexistent"][..], "--host-root"),
+        (&["--node-name", "Node A"][..], "--node-name"),
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_shuffletrace"))
             .args(args)

@@ -134,11 +134,31 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR", default_value = "/")]
     pub host_root: std::path::PathBuf,
 
+    /// The `node` every line names: default `NODE_NAME` (the DaemonSet sets it from the
+    /// downward API), else the host name. Lets two tracers on one machine stand for two nodes.
+    #[arg(long, value_name = "NAME", value_parser = parse_node_name)]
+    pub node_name: Option<String>,
+
     #[command(flatten)]
     pub findings: FindingArgs,
 
     #[command(flatten)]
     pub export: ExportArgs,
+}
+
+/// A node name as Kubernetes allows it (RFC 1123 subdomain: at most 253 characters of
+/// lower-case letters, digits, `-` and `.`), so that it can be joined with pod metadata.
+fn parse_node_name(name: &str) -> Result<String, String> {
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    if valid {
+        Ok(name.to_owned())
+    } else {
+        Err("a node name is 1-253 characters of a-z, 0-9, '-' and '.'".to_owned())
+    }
 }
 
 /// Most flows `--max-flows` accepts: the kernel tables then take about 1.4 GiB.

@@ -115,6 +115,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         metrics: metrics.clone(),
         stats_interval,
         host_root: Some(args.host_root.clone()),
+        node_name: args.node_name.clone(),
     };
     session::runtime()?.block_on(async {
         if let (Some(metrics), Some(addr)) = (&metrics, export.metrics_addr) {

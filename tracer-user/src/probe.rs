@@ -128,6 +128,7 @@ pub fn run(args: ProbeArgs) -> Result<bool> {
         metrics: None,
         stats_interval: Duration::from_secs(3600),
         host_root: None,
+        node_name: None,
     };
     let results = crate::session::runtime()?.block_on(async {
         let mut session = Session::start(btf, settings, io::sink())?;

@@ -40,9 +40,10 @@ fn readable<T: AsRawFd>(ring: T) -> Result<AsyncFd<T>> {
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-fn node_name() -> String {
-    std::env::var("NODE_NAME")
-        .ok()
+fn node_name(explicit: Option<&str>) -> String {
+    explicit
+        .map(str::to_owned)
+        .or_else(|| std::env::var("NODE_NAME").ok())
         .filter(|name| !name.is_empty())
         .or_else(|| {
             std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -108,6 +109,8 @@ pub struct Settings<'a> {
     pub stats_interval: Duration,
     /// Root of the host's filesystem for pod attribution; None turns attribution off.
     pub host_root: Option<std::path::PathBuf>,
+    /// `--node-name` (else NODE_NAME, else the host name).
+    pub node_name: Option<String>,
 }
 
 pub struct Session<W: Write> {
@@ -156,7 +159,7 @@ impl<W: Write> Session<W> {
             }
         };
         let context = Context {
-            node: node_name(),
+            node: node_name(settings.node_name.as_deref()),
             clock: BootClock::new(),
             reset_reasons: reasons.clone(),
         };
