@@ -164,14 +164,10 @@ impl<W: Write> Pipeline<W> {
         self.aggregate(cookie, joined);
     }
 
-    /// Publishes the findings the join stage held past their moment (all of them at `u64::MAX`).
+    /// Publishes the findings the join stage held past their moment.
     fn publish_held(&mut self, now_ns: u64) {
         let mut due = Vec::new();
-        if now_ns == u64::MAX {
-            self.joiner.flush(&mut due);
-        } else {
-            self.joiner.due(now_ns, &mut due);
-        }
+        self.joiner.due(now_ns, &mut due);
         self.aggregate(0, due);
     }
 
@@ -195,13 +191,17 @@ impl<W: Write> Pipeline<W> {
         }
     }
 
-    /// Attributes an event to its process and pod: the process by its pid (cached), the pod
-    /// by the flow's owner process, else by its netns; the pod is kept in the flow so each
-    /// flow is looked up once.
-    fn attribute(&mut self, event: &mut Event) {
+    /// Names the event's owner process by its pid (cached): before the flow keeps the owner,
+    /// so that the flow's later events without one get it named.
+    fn name_owner(&mut self, event: &mut Event) {
         if let Some(owner) = event.owner.as_mut() {
             self.process_names.name(owner, event.boot_ns);
         }
+    }
+
+    /// Attributes an event to its pod: by the flow's owner process, else by its netns; the
+    /// answer is kept in the flow so each flow is looked up once.
+    fn attribute(&mut self, event: &mut Event) {
         let Some(attributor) = self.attributor.as_mut() else {
             return;
         };
@@ -231,10 +231,7 @@ impl<W: Write> Pipeline<W> {
         if let Some(metrics) = &self.metrics {
             metrics.event(event.kind.name());
         }
-        if let Some(owner) = event.owner.as_mut() {
-            // Before the flow keeps the owner: its later events without one get it named.
-            self.process_names.name(owner, event.boot_ns);
-        }
+        self.name_owner(&mut event);
         if event.kind == EventKind::FlowSummary {
             // A clean flow the kernel never reported otherwise: counted, and remembered only
             // for linking a sidecar's finding to the connection it intercepted.
@@ -395,9 +392,7 @@ impl<W: Write> Pipeline<W> {
         // Without a slot (a flow opened before tracing started) the opening is unknown.
         let skip = usize::from(slot.is_none() && recorded.len() > 1);
         for mut event in recorded.into_iter().skip(skip) {
-            if let Some(owner) = event.owner.as_mut() {
-                self.process_names.name(owner, event.boot_ns);
-            }
+            self.name_owner(&mut event);
             if pod.is_none() {
                 self.attribute(&mut event);
                 pod = Some(event.pod.clone());
@@ -421,6 +416,7 @@ impl<W: Write> Pipeline<W> {
                 self.totals.decode_errors += 1;
                 continue;
             };
+            self.name_owner(&mut event);
             self.attribute(&mut event);
             // Its own flow: a refused connect's verdict needs one, and must not meet others.
             let mut scratch = FlowTable::new(1);
@@ -542,7 +538,9 @@ impl<W: Write> Pipeline<W> {
             self.correlator.on_flow_end(flow, now, &mut self.found);
         }
         self.publish(0);
-        self.publish_held(u64::MAX);
+        let mut held = Vec::new();
+        self.joiner.flush(&mut held);
+        self.aggregate(0, held);
         for line in self.aggregator.flush() {
             self.write_finding(&line);
         }

@@ -92,8 +92,7 @@ pub fn java_main_class<'a>(args: impl IntoIterator<Item = &'a str>) -> Option<St
 /// Reads the process `pid`'s name and, for a JVM, its main class.
 pub fn read_process(proc_root: &Path, pid: u32) -> Option<ProcessName> {
     let dir = proc_root.join(pid.to_string());
-    let name = std::fs::read_to_string(dir.join("comm")).ok()?;
-    let name = name.trim_end_matches('\n').to_owned();
+    let name = read_comm(&dir)?;
     let main_class = if name == "java" || name.starts_with("java") {
         read_cmdline(&dir.join("cmdline")).and_then(|cmdline| {
             let args: Vec<&str> = cmdline.split('\0').filter(|a| !a.is_empty()).collect();
@@ -103,6 +102,12 @@ pub fn read_process(proc_root: &Path, pid: u32) -> Option<ProcessName> {
         None
     };
     Some(ProcessName { name, main_class })
+}
+
+/// A process's name (its main thread's comm), from its /proc directory.
+fn read_comm(dir: &Path) -> Option<String> {
+    let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+    Some(comm.trim_end_matches('\n').to_owned())
 }
 
 fn read_cmdline(path: &Path) -> Option<String> {
@@ -279,9 +284,7 @@ pub fn existing_listeners(host_root: &Path, watched: &dyn Fn(u16) -> bool) -> Ve
                     port,
                     pid,
                     uid: std::fs::metadata(&dir).map(|m| m.uid()).unwrap_or(0),
-                    comm: std::fs::read_to_string(dir.join("comm"))
-                        .map(|c| c.trim_end_matches('\n').to_owned())
-                        .unwrap_or_default(),
+                    comm: read_comm(&dir).unwrap_or_default(),
                 });
             }
         }
