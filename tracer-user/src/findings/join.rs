@@ -143,19 +143,21 @@ fn merge(sent: Finding, received: Finding) -> Finding {
     });
     let mut joined = sent;
     joined.side = sender_side;
-    let (severity, consequence) = match sender_side {
-        Some(Side::Client) => (
-            Severity::Info,
-            "it was the client's own doing, not a failure of the server",
-        ),
-        _ => (
-            Severity::Warning,
-            "the client's connection failed because this end ended it",
-        ),
+    // Which end ended it decides the severity; with neither side known, nothing is claimed
+    // and the sender's own severity stands.
+    let consequence = match sender_side {
+        Some(Side::Client) => {
+            joined.severity = Severity::Info;
+            "; it was the client's own doing, not a failure of the server"
+        }
+        Some(Side::Server) => {
+            joined.severity = Severity::Warning;
+            "; the client's connection failed because this end ended it"
+        }
+        None => "",
     };
-    joined.severity = severity;
     joined.summary = format!(
-        "{} The other end is on this host too: {} saw the reset; {consequence}.",
+        "{} The other end is on this host too: {} saw the reset{consequence}.",
         joined.summary,
         receiver.describe()
     );

@@ -346,3 +346,35 @@ fn a_tls_mismatch_takes_in_the_resets_it_explains() {
 fn kinds(found: &[Finding]) -> Vec<FindingKind> {
     found.iter().map(|f| f.kind).collect()
 }
+
+#[test]
+fn with_neither_side_known_no_one_is_blamed() {
+    let mut joiner = Joiner::default();
+    let mut out = Vec::new();
+    let mut sent = finding(
+        FindingKind::LocalReset,
+        Severity::Info,
+        "10.0.0.1:40000",
+        "10.0.0.2:7337",
+        Side::Client,
+    );
+    sent.side = None;
+    let mut seen = finding(
+        FindingKind::PeerReset,
+        Severity::Error,
+        "10.0.0.2:7337",
+        "10.0.0.1:40000",
+        Side::Server,
+    );
+    seen.side = None;
+    joiner.offer(sent, &mut out);
+    joiner.offer(seen, &mut out);
+    joiner.flush(&mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].severity, Severity::Info, "the sender's own");
+    assert!(
+        out[0].summary.ends_with("saw the reset."),
+        "{}",
+        out[0].summary
+    );
+}
