@@ -9,7 +9,7 @@ use tracer_ebpf::{FlowEvent, ListenerKey, SockOwner, counter, flag};
 
 use crate::maps::{
     ACTIVITY, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, EVENTS, FLOWS, LISTENERS,
-    WAKEUP_BYTES, count,
+    WAKEUP_BYTES, count, netns_watched,
 };
 use crate::sock::Tuple;
 
@@ -26,6 +26,9 @@ pub(crate) struct Record {
     pub(crate) peer_ttl: u8,
     /// When it happened; 0: now.
     pub(crate) ts_ns: u64,
+    /// Initial sequence numbers, valid as `flags` says (`flag::ISN_SENT`, `ISN_RECEIVED`).
+    pub(crate) isn_sent: u32,
+    pub(crate) isn_received: u32,
 }
 
 // Owners are passed to `emit` by reference to where they live (a map value, or NO_OWNER),
@@ -120,6 +123,8 @@ pub(crate) fn write_event(
     out.remote_addr = tuple.remote_addr;
     out.comm = owner.comm;
     out._pad = 0;
+    out.isn_sent = record.isn_sent;
+    out.isn_received = record.isn_received;
 }
 
 /// Submit flags: no wakeup, unless the unread data passed the wakeup mark.
@@ -138,6 +143,9 @@ pub(crate) fn wakeup_flag() -> u64 {
 /// verifier's 512-byte limit.
 #[inline(never)]
 pub(crate) fn emit(record: &Record, tuple: &Tuple, owner: &SockOwner) {
+    if !netns_watched(record.netns) {
+        return;
+    }
     // Losses are counted, and reported by userspace (no logging here: aya-log's code in
     // every program multiplies the verifier's work, and start-up time with it).
     let Some(mut entry) = EVENTS.reserve::<FlowEvent>(0) else {

@@ -175,6 +175,11 @@ pub mod flag {
     /// port nobody listens on). Without it the RST answered a late segment of a connection
     /// already gone here (a FIN, ACK or data after it closed, or after its state was lost).
     pub const ANSWERS_SYN: u16 = 1 << 7;
+    /// [`FlowEvent::isn_sent`](crate::FlowEvent::isn_sent) holds this end's initial sequence
+    /// number.
+    pub const ISN_SENT: u16 = 1 << 8;
+    /// [`FlowEvent::isn_received`](crate::FlowEvent::isn_received) holds the peer's.
+    pub const ISN_RECEIVED: u16 = 1 << 9;
 }
 
 /// Indexes of the per-CPU loss and overflow counters (`COUNTERS` map).
@@ -270,6 +275,13 @@ pub struct FlowEvent {
     pub tx_class: u8,
     pub rx_class: u8,
     pub _pad: u16,
+    /// The connection's TCP initial sequence numbers, the key that joins its two ends across
+    /// nodes (NAT rewrites addresses and ports, not sequence numbers): this end's (the
+    /// sequence number of the SYN or SYN-ACK it sent) and the peer's (of the SYN or SYN-ACK
+    /// it received; for a RST answering a segment that matched no socket, that segment's
+    /// sequence number). Valid when [`flag::ISN_SENT`] / [`flag::ISN_RECEIVED`] are set.
+    pub isn_sent: u32,
+    pub isn_received: u32,
 }
 
 /// Keepalive configuration of a socket, raw from the kernel (jiffies; 0 = the network
@@ -364,11 +376,18 @@ pub struct FlowSlot {
     /// The latest transition after ESTABLISHED while quiet (0/0: none).
     pub latest_old: u8,
     pub latest_new: u8,
-    pub _pad: [u8; 7],
+    pub _pad: u8,
+    /// [`flag::ISN_SENT`] and [`flag::ISN_RECEIVED`]: which of the initial sequence numbers
+    /// are known (an accepted flow knows both when it opens, a connect()ed one when it is
+    /// established).
+    pub isn_flags: u16,
+    pub isn_sent: u32,
     pub opened_ns: u64,
     /// When it reached ESTABLISHED (0: not yet).
     pub established_ns: u64,
     pub latest_ns: u64,
+    pub isn_received: u32,
+    pub _pad2: u32,
 }
 
 /// Values of [`FlowSlot::shipped`].
@@ -531,6 +550,13 @@ pub struct KernelOffsets {
     /// `kfree_skb` program stands in for `tcp_send_reset` without a socket (before 6.10);
     /// 0: it is not needed, or this kernel gives no drop reasons (before 5.17).
     pub no_socket_drop_reason: u32,
+    // Initial sequence numbers: struct tcp_sock `snd_una` and `rcv_nxt` (one past each ISN
+    // when the handshake completes; `snd_una` is the ISN itself while in SYN_SENT), struct
+    // tcp_request_sock `rcv_isn` and `snt_isn` (a half-open handshake).
+    pub tp_snd_una: u32,
+    pub tp_rcv_nxt: u32,
+    pub treq_rcv_isn: u32,
+    pub treq_snt_isn: u32,
     /// Non-zero when tracing programs cannot call `bpf_get_socket_cookie` (before 5.12): every
     /// program keys flows by the socket's kernel address instead, which userspace turns into
     /// an opaque number before it shows one.
@@ -538,11 +564,11 @@ pub struct KernelOffsets {
 }
 
 // The ring-buffer record size is part of the contract with the decoder; keep it 8-aligned.
-const _: () = assert!(size_of::<FlowEvent>() == 120);
+const _: () = assert!(size_of::<FlowEvent>() == 128);
 const _: () = assert!(size_of::<SockOwner>() == 40);
-const _: () = assert!(size_of::<FlowSlot>() == 80);
+const _: () = assert!(size_of::<FlowSlot>() == 88);
 const _: () = assert!(size_of::<FlowActivity>() == 128);
-const _: () = assert!(size_of::<FlowHistory>() == 160);
+const _: () = assert!(size_of::<FlowHistory>() == 168);
 const _: () = assert!(size_of::<RepeatKey>() == 52);
 const _: () = assert!(size_of::<RepeatCount>() == 88);
 

@@ -15,6 +15,7 @@
 
 mod activity;
 mod emit;
+mod isn;
 mod maps;
 mod packet;
 mod programs;

@@ -37,6 +37,19 @@ pub(crate) static IDLE_MARK_NS: u64 = 0;
 #[unsafe(no_mangle)]
 pub(crate) static REPEAT_WINDOW_NS: u64 = 0;
 
+/// Non-zero when tracing is restricted to the network namespaces in `NETNS_FILTER`
+/// (`--netns`); 0: every namespace is watched.
+#[unsafe(no_mangle)]
+pub(crate) static FILTER_NETNS: u32 = 0;
+
+/// The network namespaces watched when `FILTER_NETNS` is set: inode -> 1. Filled by userspace
+/// before the programs attach, never written by them.
+#[map]
+pub(crate) static NETNS_FILTER: HashMap<u32, u8> = HashMap::with_max_entries(MAX_NETNS_FILTER, 0);
+
+/// The most namespaces `--netns` may name (userspace checks the same bound).
+pub(crate) const MAX_NETNS_FILTER: u32 = 64;
+
 /// The watched-port set: index = port, non-zero = watched. An array lookup is the cheapest
 /// check for unwatched traffic and holds any mix of single ports and ranges.
 #[map]
@@ -118,6 +131,15 @@ pub(crate) fn count(index: u32) {
 #[inline(always)]
 pub(crate) fn is_watched(port: u16) -> bool {
     matches!(WATCHED_PORTS.get(port as u32), Some(v) if *v != 0)
+}
+
+/// Whether events of a network namespace are sent (see `FILTER_NETNS`).
+#[inline(always)]
+pub(crate) fn netns_watched(netns: u32) -> bool {
+    // SAFETY: reading our own read-only global.
+    let filtered = unsafe { core::ptr::read_volatile(&raw const FILTER_NETNS) } != 0;
+    // SAFETY: the value is not kept.
+    !filtered || unsafe { NETNS_FILTER.get(&netns) }.is_some()
 }
 
 #[inline(always)]

@@ -138,11 +138,11 @@ pub(crate) fn peer_key(family: u16, addr: &[u8; 16]) -> [u8; 16] {
     }
 }
 
-/// Tuple (this host first), netns and TCP flags of a received segment; None when it is not
-/// TCP or neither port is watched. Unreadable fields read as zeroes, which match no watched
+/// Tuple (this host first), netns, TCP flags and sequence number of a received segment; None
+/// when it is not TCP or neither port is watched. Unreadable fields read as zeroes, which match no watched
 /// port, no IP version and no protocol.
 #[inline(always)]
-pub(crate) fn received_segment(skb: *const u8) -> Option<(Tuple, u32, u8)> {
+pub(crate) fn received_segment(skb: *const u8) -> Option<(Tuple, u32, u8, u32)> {
     if skb.is_null() {
         return None;
     }
@@ -183,10 +183,11 @@ pub(crate) fn received_segment(skb: *const u8) -> Option<(Tuple, u32, u8)> {
         return None;
     }
     let tcp_flags: u8 = read(head, transport as usize + 13);
+    let seq = u32::from_be(read(head, transport as usize + 4));
     // A NULL device or net reads as netns 0.
     let dev: *const u8 = read(skb, offset!(skb_dev));
     let netns = read_netns_of(read(dev, offset!(dev_nd_net)));
-    Some((tuple, netns, tcp_flags))
+    Some((tuple, netns, tcp_flags, seq))
 }
 
 /// Classifies the first bytes of a segment's payload (see `tracer_ebpf::payload_class`);

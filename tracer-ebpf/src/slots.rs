@@ -10,7 +10,8 @@ use tracer_ebpf::{
 use crate::emit::{
     Record, emit, flow_owner, listener, listener_key, set_current_owner, wakeup_flag, write_event,
 };
-use crate::maps::{ACTIVITY, EVENTS, FLOWS, LISTENERS, SLOT_SCRATCH, count};
+use crate::isn::{ISN_BOTH, established_isns, sync_isns};
+use crate::maps::{ACTIVITY, EVENTS, FLOWS, LISTENERS, SLOT_SCRATCH, count, netns_watched};
 use crate::sock::{Tuple, read_sock_netns, watched_tuple};
 
 /// At TCP_CLOSE: the flow's slot and activity record go.
@@ -74,6 +75,10 @@ pub(crate) fn open_flow(
     // SAFETY: this CPU's own scratch entry; every field is written below.
     let slot = unsafe { &mut *slot };
     let netns = read_sock_netns(sk);
+    // Outside the `--netns` set: no slot, and the flow's events are not sent (see `emit`).
+    if !netns_watched(netns) {
+        return;
+    }
     set_owner(&mut slot.owner, netns);
     slot.netns = netns;
     slot.shipped = slot::QUIET;
@@ -81,7 +86,15 @@ pub(crate) fn open_flow(
     slot.opened_new = new_state;
     slot.latest_old = 0;
     slot.latest_new = 0;
-    slot._pad = [0; 7];
+    slot._pad = 0;
+    slot._pad2 = 0;
+    // An accepted flow is opened as its handshake completes: both ISNs are there.
+    (slot.isn_flags, slot.isn_sent, slot.isn_received) = if flags & flag::ACCEPTED != 0 {
+        let (sent, received) = established_isns(sk);
+        (ISN_BOTH, sent, received)
+    } else {
+        (0, 0, 0)
+    };
     // SAFETY: helper without arguments.
     slot.opened_ns = unsafe { bpf_ktime_get_boot_ns() };
     // An accepted flow is opened as it is established (see `open_accepted`).
@@ -105,7 +118,9 @@ pub(crate) fn open_flow(
         netns,
         old_state,
         new_state,
-        flags,
+        flags: flags | slot.isn_flags,
+        isn_sent: slot.isn_sent,
+        isn_received: slot.isn_received,
         ..Default::default()
     };
     emit(&record, &tuple, &slot.owner);
@@ -133,6 +148,7 @@ pub(crate) fn note_quiet(cookie: u64, record: &mut Record) -> Quiet {
     };
     // SAFETY: a live map value, written only by this flow's own events.
     let slot = unsafe { &mut *slot };
+    sync_isns(slot, record);
     match slot.shipped {
         slot::QUIET => {}
         slot::COUNTED => return Quiet::Counted,
@@ -231,8 +247,10 @@ pub(crate) fn ship_quiet(cookie: u64, tuple: &Tuple) {
         netns: slot.netns,
         old_state: slot.opened_old,
         new_state: slot.opened_new,
-        flags: flag::DEFERRED,
+        flags: flag::DEFERRED | slot.isn_flags,
         ts_ns: slot.opened_ns,
+        isn_sent: slot.isn_sent,
+        isn_received: slot.isn_received,
         ..Default::default()
     };
     // SAFETY: the reserved record, every field written below before it is submitted.
@@ -262,13 +280,17 @@ pub(crate) fn ship_quiet(cookie: u64, tuple: &Tuple) {
 }
 
 /// Sends an event of a flow, after what the flow recorded while it was quiet; nothing when
-/// the flow's events are not sent (a refused connect counted as a repeat). Not inlined: one
-/// copy per program.
+/// the flow's events are not sent (a refused connect counted as a repeat). The record gets
+/// the ISNs the slot knows. Not inlined: one copy per program.
 #[inline(never)]
-pub(crate) fn send_flow_event(record: &Record, tuple: &Tuple) {
-    // SAFETY: the field is read at once.
-    if unsafe { FLOWS.get(&record.cookie) }.is_some_and(|slot| slot.shipped == slot::COUNTED) {
-        return;
+pub(crate) fn send_flow_event(record: &mut Record, tuple: &Tuple) {
+    if let Some(slot) = FLOWS.get_ptr_mut(&record.cookie) {
+        // SAFETY: a live map value, written only by this flow's own events.
+        let slot = unsafe { &mut *slot };
+        if slot.shipped == slot::COUNTED {
+            return;
+        }
+        sync_isns(slot, record);
     }
     ship_quiet(record.cookie, tuple);
     emit(record, tuple, flow_owner(record.cookie));

@@ -30,7 +30,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Trace live: print kernel events and findings on the watched ports (the default).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Connect to each port of HOST while tracing, and say for each: open, refused, timeout
     /// or unreachable, with the finding and its remedy. Exit 0 when all are open, else 1.
     Probe(ProbeArgs),
@@ -138,6 +138,18 @@ pub struct RunArgs {
     /// downward API), else the host name. Lets two tracers on one machine stand for two nodes.
     #[arg(long, value_name = "NAME", value_parser = parse_node_name)]
     pub node_name: Option<String>,
+
+    /// Also print every clean flow (one `flow_summary` event line when it closes, with its
+    /// ISNs): what `correlate` needs to find NAT in traffic that works. Off: clean flows are
+    /// only counted.
+    #[arg(long)]
+    pub clean_flows: bool,
+
+    /// Watch only this network namespace (repeatable, up to 64): an inode number, a namespace
+    /// file (`/proc/PID/ns/net`, `/run/netns/NAME`), or a pod (`POD` or `NAMESPACE/POD`,
+    /// found through --host-root). Default: every namespace of the host.
+    #[arg(long, value_name = "NETNS")]
+    pub netns: Vec<String>,
 
     #[command(flatten)]
     pub findings: FindingArgs,

@@ -44,7 +44,7 @@ fn main() -> ExitCode {
         )
         .init();
     let result = match cli.command {
-        Some(Command::Run(args)) => run(args),
+        Some(Command::Run(args)) => run(*args),
         Some(Command::Probe(args)) => probe::run(args).map(|all_open| {
             if all_open {
                 ExitCode::SUCCESS
@@ -90,6 +90,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         ))
         .into());
     }
+    let netns = events::netns::resolve(&args.netns, &args.host_root).map_err(UsageError)?;
     let btf = session::prepare()?;
     let trace = match &export.trace_dir {
         Some(dir) => Some(
@@ -116,6 +117,8 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         stats_interval,
         host_root: Some(args.host_root.clone()),
         node_name: args.node_name.clone(),
+        netns,
+        clean_flows: args.clean_flows,
     };
     session::runtime()?.block_on(async {
         if let (Some(metrics), Some(addr)) = (&metrics, export.metrics_addr) {

@@ -55,6 +55,8 @@ pub struct Pipeline<W: Write> {
     pub joiner: Joiner,
     pub aggregator: Aggregator,
     pub findings_only: bool,
+    /// `--clean-flows`: clean flows' summaries are printed, not only counted.
+    pub clean_flows: bool,
     pub totals: Totals,
     pub reported: KernelCounters,
     /// Set when stdout is gone (a closed pipe): stop cleanly.
@@ -113,6 +115,7 @@ impl<W: Write> Pipeline<W> {
             joiner: Joiner::default(),
             aggregator: Aggregator::new(config.aggregate_window_ns, max_flows),
             findings_only: false,
+            clean_flows: false,
             totals: Totals::default(),
             reported: KernelCounters::default(),
             output_closed: false,
@@ -240,6 +243,9 @@ impl<W: Write> Pipeline<W> {
             if let Some(metrics) = &self.metrics {
                 let (port, side) = crate::flows::summaries::port_and_side(&event);
                 metrics.clean_flow(port, side);
+            }
+            if self.clean_flows && !self.findings_only && self.output.event(&event).is_err() {
+                self.output_closed = true;
             }
             return;
         }

@@ -129,6 +129,8 @@ pub fn run(args: ProbeArgs) -> Result<bool> {
         stats_interval: Duration::from_secs(3600),
         host_root: None,
         node_name: None,
+        netns: Default::default(),
+        clean_flows: false,
     };
     let results = crate::session::runtime()?.block_on(async {
         let mut session = Session::start(btf, settings, io::sink())?;

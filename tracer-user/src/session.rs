@@ -111,6 +111,10 @@ pub struct Settings<'a> {
     pub host_root: Option<std::path::PathBuf>,
     /// `--node-name` (else NODE_NAME, else the host name).
     pub node_name: Option<String>,
+    /// `--netns`: the network namespaces watched (empty: all).
+    pub netns: std::collections::BTreeSet<u32>,
+    /// `--clean-flows`: print clean flows' summaries too.
+    pub clean_flows: bool,
 }
 
 pub struct Session<W: Write> {
@@ -131,6 +135,7 @@ impl<W: Write> Session<W> {
             // An idle period is marked at half the NAT threshold.
             idle_mark_ns: settings.findings.nat_idle.threshold_ns() / 2,
             repeat_window_ns: settings.findings.aggregate_window_ns,
+            netns: &settings.netns,
             host_root: settings
                 .host_root
                 .as_deref()
@@ -138,6 +143,17 @@ impl<W: Write> Session<W> {
         };
         let mut probes = KernelPrograms::load(&btf, &options)?;
         name_existing_listeners(&mut probes, settings.ports, options.host_root);
+        // Probe runs name no host root and need no addresses.
+        let scope = crate::sinks::Scope {
+            ports: settings.ports.to_vec(),
+            netns: settings.netns.iter().copied().collect(),
+            addresses: match &settings.host_root {
+                Some(root) => {
+                    crate::events::netns::local_addresses(&root.join("proc"), &settings.netns)
+                }
+                None => Vec::new(),
+            },
+        };
         let ring = readable(probes.take_events()?).context("polling the ring buffer")?;
 
         let kernel = kernel_release();
@@ -174,6 +190,7 @@ impl<W: Write> Session<W> {
             settings.max_flows as usize,
         );
         pipeline.findings_only = settings.findings_only;
+        pipeline.clean_flows = settings.clean_flows;
         pipeline.flow_keys = probes.flow_keys;
         pipeline.metrics = settings.metrics;
         pipeline.attributor = settings
@@ -191,11 +208,11 @@ impl<W: Write> Session<W> {
             .output
             .start(
                 &kernel,
-                settings.ports,
                 &probes.attached,
                 &probes.missing,
                 &probes.unavailable,
                 &findings.nat_idle,
+                &scope,
             )
             .context("writing to stdout")?;
         if let Some(metrics) = &pipeline.metrics {

@@ -8,6 +8,7 @@ use aya_ebpf::programs::BtfTracePointContext;
 use tracer_ebpf::{RepeatKey, flag, kind, tcp_state};
 
 use crate::emit::{NO_OWNER, Record, emit, emit_for_listener};
+use crate::isn::{note_request, note_syn_sent};
 use crate::maps::{COUNTED_ERRORS, PEER_TTL, RST_TTL, offset, ready};
 use crate::packet::{TCP_FLAG_ACK, TCP_FLAG_RST, TCP_FLAG_SYN, peer_key, received_segment};
 use crate::repeats::{counted_as_repeat, refusal_counted};
@@ -44,7 +45,7 @@ pub(crate) fn emit_for_sock(sk: *const u8, event_kind: u8, detail: i32, flags: u
         let _ = COUNTED_ERRORS.remove(&cookie);
         return;
     }
-    let record = Record {
+    let mut record = Record {
         ttl,
         peer_ttl,
         kind: event_kind,
@@ -56,7 +57,10 @@ pub(crate) fn emit_for_sock(sk: *const u8, event_kind: u8, detail: i32, flags: u
         flags,
         ..Default::default()
     };
-    send_flow_event(&record, &tuple);
+    if state == tcp_state::SYN_SENT {
+        note_syn_sent(sk, &mut record);
+    }
+    send_flow_event(&mut record, &tuple);
 }
 
 #[btf_tracepoint(function = "tcp_retransmit_skb")]
@@ -112,7 +116,7 @@ pub fn tcp_retransmit_synack(ctx: BtfTracePointContext) -> i32 {
         return 0;
     };
     let netns = read_sock_netns(req);
-    let record = Record {
+    let mut record = Record {
         kind: kind::SYNACK_RETRANSMIT,
         cookie: cookie_of(req),
         netns,
@@ -122,6 +126,7 @@ pub fn tcp_retransmit_synack(ctx: BtfTracePointContext) -> i32 {
         flags: flag::ACCEPTED,
         ..Default::default()
     };
+    note_request(req, &mut record);
     emit_for_listener(&record, &tuple);
     0
 }
@@ -157,7 +162,7 @@ pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
 /// the port.
 #[inline(always)]
 fn reset_from_listener(skb: *const u8, reason: i32) {
-    let Some((tuple, netns, _)) = received_segment(skb) else {
+    let Some((tuple, netns, _, _)) = received_segment(skb) else {
         return;
     };
     let record = Record {
@@ -196,7 +201,7 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
 /// the window are counted instead of sent.
 #[inline(always)]
 fn reset_without_socket(skb: *const u8, reason: i32) {
-    if let Some((tuple, netns, tcp_flags)) = received_segment(skb) {
+    if let Some((tuple, netns, tcp_flags, seq)) = received_segment(skb) {
         // No RST answers a RST (a dropped one, seen by `kfree_skb`).
         if tcp_flags & TCP_FLAG_RST != 0 {
             return;
@@ -224,7 +229,7 @@ fn reset_without_socket(skb: *const u8, reason: i32) {
         if counted_as_repeat(&key, &NO_OWNER, tuple.remote_port) {
             return;
         }
-        let record = Record {
+        let mut record = Record {
             kind: kind::RESET_SENT,
             cookie: 0,
             netns,
@@ -234,6 +239,11 @@ fn reset_without_socket(skb: *const u8, reason: i32) {
             flags,
             ..Default::default()
         };
+        // The SYN it answers carries the client's ISN: the key to its connect() elsewhere.
+        if flags & flag::ANSWERS_SYN != 0 {
+            record.isn_received = seq;
+            record.flags |= flag::ISN_RECEIVED;
+        }
         emit(&record, &tuple, &NO_OWNER);
     }
 }

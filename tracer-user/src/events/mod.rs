@@ -3,6 +3,7 @@
 pub mod clock;
 pub mod k8s;
 pub mod keepalive;
+pub mod netns;
 pub mod procs;
 pub mod repeats;
 pub mod sources;
@@ -129,6 +130,19 @@ pub struct Event {
     pub classes: (u8, u8),
     /// The Kubernetes pod (and container) of the flow, when it is in one.
     pub pod: Option<std::sync::Arc<crate::events::k8s::PodRef>>,
+    /// The connection's initial sequence numbers, as far as this end knows them.
+    pub isn: Isn,
+}
+
+/// A connection's TCP initial sequence numbers as one end saw them (see
+/// `tracer_ebpf::FlowEvent::isn_sent`): the key `correlate` joins its two ends by, on two
+/// nodes, through NAT.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Isn {
+    /// This end's: of the SYN (a client) or SYN-ACK (a server) it sent.
+    pub sent: Option<u32>,
+    /// The peer's, as it arrived.
+    pub received: Option<u32>,
 }
 
 /// An event for unit tests: a flow 10.0.0.1:40000 -> 10.0.0.2:7337 in netns 1, no owner, side
@@ -156,6 +170,7 @@ pub fn sample_event(kind: EventKind, cookie: u64, boot_ns: u64) -> Event {
         idle: None,
         classes: (0, 0),
         pod: None,
+        isn: Isn::default(),
     }
 }
 
@@ -313,7 +328,9 @@ pub fn quiet_history(cookie: u64, activity: &FlowActivity, slot: Option<&FlowSlo
             new_state: slot.opened_new,
             local_port: activity.local_port,
             remote_port: activity.remote_port,
-            flags: slot.owner.flags | flag::DEFERRED,
+            flags: slot.owner.flags | flag::DEFERRED | slot.isn_flags,
+            isn_sent: slot.isn_sent,
+            isn_received: slot.isn_received,
             local_addr: activity.local_addr,
             remote_addr: activity.remote_addr,
             comm: slot.owner.comm,
@@ -398,6 +415,8 @@ pub fn repeat_event(key: &RepeatKey, count: &RepeatCount) -> Result<Event, Decod
         tx_class: 0,
         rx_class: 0,
         _pad: 0,
+        isn_sent: 0,
+        isn_received: 0,
     };
     let kind = EventKind::from_wire(raw.kind).ok_or(DecodeError::Kind(raw.kind))?;
     event_of(&raw, kind)
@@ -459,6 +478,10 @@ fn event_of(raw: &FlowEvent, kind: EventKind) -> Result<Event, DecodeError> {
         }),
         classes: (raw.tx_class, raw.rx_class),
         pod: None,
+        isn: Isn {
+            sent: (raw.flags & flag::ISN_SENT != 0).then_some(raw.isn_sent),
+            received: (raw.flags & flag::ISN_RECEIVED != 0).then_some(raw.isn_received),
+        },
     })
 }
 
@@ -612,6 +635,8 @@ mod tests {
             tx_class: 0,
             rx_class: 0,
             _pad: 0,
+            isn_sent: 0,
+            isn_received: 0,
         }
     }
 

@@ -326,6 +326,17 @@ impl Correlator {
 }
 
 impl Finding {
+    /// The connection's initial sequence numbers as this end knows them: from its own
+    /// events in the evidence (a joined finding's evidence has the peer's too).
+    pub fn isn(&self) -> crate::events::Isn {
+        let mut isn = crate::events::Isn::default();
+        for event in self.evidence.iter().filter(|e| e.local == self.src) {
+            isn.sent = isn.sent.or(event.isn.sent);
+            isn.received = isn.received.or(event.isn.received);
+        }
+        isn
+    }
+
     /// The port of the service the finding is about (this host's for the server side).
     pub fn service_port(&self) -> u16 {
         match self.side {

@@ -186,6 +186,8 @@ pub struct LoadOptions<'a> {
     pub repeat_window_ns: u64,
     /// Where the host's root is (the cgroup v2 root is found through it).
     pub host_root: &'a Path,
+    /// The network namespaces watched (`FILTER_NETNS`, `NETNS_FILTER`; empty: all).
+    pub netns: &'a std::collections::BTreeSet<u32>,
 }
 
 /// Loaded and attached kernel programs.
@@ -201,6 +203,9 @@ pub struct KernelPrograms {
     /// Runs the kernel skipped, read just before the programs were unloaded (an unloaded
     /// program's count is gone with it): the final stats line says what the warnings said.
     recursion_misses_at_detach: u64,
+    /// `--netns` (empty: all): the kernel sends no event of other namespaces, and the scans
+    /// of its tables (idle flows, counted repeats) skip their entries too.
+    netns: std::collections::BTreeSet<u32>,
 }
 
 impl crate::events::sources::ActivitySource for KernelPrograms {
@@ -208,7 +213,9 @@ impl crate::events::sources::ActivitySource for KernelPrograms {
         // An entry removed while the scan passes is skipped (the flow closed).
         let keys = self.flow_keys;
         self.scan_hash::<u64, FlowActivity>("ACTIVITY", &mut |cookie, record| {
-            each(keys.shown(*cookie), record)
+            if self.watches(record.netns) {
+                each(keys.shown(*cookie), record)
+            }
         });
     }
 
@@ -221,7 +228,11 @@ impl crate::events::sources::ActivitySource for KernelPrograms {
 
 impl crate::events::sources::RepeatSource for KernelPrograms {
     fn repeats(&self, each: &mut dyn FnMut(&RepeatKey, &RepeatCount)) {
-        self.scan_hash("REPEATS", each);
+        self.scan_hash::<RepeatKey, RepeatCount>("REPEATS", &mut |key, count| {
+            if self.watches(key.netns) {
+                each(key, count)
+            }
+        });
     }
 
     fn forget(&mut self, key: &RepeatKey) {
@@ -247,6 +258,11 @@ fn raise_memlock_limit() {
 }
 
 impl KernelPrograms {
+    /// Whether a network namespace is watched (`--netns`).
+    fn watches(&self, netns: u32) -> bool {
+        self.netns.is_empty() || self.netns.contains(&netns)
+    }
+
     /// Loads the programs with offsets from `btf`, fills the watched-port set, and attaches
     /// every tracepoint this kernel has. Tracepoints it lacks are reported in `missing`.
     pub fn load(btf: &Btf, options: &LoadOptions<'_>) -> Result<Self> {
@@ -256,7 +272,9 @@ impl KernelPrograms {
             idle_mark_ns,
             repeat_window_ns,
             host_root,
+            netns,
         } = *options;
+        let filter_netns = u32::from(!netns.is_empty());
         raise_memlock_limit();
         let offsets = offsets::resolve(btf)?;
         tracing::debug!("kernel offsets from BTF: {offsets:?}");
@@ -272,6 +290,7 @@ impl KernelPrograms {
             .override_global("WAKEUP_BYTES", &WAKEUP_BYTES, true)
             .override_global("IDLE_MARK_NS", &idle_mark_ns, true)
             .override_global("REPEAT_WINDOW_NS", &repeat_window_ns, true)
+            .override_global("FILTER_NETNS", &filter_netns, true)
             .map_max_entries("FLOWS", max_flows.max(1))
             .map_max_entries("ACTIVITY", max_flows.max(1))
             .load(TRACER_OBJECT)
@@ -289,6 +308,16 @@ impl KernelPrograms {
             watched
                 .set(u32::from(port), 1, 0)
                 .with_context(|| format!("adding port {port} to the watched set"))?;
+        }
+
+        let mut filter: aya::maps::HashMap<_, u32, u8> = aya::maps::HashMap::try_from(
+            ebpf.map_mut("NETNS_FILTER")
+                .ok_or_else(|| anyhow!("no NETNS_FILTER map"))?,
+        )?;
+        for &inode in netns {
+            filter
+                .insert(inode, 1, 0)
+                .with_context(|| format!("adding network namespace {inode} to the watched set"))?;
         }
 
         let mut verified = verify_all(&mut ebpf, btf, &aya_btf, &offsets);
@@ -333,6 +362,7 @@ impl KernelPrograms {
             missing,
             unavailable,
             recursion_misses_at_detach: 0,
+            netns: netns.clone(),
             flow_keys: if offsets.flow_key_is_address != 0 {
                 FlowKeys::addresses()
             } else {

@@ -71,6 +71,10 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets> {
         net_keepalive_intvl: offset(btf, "net", "ipv4.sysctl_tcp_keepalive_intvl")?,
         net_keepalive_probes: offset(btf, "net", "ipv4.sysctl_tcp_keepalive_probes")?,
         no_socket_drop_reason: no_socket_drop_reason(btf),
+        tp_snd_una: offset(btf, "tcp_sock", "snd_una")?,
+        tp_rcv_nxt: offset(btf, "tcp_sock", "rcv_nxt")?,
+        treq_rcv_isn: offset(btf, "tcp_request_sock", "rcv_isn")?,
+        treq_snt_isn: offset(btf, "tcp_request_sock", "snt_isn")?,
         flow_key_is_address: u32::from(!tracing_has_socket_cookie(btf)),
     })
 }

@@ -54,6 +54,27 @@ pub(super) struct EventLine<'a> {
     pub(super) direction: Option<&'static str>,
     #[serde(flatten)]
     pub(super) pod: PodFields<'a>,
+    #[serde(flatten)]
+    pub(super) isn: IsnFields,
+}
+
+/// `isn_sent`, `isn_received`: the connection's initial sequence numbers as this end knows
+/// them (see `events::Isn`); absent when unknown.
+#[derive(Serialize, Default)]
+pub(super) struct IsnFields {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) isn_sent: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) isn_received: Option<u32>,
+}
+
+impl From<crate::events::Isn> for IsnFields {
+    fn from(isn: crate::events::Isn) -> Self {
+        Self {
+            isn_sent: isn.sent,
+            isn_received: isn.received,
+        }
+    }
 }
 
 /// `pod`, `namespace`, `container` of a flow in a Kubernetes pod (absent otherwise).
@@ -154,6 +175,10 @@ pub(super) struct StartLine<'a> {
     pub(super) unavailable: &'a [&'static str],
     pub(super) nat_idle_s: f64,
     pub(super) nat_idle_profile: &'static str,
+    /// `--netns` (absent: every namespace).
+    #[serde(skip_serializing_if = "<[u32]>::is_empty")]
+    pub(super) netns: &'a [u32],
+    pub(super) addresses: &'a [std::net::IpAddr],
 }
 
 #[derive(Serialize)]
@@ -209,6 +234,8 @@ pub(super) struct EvidenceLine {
     pub(super) class: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) direction: Option<&'static str>,
+    #[serde(flatten)]
+    pub(super) isn: IsnFields,
 }
 
 #[derive(Serialize)]
@@ -264,6 +291,8 @@ pub(super) struct FindingLine<'a> {
     pub(super) pod: PodFields<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) peer: Option<PeerLine<'a>>,
+    #[serde(flatten)]
+    pub(super) isn: IsnFields,
 }
 
 /// The connection's other end, when it is on this host too (a joined finding).

@@ -48,6 +48,16 @@ pub struct Totals {
 }
 
 /// Writes lines to stdout (or any writer, for tests).
+/// What one tracer watches, as its start line says: the network namespaces (`--netns`;
+/// empty: all of the host's) and their addresses, by which `correlate` knows which node a
+/// client meant to reach.
+#[derive(Debug, Default)]
+pub struct Scope {
+    pub ports: Vec<u16>,
+    pub netns: Vec<u32>,
+    pub addresses: Vec<std::net::IpAddr>,
+}
+
 pub struct Output<W: Write> {
     format: Format,
     out: W,
@@ -89,11 +99,11 @@ impl<W: Write> Output<W> {
     pub fn start(
         &mut self,
         kernel: &str,
-        ports: &[u16],
         attached: &[&'static str],
         missing: &[Missing],
         unavailable: &[&'static str],
         nat_idle: &NatIdle,
+        scope: &Scope,
     ) -> io::Result<()> {
         let line = StartLine {
             line_type: "start",
@@ -102,7 +112,7 @@ impl<W: Write> Output<W> {
             node: &self.context.node,
             version: env!("CARGO_PKG_VERSION"),
             kernel,
-            ports,
+            ports: &scope.ports,
             attached,
             missing: missing
                 .iter()
@@ -114,6 +124,8 @@ impl<W: Write> Output<W> {
             unavailable,
             nat_idle_s: nat_idle.threshold.as_secs_f64(),
             nat_idle_profile: nat_idle.profile,
+            netns: &scope.netns,
+            addresses: &scope.addresses,
         };
         let json = to_line(&line)?;
         self.publish(Some(json.clone()), None)?;
@@ -155,6 +167,7 @@ impl<W: Write> Output<W> {
                 class: payload(event).map(|(class, _)| class),
                 direction: payload(event).map(|(_, direction)| direction),
                 pod: pod_fields(event.pod.as_deref()),
+                isn: event.isn.into(),
             };
             Some(to_line(&line)?)
         } else {
@@ -230,6 +243,7 @@ impl<W: Write> Output<W> {
             peer_ttl: event.peer_ttl,
             class: payload(event).map(|(class, _)| class),
             direction: payload(event).map(|(_, direction)| direction),
+            isn: event.isn.into(),
         }
     }
 
@@ -313,6 +327,7 @@ impl<W: Write> Output<W> {
                         uid: peer.owner.as_ref().map(|o| o.uid),
                         pod: pod_fields(peer.pod.as_deref()),
                     }),
+                    isn: finding.isn().into(),
                 };
             Some(to_line(&line)?)
         } else {
