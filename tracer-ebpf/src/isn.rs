@@ -2,9 +2,10 @@
 //! traced on two nodes, since NAT rewrites addresses and ports but (in the common case) not
 //! sequence numbers. Read where the kernel still holds them (a socket in SYN_SENT, one whose
 //! handshake just completed, a request socket, the SYN a RST answers) and kept in the flow's
-//! slot for its later events (see `tracer_ebpf::FlowEvent::isn_sent`).
+//! slot of a quiet flow for its history or summary; a shipped flow's later events get them
+//! from userspace's flow table (see `tracer_ebpf::FlowEvent::isn_sent`).
 
-use tracer_ebpf::{FlowSlot, flag};
+use tracer_ebpf::{FlowSlot, flag, tcp_state};
 
 use crate::emit::Record;
 use crate::maps::offset;
@@ -14,13 +15,24 @@ use crate::sock::read;
 pub(crate) const ISN_BOTH: u16 = flag::ISN_SENT | flag::ISN_RECEIVED;
 
 /// A socket in SYN_SENT: `snd_una` is the ISN of the SYN it sent (0 before the SYN is built:
-/// a connect() that failed before sending is left without one).
+/// userspace takes 0 for unknown). No branch here: each one multiplies what Linux 6.1's
+/// verifier walks in the programs that inline this.
 #[inline(always)]
 pub(crate) fn note_syn_sent(sk: *const u8, record: &mut Record) {
-    let isn: u32 = read(sk, offset!(tp_snd_una));
-    if isn != 0 {
-        record.isn_sent = isn;
-        record.flags |= flag::ISN_SENT;
+    record.isn_sent = read(sk, offset!(tp_snd_una));
+    record.flags |= flag::ISN_SENT;
+}
+
+/// A connect()ing socket leaving SYN_SENT: to ESTABLISHED it holds both ISNs, otherwise (a
+/// refusal, a timeout) its own. Not inlined: the state change program stays within what
+/// Linux 6.1's verifier walks quickly.
+#[inline(never)]
+pub(crate) fn note_leaving_syn_sent(sk: *const u8, new_state: u8, record: &mut Record) {
+    if new_state == tcp_state::ESTABLISHED {
+        (record.isn_sent, record.isn_received) = established_isns(sk);
+        record.flags |= ISN_BOTH;
+    } else {
+        note_syn_sent(sk, record);
     }
 }
 
@@ -42,18 +54,19 @@ pub(crate) fn note_request(req: *const u8, record: &mut Record) {
     record.flags |= ISN_BOTH;
 }
 
-/// Keeps what a record knows of the ISNs in the flow's slot when it knows more, then gives
-/// the record everything the slot knows: later events of the flow, read where the socket no
-/// longer holds them, carry them too.
+/// Keeps a record's ISNs in a quiet flow's slot (as it is established), for the history or
+/// summary it will send.
 #[inline(always)]
-pub(crate) fn sync_isns(slot: &mut FlowSlot, record: &mut Record) {
-    let known = record.flags & ISN_BOTH;
-    if known & !slot.isn_flags != 0 {
-        slot.isn_flags = known;
-        slot.isn_sent = record.isn_sent;
-        slot.isn_received = record.isn_received;
-    }
-    record.flags = (record.flags & !ISN_BOTH) | slot.isn_flags;
+pub(crate) fn keep_isns(slot: &mut FlowSlot, record: &Record) {
+    slot.isn_flags = record.flags & ISN_BOTH;
+    slot.isn_sent = record.isn_sent;
+    slot.isn_received = record.isn_received;
+}
+
+/// Gives a record (a quiet flow's summary) the ISNs its slot kept.
+#[inline(always)]
+pub(crate) fn kept_isns(slot: &FlowSlot, record: &mut Record) {
+    record.flags |= slot.isn_flags;
     record.isn_sent = slot.isn_sent;
     record.isn_received = slot.isn_received;
 }

@@ -10,7 +10,7 @@ use tracer_ebpf::{
 use crate::emit::{
     Record, emit, flow_owner, listener, listener_key, set_current_owner, wakeup_flag, write_event,
 };
-use crate::isn::{ISN_BOTH, established_isns, sync_isns};
+use crate::isn::{ISN_BOTH, established_isns, keep_isns, kept_isns};
 use crate::maps::{ACTIVITY, EVENTS, FLOWS, LISTENERS, SLOT_SCRATCH, count, netns_watched};
 use crate::sock::{Tuple, read_sock_netns, watched_tuple};
 
@@ -148,7 +148,6 @@ pub(crate) fn note_quiet(cookie: u64, record: &mut Record) -> Quiet {
     };
     // SAFETY: a live map value, written only by this flow's own events.
     let slot = unsafe { &mut *slot };
-    sync_isns(slot, record);
     match slot.shipped {
         slot::QUIET => {}
         slot::COUNTED => return Quiet::Counted,
@@ -159,6 +158,8 @@ pub(crate) fn note_quiet(cookie: u64, record: &mut Record) -> Quiet {
     match record.new_state {
         tcp_state::ESTABLISHED if slot.established_ns == 0 => {
             slot.established_ns = now;
+            // A connect()ed flow's ISNs (an accepted one opens established, ISNs kept).
+            keep_isns(slot, record);
             Quiet::Recorded
         }
         // Clean: it was established and closes without an error, after the FIN handshake
@@ -170,6 +171,7 @@ pub(crate) fn note_quiet(cookie: u64, record: &mut Record) -> Quiet {
         {
             record.kind = kind::FLOW_SUMMARY;
             record.old_state = slot.opened_new;
+            kept_isns(slot, record);
             record.detail =
                 (now.saturating_sub(slot.opened_ns) / 1_000_000).min(i32::MAX as u64) as i32;
             Quiet::Summarised
@@ -280,17 +282,13 @@ pub(crate) fn ship_quiet(cookie: u64, tuple: &Tuple) {
 }
 
 /// Sends an event of a flow, after what the flow recorded while it was quiet; nothing when
-/// the flow's events are not sent (a refused connect counted as a repeat). The record gets
-/// the ISNs the slot knows. Not inlined: one copy per program.
+/// the flow's events are not sent (a refused connect counted as a repeat). Not inlined: one
+/// copy per program.
 #[inline(never)]
-pub(crate) fn send_flow_event(record: &mut Record, tuple: &Tuple) {
-    if let Some(slot) = FLOWS.get_ptr_mut(&record.cookie) {
-        // SAFETY: a live map value, written only by this flow's own events.
-        let slot = unsafe { &mut *slot };
-        if slot.shipped == slot::COUNTED {
-            return;
-        }
-        sync_isns(slot, record);
+pub(crate) fn send_flow_event(record: &Record, tuple: &Tuple) {
+    // SAFETY: the field is read at once.
+    if unsafe { FLOWS.get(&record.cookie) }.is_some_and(|slot| slot.shipped == slot::COUNTED) {
+        return;
     }
     ship_quiet(record.cookie, tuple);
     emit(record, tuple, flow_owner(record.cookie));

@@ -38,6 +38,32 @@ pub enum Command {
     /// findings by kind and destination, timeline, evidence, remedies, lost events. Reads
     /// rotated files in order, and .gz files. Needs no privileges.
     Report(ReportArgs),
+    /// Join one connection's two ends from several nodes' traces (trace files, saved --format
+    /// json output, or `kubectl logs --prefix` of the DaemonSet's pods; `-` reads standard
+    /// input) by TCP initial sequence number, through NAT: where a SYN or its answer died, a
+    /// RST neither end sent, a NAT in the path. Needs no privileges.
+    Correlate(CorrelateArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CorrelateArgs {
+    /// Trace files, directories of them, saved output or logs; `-` for standard input.
+    #[arg(required = true, value_name = "FILE_OR_DIR")]
+    pub inputs: Vec<std::path::PathBuf>,
+
+    /// `markdown` (a ticket-ready report of the joined findings) or `json` (NDJSON finding
+    /// lines, as the tracer writes them, with `nodes` and `ends`).
+    #[arg(long, value_enum, default_value_t = ReportFormatArg::Markdown)]
+    pub format: ReportFormatArg,
+
+    /// How far apart two nodes' clocks may be (up to 10m).
+    #[arg(long, value_name = "D", default_value = "5s")]
+    pub max_skew: String,
+
+    /// Skip lines that are not shuffletrace JSON, and read a cut .gz up to the cut, instead of
+    /// stopping.
+    #[arg(long)]
+    pub skip_bad: bool,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -6,6 +6,7 @@
 
 mod cli;
 mod config;
+mod correlate;
 mod error;
 mod events;
 mod findings;
@@ -53,6 +54,7 @@ fn main() -> ExitCode {
             }
         }),
         Some(Command::Report(args)) => report::run(&args).map(|()| ExitCode::SUCCESS),
+        Some(Command::Correlate(args)) => correlate::run(&args).map(|()| ExitCode::SUCCESS),
         None => run(cli.run),
     };
     match result {
@@ -118,6 +120,12 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         host_root: Some(args.host_root.clone()),
         node_name: args.node_name.clone(),
         netns,
+        netns_files: args
+            .netns
+            .iter()
+            .filter(|v| v.starts_with('/') || v.starts_with('.'))
+            .map(std::path::PathBuf::from)
+            .collect(),
         clean_flows: args.clean_flows,
     };
     session::runtime()?.block_on(async {

@@ -130,6 +130,7 @@ pub fn run(args: ProbeArgs) -> Result<bool> {
         host_root: None,
         node_name: None,
         netns: Default::default(),
+        netns_files: Vec::new(),
         clean_flows: false,
     };
     let results = crate::session::runtime()?.block_on(async {

@@ -113,6 +113,8 @@ pub struct Settings<'a> {
     pub node_name: Option<String>,
     /// `--netns`: the network namespaces watched (empty: all).
     pub netns: std::collections::BTreeSet<u32>,
+    /// The `--netns` values that are namespace files (their addresses are read inside).
+    pub netns_files: Vec<std::path::PathBuf>,
     /// `--clean-flows`: print clean flows' summaries too.
     pub clean_flows: bool,
 }
@@ -148,9 +150,11 @@ impl<W: Write> Session<W> {
             ports: settings.ports.to_vec(),
             netns: settings.netns.iter().copied().collect(),
             addresses: match &settings.host_root {
-                Some(root) => {
-                    crate::events::netns::local_addresses(&root.join("proc"), &settings.netns)
-                }
+                Some(root) => crate::events::netns::local_addresses(
+                    &root.join("proc"),
+                    &settings.netns,
+                    &settings.netns_files,
+                ),
                 None => Vec::new(),
             },
         };

@@ -345,6 +345,8 @@ fn test() -> Result<()> {
         "hardening",
         "--test",
         "prometheus",
+        "--test",
+        "correlate",
         "--",
         "--test-threads=1",
     ]))?;

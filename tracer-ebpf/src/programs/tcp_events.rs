@@ -60,7 +60,7 @@ pub(crate) fn emit_for_sock(sk: *const u8, event_kind: u8, detail: i32, flags: u
     if state == tcp_state::SYN_SENT {
         note_syn_sent(sk, &mut record);
     }
-    send_flow_event(&mut record, &tuple);
+    send_flow_event(&record, &tuple);
 }
 
 #[btf_tracepoint(function = "tcp_retransmit_skb")]

@@ -6,7 +6,7 @@ use aya_ebpf::programs::BtfTracePointContext;
 use tracer_ebpf::{counter, flag, kind, tcp_state};
 
 use crate::emit::{Record, emit, flow_owner, listener, listener_key};
-use crate::isn::{ISN_BOTH, established_isns, note_syn_sent};
+use crate::isn::note_leaving_syn_sent;
 use crate::maps::{LISTENERS, count, ready};
 use crate::slots::{
     Quiet, forget_flow, note_quiet, open_accepted, open_connect, remember_listener, ship_quiet,
@@ -82,12 +82,7 @@ pub(crate) fn on_state_change(sk: *const u8, old_state: u8, new_state: u8) {
     };
     // A connect()ing socket holds its ISN; one that just got its SYN-ACK holds both.
     if old_state == tcp_state::SYN_SENT {
-        if new_state == tcp_state::ESTABLISHED {
-            (record.isn_sent, record.isn_received) = established_isns(sk);
-            record.flags |= ISN_BOTH;
-        } else {
-            note_syn_sent(sk, &mut record);
-        }
+        note_leaving_syn_sent(sk, new_state, &mut record);
     }
     let quiet = note_quiet(cookie, &mut record);
     match quiet {

@@ -479,7 +479,8 @@ fn event_of(raw: &FlowEvent, kind: EventKind) -> Result<Event, DecodeError> {
         classes: (raw.tx_class, raw.rx_class),
         pod: None,
         isn: Isn {
-            sent: (raw.flags & flag::ISN_SENT != 0).then_some(raw.isn_sent),
+            // 0: a connect() that failed before its SYN was built (or one ISN in 2^32).
+            sent: (raw.flags & flag::ISN_SENT != 0 && raw.isn_sent != 0).then_some(raw.isn_sent),
             received: (raw.flags & flag::ISN_RECEIVED != 0).then_some(raw.isn_received),
         },
     })

@@ -110,31 +110,67 @@ pub const MAX_ADDRESSES: usize = 1024;
 
 /// The addresses of the watched network namespaces (all of them, without `--netns`), but
 /// loopback and link-local: what `correlate` matches a client's destination against to know
-/// which traced node it was meant to reach. Read at start through a process in each
-/// namespace (`/proc/PID/net/fib_trie` and `if_inet6`); a namespace without a process (an
-/// `ip netns` one with nothing running) is read through none and lists nothing.
-pub fn local_addresses(proc_root: &Path, watched: &BTreeSet<u32>) -> Vec<std::net::IpAddr> {
-    let mut seen_netns = BTreeSet::new();
+/// which traced node it was meant to reach. Read at start: a namespace named by its file is
+/// entered on a short-lived thread (an `ip netns` namespace may hold no process), the others
+/// through a process in each (`/proc/PID/net/fib_trie` and `if_inet6`).
+pub fn local_addresses(
+    proc_root: &Path,
+    watched: &BTreeSet<u32>,
+    files: &[std::path::PathBuf],
+) -> Vec<std::net::IpAddr> {
     let mut addresses = BTreeSet::new();
+    let mut seen_netns = BTreeSet::new();
+    for file in files {
+        if let Ok(inode) = namespace_file(file) {
+            seen_netns.insert(inode);
+            addresses.extend(addresses_inside(file));
+        }
+    }
     for pid in super::procs::pids(proc_root) {
+        if addresses.len() >= MAX_ADDRESSES {
+            break;
+        }
         let Some(netns) = super::procs::netns_of(proc_root, pid) else {
             continue;
         };
         if (!watched.is_empty() && !watched.contains(&netns)) || !seen_netns.insert(netns) {
             continue;
         }
-        let net = proc_root.join(format!("{pid}/net"));
-        if let Ok(text) = std::fs::read_to_string(net.join("fib_trie")) {
-            addresses.extend(fib_local_v4(&text).into_iter().map(std::net::IpAddr::V4));
-        }
-        if let Ok(text) = std::fs::read_to_string(net.join("if_inet6")) {
-            addresses.extend(global_v6(&text).into_iter().map(std::net::IpAddr::V6));
-        }
-        if addresses.len() >= MAX_ADDRESSES {
-            break;
-        }
+        addresses.extend(read_addresses(&proc_root.join(format!("{pid}/net"))));
     }
     addresses.into_iter().take(MAX_ADDRESSES).collect()
+}
+
+/// The addresses in a `/proc/.../net` directory.
+fn read_addresses(net: &Path) -> BTreeSet<std::net::IpAddr> {
+    let mut addresses = BTreeSet::new();
+    if let Ok(text) = std::fs::read_to_string(net.join("fib_trie")) {
+        addresses.extend(fib_local_v4(&text).into_iter().map(std::net::IpAddr::V4));
+    }
+    if let Ok(text) = std::fs::read_to_string(net.join("if_inet6")) {
+        addresses.extend(global_v6(&text).into_iter().map(std::net::IpAddr::V6));
+    }
+    addresses
+}
+
+/// The addresses of the namespace a file names, read from a thread that enters it.
+fn addresses_inside(file: &Path) -> BTreeSet<std::net::IpAddr> {
+    let Ok(ns) = std::fs::File::open(file) else {
+        return BTreeSet::new();
+    };
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                use std::os::fd::AsRawFd;
+                // SAFETY: setns on this thread only, which ends right after; the fd is valid.
+                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return BTreeSet::new();
+                }
+                read_addresses(Path::new("/proc/thread-self/net"))
+            })
+            .join()
+            .unwrap_or_default()
+    })
 }
 
 /// The host-local IPv4 addresses of a `fib_trie` (`|-- ADDR` followed by `/32 host LOCAL`).

@@ -38,7 +38,7 @@ fn listener_hint(port: u16) -> &'static str {
     }
 }
 
-fn check_listener(dst: SocketAddr) -> String {
+pub fn check_listener(dst: SocketAddr) -> String {
     format!(
         "On {}: `ss -ltnp 'sport = :{}'` must show a listener; {}.",
         dst.ip(),

@@ -40,6 +40,9 @@ pub struct Flow<T> {
     pub rx_class: u8,
     /// The keepalive settings the kernel last saw (idle tracking).
     pub keepalive: Option<KeepaliveSettings>,
+    /// The initial sequence numbers, as soon as one event carries them: the kernel reads them
+    /// where the socket still holds them, and the flow's later events get them from here.
+    pub isn: crate::events::Isn,
     /// The flow's pod: None until looked up, then Some(None) when it is in no pod.
     pub pod: Option<Option<std::sync::Arc<crate::events::k8s::PodRef>>>,
     /// The per-flow state of the stage above (the findings engine's correlation state); the
@@ -128,9 +131,13 @@ impl<T: Default> FlowTable<T> {
             tx_class: 0,
             rx_class: 0,
             keepalive: None,
+            isn: crate::events::Isn::default(),
             pod: None,
             track: T::default(),
         });
+        flow.isn.sent = flow.isn.sent.or(event.isn.sent);
+        flow.isn.received = flow.isn.received.or(event.isn.received);
+        event.isn = flow.isn;
         flow.last_ns = flow.last_ns.max(event.boot_ns);
         // The cgroup_skb programs cannot see the netns; the flow's other events can.
         if event.netns == 0 {

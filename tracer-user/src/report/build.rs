@@ -135,6 +135,12 @@ impl Pending {
             self.severity = (rank, key.clone(), cut(severity, MAX_NAME));
         }
         self.nodes.add(key, &text(f, "node"));
+        // A finding `correlate` joined names every node that saw the connection.
+        for node in f["nodes"].as_array().into_iter().flatten() {
+            if let Some(node) = node.as_str() {
+                self.nodes.add(key, node);
+            }
+        }
         self.processes.add(key, &process(f));
     }
 

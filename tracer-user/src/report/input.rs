@@ -17,7 +17,7 @@ use super::lines::{Line, Lines};
 use crate::{error::BadInput, sinks::SCHEMA_VERSION, sinks::trace};
 
 /// One file to read; `named` when given on the command line (not found in a directory).
-struct Input {
+pub struct Input {
     path: PathBuf,
     named: bool,
 }
@@ -111,87 +111,181 @@ pub struct Totals {
     pub skipped_inputs: u64,
     /// Ended early by a read error (a cut `.gz`): read up to it.
     pub truncated_inputs: u64,
+    /// Lines of the tool's own log in `kubectl logs --prefix` output: not read.
+    pub log_lines: u64,
 }
 
-/// Reads every input in order and gives each good line to `each`.
+/// One input being read: its lines, checked one by one (see `Source::next_value`).
+pub struct Source {
+    pub name: String,
+    gz: bool,
+    lines: Lines<Box<dyn BufRead>>,
+    done: bool,
+}
+
+/// The inputs in order (a directory's trace files oldest first); `-` is standard input when
+/// `dash_is_stdin` (`correlate` reads `kubectl logs` through a pipe), read last.
+pub fn plan(paths: &[PathBuf], dash_is_stdin: bool) -> Result<Vec<Input>, BadInput> {
+    let (stdin, files): (Vec<&PathBuf>, Vec<&PathBuf>) = paths
+        .iter()
+        .partition(|path| dash_is_stdin && path.as_os_str() == "-");
+    if stdin.len() > 1 {
+        return Err(BadInput("`-` (standard input) given more than once".into()));
+    }
+    let files: Vec<PathBuf> = files.into_iter().cloned().collect();
+    let mut planned = inputs(&files)?;
+    if !stdin.is_empty() {
+        planned.push(Input {
+            path: PathBuf::from("-"),
+            named: true,
+        });
+    }
+    Ok(planned)
+}
+
+/// Opens one planned input. A named input that is not a regular file is an error; one met in
+/// a directory is skipped (None), warned about and counted.
+pub fn open_source(input: &Input, totals: &mut Totals) -> Result<Option<Source>, BadInput> {
+    if input.named && input.path.as_os_str() == "-" {
+        totals.files.push("-".into());
+        let reader: Box<dyn BufRead> = Box::new(BufReader::with_capacity(1 << 16, io::stdin()));
+        return Ok(Some(Source::new("(standard input)".into(), false, reader)));
+    }
+    let name = input.path.display().to_string();
+    let reader = match open(&input.path) {
+        Ok(Some(reader)) => reader,
+        Ok(None) if input.named => return Err(BadInput(format!("{name}: not a regular file"))),
+        Ok(None) => {
+            tracing::warn!("{name}: not a regular file: skipped");
+            totals.skipped_inputs += 1;
+            return Ok(None);
+        }
+        Err(e) => return Err(BadInput(format!("cannot read {name}: {e}"))),
+    };
+    let gz = input.path.extension().is_some_and(|e| e == "gz");
+    totals.files.push(name.clone());
+    Ok(Some(Source::new(name, gz, reader)))
+}
+
+/// Reads every input in order, one open at a time, and gives each good line to `each`.
 pub fn read(
     paths: &[PathBuf],
     skip_bad: bool,
     mut each: impl FnMut(&Value),
 ) -> Result<Totals, BadInput> {
     let mut totals = Totals::default();
-    for input in inputs(paths)? {
-        let name = input.path.display().to_string();
-        let reader = match open(&input.path) {
-            Ok(Some(reader)) => reader,
-            Ok(None) if input.named => return Err(BadInput(format!("{name}: not a regular file"))),
-            Ok(None) => {
-                tracing::warn!("{name}: not a regular file: skipped");
-                totals.skipped_inputs += 1;
-                continue;
-            }
-            Err(e) => return Err(BadInput(format!("cannot read {name}: {e}"))),
+    for input in plan(paths, false)? {
+        let Some(mut source) = open_source(&input, &mut totals)? else {
+            continue;
         };
-        let gz = input.path.extension().is_some_and(|e| e == "gz");
-        read_file(&name, gz, reader, skip_bad, &mut totals, &mut each)?;
-        totals.files.push(name);
+        while let Some(value) = source.next_value(skip_bad, &mut totals)? {
+            each(&value);
+        }
     }
     Ok(totals)
 }
 
-fn read_file(
-    name: &str,
-    gz: bool,
-    reader: Box<dyn BufRead>,
-    skip_bad: bool,
-    totals: &mut Totals,
-    each: &mut impl FnMut(&Value),
-) -> Result<(), BadInput> {
-    let mut lines = Lines::new(reader);
-    loop {
-        let checked = match lines.next_line() {
-            Ok(None) => return Ok(()),
-            Ok(Some(Line::Text { text, complete })) => {
-                let text = text.trim_end();
-                if text.is_empty() {
-                    continue;
+/// The prefix `kubectl logs --prefix` puts before each line (`[pod/NAME/CONTAINER] `), and
+/// the time `--timestamps` puts after it, taken off; the rest of the line as it was. Says
+/// whether a prefix was there: such a stream mixes the tool's own log lines (stderr) in.
+pub fn strip_log_prefix(text: &str) -> (&str, bool) {
+    let mut rest = text;
+    let mut prefixed = false;
+    if rest.starts_with("[pod/")
+        && let Some(end) = rest.find("] ")
+    {
+        rest = &rest[end + 2..];
+        prefixed = true;
+    }
+    // `--timestamps`: an RFC 3339 time and a space before the line.
+    if let Some((first, after)) = rest.split_once(' ')
+        && first.len() >= 20
+        && first.as_bytes()[4] == b'-'
+        && first.as_bytes()[10] == b'T'
+        && humantime::parse_rfc3339_weak(first.trim_end_matches('Z')).is_ok()
+    {
+        rest = after;
+        prefixed = true;
+    }
+    (rest, prefixed)
+}
+
+impl Source {
+    fn new(name: String, gz: bool, reader: Box<dyn BufRead>) -> Self {
+        Self {
+            name,
+            gz,
+            lines: Lines::new(reader),
+            done: false,
+        }
+    }
+
+    /// The next good line, `None` at the end. With `skip_bad` a bad line is counted and
+    /// skipped, and a read error (a cut `.gz`) ends the input; without it either is an error
+    /// naming the input and the line. A line that came with a `kubectl logs` prefix and is
+    /// not JSON is the tool's own log (stderr): counted in `log_lines`, never an error.
+    pub fn next_value(
+        &mut self,
+        skip_bad: bool,
+        totals: &mut Totals,
+    ) -> Result<Option<Value>, BadInput> {
+        let name = &self.name;
+        while !self.done {
+            let checked = match self.lines.next_line() {
+                Ok(None) => {
+                    self.done = true;
+                    return Ok(None);
                 }
-                parse_line(text, complete)
-            }
-            Ok(Some(Line::TooLong)) => {
-                Err("line longer than 1 MiB (shuffletrace writes none that long)".to_owned())
-            }
-            Ok(Some(Line::NotUtf8(at))) => Err(format!("not UTF-8 (byte {} of the line)", at + 1)),
-            Err(e) => {
-                let what = if gz {
-                    format!("truncated or corrupt gzip data ({e})")
-                } else {
-                    format!("read error ({e})")
-                };
-                if skip_bad {
-                    tracing::warn!(
-                        "{name}: {what} after line {}: read up to there",
-                        lines.number
-                    );
-                    totals.truncated_inputs += 1;
-                    return Ok(());
+                Ok(Some(Line::Text { text, complete })) => {
+                    let (text, prefixed) = strip_log_prefix(text.trim_end());
+                    if text.is_empty() {
+                        continue;
+                    }
+                    if prefixed && !text.starts_with('{') {
+                        totals.log_lines += 1;
+                        continue;
+                    }
+                    parse_line(text, complete)
                 }
-                return Err(BadInput(format!(
-                    "{name}:{}: {what} (use --skip-bad to read what comes before)",
-                    lines.number + 1
-                )));
-            }
-        };
-        totals.lines += 1;
-        match checked {
-            Ok(value) => each(&value),
-            Err(_) if skip_bad => totals.skipped_lines += 1,
-            Err(why) => {
-                return Err(BadInput(format!(
-                    "{name}:{}: {why} (use --skip-bad to skip such lines)",
-                    lines.number
-                )));
+                Ok(Some(Line::TooLong)) => {
+                    Err("line longer than 1 MiB (shuffletrace writes none that long)".to_owned())
+                }
+                Ok(Some(Line::NotUtf8(at))) => {
+                    Err(format!("not UTF-8 (byte {} of the line)", at + 1))
+                }
+                Err(e) => {
+                    let what = if self.gz {
+                        format!("truncated or corrupt gzip data ({e})")
+                    } else {
+                        format!("read error ({e})")
+                    };
+                    if skip_bad {
+                        tracing::warn!(
+                            "{name}: {what} after line {}: read up to there",
+                            self.lines.number
+                        );
+                        totals.truncated_inputs += 1;
+                        self.done = true;
+                        return Ok(None);
+                    }
+                    return Err(BadInput(format!(
+                        "{name}:{}: {what} (use --skip-bad to read what comes before)",
+                        self.lines.number + 1
+                    )));
+                }
+            };
+            totals.lines += 1;
+            match checked {
+                Ok(value) => return Ok(Some(value)),
+                Err(_) if skip_bad => totals.skipped_lines += 1,
+                Err(why) => {
+                    return Err(BadInput(format!(
+                        "{name}:{}: {why} (use --skip-bad to skip such lines)",
+                        self.lines.number
+                    )));
+                }
             }
         }
+        Ok(None)
     }
 }

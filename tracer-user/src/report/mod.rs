@@ -9,12 +9,12 @@ use serde_json::Value;
 use crate::{cli::ReportArgs, config::ReportFormat, error::BadInput};
 
 mod bounded;
-mod build;
-mod input;
+pub(crate) mod build;
+pub(crate) mod input;
 mod lines;
 mod losses;
 mod markdown;
-mod time;
+pub(crate) mod time;
 
 pub use markdown::markdown;
 
@@ -106,6 +106,18 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
         ))
         .into());
     }
+    let report = finish(builder, totals);
+    let text = match ReportFormat::from(args.format) {
+        ReportFormat::Markdown => markdown(&report),
+        ReportFormat::Json => serde_json::to_string_pretty(&report)? + "\n",
+    };
+    use std::io::Write as _;
+    std::io::stdout().lock().write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// The report of what a builder took in, with what reading the inputs found.
+pub fn finish(builder: build::Builder<'_>, totals: input::Totals) -> Report {
     let mut report = builder.finish();
     report.evidence_incomplete = report.lost_events > 0
         || report.stats_lines_omitted > 0
@@ -119,13 +131,7 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
     if report.skipped_lines > 0 {
         tracing::warn!("skipped {} unreadable lines", report.skipped_lines);
     }
-    let text = match ReportFormat::from(args.format) {
-        ReportFormat::Markdown => markdown(&report),
-        ReportFormat::Json => serde_json::to_string_pretty(&report)? + "\n",
-    };
-    use std::io::Write as _;
-    std::io::stdout().lock().write_all(text.as_bytes())?;
-    Ok(())
+    report
 }
 
 #[cfg(test)]
