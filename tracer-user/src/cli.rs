@@ -46,7 +46,8 @@ pub struct ReportArgs {
     #[arg(required = true, value_name = "FILE_OR_DIR")]
     pub inputs: Vec<std::path::PathBuf>,
 
-    /// `markdown` (renders in GitHub and Jira) or `json` (one document).
+    /// `markdown` (renders in GitHub and Jira), `json` (one document) or `html` (one
+    /// self-contained page with a ladder diagram per finding group).
     #[arg(long, value_enum, default_value_t = ReportFormatArg::Markdown)]
     pub format: ReportFormatArg,
 
@@ -77,6 +78,7 @@ pub struct ReportArgs {
 pub enum ReportFormatArg {
     Markdown,
     Json,
+    Html,
 }
 
 impl From<ReportFormatArg> for ReportFormat {
@@ -84,6 +86,7 @@ impl From<ReportFormatArg> for ReportFormat {
         match arg {
             ReportFormatArg::Markdown => Self::Markdown,
             ReportFormatArg::Json => Self::Json,
+            ReportFormatArg::Html => Self::Html,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! `shuffletrace report FILE_OR_DIR...`: a ticket-ready summary of trace files (or any saved
 //! `--format json` output): header, findings grouped by kind and destination, a timeline,
-//! evidence excerpts, remedies, and whether evidence was lost. The input is streamed: memory
+//! evidence excerpts with a ladder of their packets, remedies, and whether evidence was lost
+//! (Markdown with Mermaid diagrams, JSON, or one self-contained HTML page). The input is streamed: memory
 //! follows the number of finding groups, not the size of the files.
 
 use serde::Serialize;
@@ -10,11 +11,17 @@ use crate::{cli::ReportArgs, config::ReportFormat, error::BadInput};
 
 mod bounded;
 mod build;
+mod escape;
+mod html;
 mod input;
+mod ladder;
 mod lines;
 mod losses;
 mod markdown;
+mod mermaid;
+mod svg;
 mod time;
+mod words;
 
 pub use markdown::markdown;
 
@@ -122,6 +129,7 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
     let text = match ReportFormat::from(args.format) {
         ReportFormat::Markdown => markdown(&report),
         ReportFormat::Json => serde_json::to_string_pretty(&report)? + "\n",
+        ReportFormat::Html => html::html(&report),
     };
     use std::io::Write as _;
     std::io::stdout().lock().write_all(text.as_bytes())?;
