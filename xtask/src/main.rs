@@ -43,8 +43,8 @@ enum Task {
     /// Setup, then: cargo fmt --check, clippy -D warnings, unit tests, the manifests and the
     /// alert rules (promtool check and test, offline), the root integration tests (network
     /// namespaces, real traffic, the real binary, a real Prometheus, the HTML report in headless
-    /// Chromium), and last the kernel
-    /// matrix of `vm-test` (skipped when SHUFFLETRACE_SKIP_VM=1).
+    /// Chromium), and last the kernel matrix of `vm-test` (skipped when
+    /// SHUFFLETRACE_SKIP_VM=1).
     Test,
     /// Setup, then boot Debian's kernel packages under qemu and run the root integration
     /// tests inside each, against the freshly built binary.
