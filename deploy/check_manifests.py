@@ -1,6 +1,8 @@
 """Offline check of deploy/kubernetes: every manifest deserialises into the Kubernetes API
 models of the official Python client (unknown or mistyped fields and missing required fields
-fail), and the DaemonSet keeps the properties the README promises. Run by `cargo xtask test`.
+fail), and the DaemonSet keeps the properties the README promises; and of deploy/grafana: the
+dashboard is one the Grafana sidecar loads and that follows the node it is pointed at. Run by
+`cargo xtask test` (tests/prometheus.rs runs every panel's query on a real Prometheus).
 """
 
 import json
@@ -11,6 +13,7 @@ import kubernetes
 import yaml
 
 HERE = pathlib.Path(__file__).parent / "kubernetes"
+GRAFANA = pathlib.Path(__file__).parent / "grafana"
 MODELS = {
     ("v1", "Namespace"): "V1Namespace",
     ("v1", "ServiceAccount"): "V1ServiceAccount",
@@ -113,8 +116,65 @@ if policy and daemonset:
     check(ports == [9464], "ingress only to the metrics port")
     check(all(rule._from for rule in policy.spec.ingress or []), "ingress only from named peers")
 
+
+
+def check_dashboard():
+    """The dashboard JSON and the ConfigMap the sidecar loads it from."""
+    text = (GRAFANA / "shuffletrace.json").read_text()
+    dashboard = json.loads(text)
+    check(dashboard.get("schemaVersion", 0) >= 36, "dashboard schemaVersion >= 36 (Grafana 9+)")
+    check(dashboard.get("uid") == "shuffletrace", "dashboard uid shuffletrace (stable links)")
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    source = variables.get("datasource", {})
+    check(source.get("type") == "datasource" and source.get("query") == "prometheus",
+          "a Prometheus datasource variable named datasource")
+    node = variables.get("node", {})
+    definition = node.get("query", {}).get("query", "") if isinstance(node.get("query"), dict) else node.get("query", "")
+    check(node.get("type") == "query" and definition.startswith("label_values(") and definition.endswith(", node)"),
+          "a node variable from label_values(..., node)")
+    check(node.get("includeAll") and node.get("allValue") == ".*",
+          "node: All matches targets without a node label too")
+    ids = [p["id"] for p in dashboard["panels"]]
+    check(len(ids) == len(set(ids)), "dashboard panel ids unique")
+    queries = [p for p in dashboard["panels"] if p["type"] != "row"]
+    check(queries, "dashboard panels")
+    for panel in queries:
+        title = panel["title"]
+        check(panel.get("datasource", {}).get("uid") == "${datasource}", f"{title}: datasource ${{datasource}}")
+        check(panel.get("description"), f"{title}: a description")
+        check(panel.get("targets"), f"{title}: targets")
+        for target in panel.get("targets", []):
+            expr = target.get("expr", "")
+            check(target.get("datasource", {}).get("uid") == "${datasource}", f"{title}: target datasource")
+            check('job="shuffletrace"' in expr and 'node=~"$node"' in expr,
+                  f"{title}: {expr} selects the shuffletrace job and $node")
+    kustomization = yaml.safe_load((GRAFANA / "kustomization.yaml").read_text())
+    check(not kustomization.get("resources"), "deploy/grafana makes the ConfigMap only")
+    (generator,) = kustomization["configMapGenerator"]
+    check(generator["files"] == ["shuffletrace.json"], "the ConfigMap holds shuffletrace.json")
+    labels = generator["options"]["labels"]
+    check(labels.get("grafana_dashboard") == "1", "labelled grafana_dashboard: \"1\" for the sidecar")
+    # What kustomize generates from it, as the API would take it.
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": generator["name"], "namespace": kustomization["namespace"], "labels": labels},
+        "data": {"shuffletrace.json": text},
+    }
+    strict(config_map, "V1ConfigMap")
+    # A ConfigMap holds at most 1 MiB; `kubectl apply` also keeps a copy in an annotation of at
+    # most 256 KiB.
+    check(len(text.encode()) < 256 * 1024, "dashboard under 256 KiB")
+    base = yaml.safe_load((HERE / "kustomization.yaml").read_text())
+    check(not any("grafana" in r for r in base.get("resources", [])), "the dashboard stays opt-in")
+    return len(queries)
+
+
+panels = check_dashboard()
+
 if failures:
     for failure in failures:
         print(f"manifest check: {failure}", file=sys.stderr)
     sys.exit(1)
-print(f"manifest check: {len(kustomization['resources'])} manifests valid, DaemonSet policy ok")
+print(f"manifest check: {len(kustomization['resources'])} manifests valid, DaemonSet policy ok, "
+      f"dashboard of {panels} panels ok")

@@ -4,7 +4,10 @@
 //! changed). Clean connections to the shuffle service fire nothing; a refused-connect storm to
 //! 7337 makes the refusal alert's expression return a series for port 7337 and the alert fire,
 //! its service named. The promtool unit tests (deploy/prometheus/tests.yml) cover every alert;
-//! this proves the rules read the metric names and labels the tracer really serves.
+//! this proves the rules read the metric names and labels the tracer really serves. After the
+//! storm, every panel of the Grafana dashboard (deploy/grafana/shuffletrace.json) is queried
+//! with its template variables filled in as Grafana would: each must parse and return series,
+//! and name only metric families the tracer serves.
 
 mod support;
 
@@ -25,6 +28,12 @@ const RULES: &str = concat!(
     "/../deploy/prometheus/shuffletrace.rules.yml"
 );
 const ALERT: &str = "ShuffletraceConnectRefused";
+const DASHBOARD: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../deploy/grafana/shuffletrace.json"
+);
+/// The node label the scrape job gives the target, as the README's relabelling does.
+const NODE: &str = "st-prom-node";
 
 /// A Prometheus server on a temporary directory, killed and removed on drop (a failed
 /// assertion included).
@@ -56,7 +65,7 @@ impl Prometheus {
                  rule_files: [rules.yml]\n\
                  scrape_configs:\n  \
                    - job_name: shuffletrace\n    \
-                     static_configs: [{{targets: ['{target}']}}]\n"
+                     static_configs: [{{targets: ['{target}'], labels: {{node: {NODE}}}}}]\n"
             ),
         )
         .unwrap();
@@ -93,6 +102,15 @@ impl Prometheus {
             .as_array()
             .unwrap_or_else(|| panic!("{expr}: {answer}"))
             .clone()
+    }
+
+    /// The label sets of the series a selector matches.
+    fn series(&self, selector: &str) -> Vec<Value> {
+        let path = format!("/api/v1/series?match[]={}", percent_encode(selector));
+        let (status, body) = http_get(&self.addr, &path).expect("Prometheus answers");
+        assert_eq!(status, 200, "{selector}: {body}");
+        let answer: Value = serde_json::from_str(&body).expect("JSON");
+        answer["data"].as_array().cloned().unwrap_or_default()
     }
 
     fn wait_until(&self, what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
@@ -248,8 +266,83 @@ fn a_refused_connect_storm_to_the_shuffle_service_fires_the_refusal_alert_and_cl
         "{alerts:?}"
     );
 
+    dashboard_panels_return_series(&prometheus, &metrics);
+
     drop(prometheus);
     let lines = tracer.stop();
     let findings = support::findings(&lines, "connect_refused");
     assert!(!findings.is_empty(), "{}", support::dump(&lines));
+}
+
+/// The metric families the tracer serves (`# TYPE` lines: a family is declared before it has
+/// a series, so a loss counter that never moved is known too).
+fn served_families(metrics: &str) -> Vec<String> {
+    let (status, body) = http_get(metrics, "/metrics").expect("the tracer serves /metrics");
+    assert_eq!(status, 200, "{body}");
+    body.lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.split(' ').next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Every `shuffletrace_...` name in a PromQL expression.
+fn metric_names(expr: &str) -> Vec<&str> {
+    expr.match_indices("shuffletrace_")
+        .map(|(at, _)| {
+            let rest = &expr[at..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+        .collect()
+}
+
+/// Each dashboard panel's queries, as Grafana sends them: the node variable's values from its
+/// own `label_values` query, Grafana's interval variables as durations.
+fn dashboard_panels_return_series(prometheus: &Prometheus, metrics: &str) {
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(DASHBOARD).unwrap()).expect("JSON");
+    let families = served_families(metrics);
+    let variables = dashboard["templating"]["list"].as_array().unwrap();
+    let node = variables.iter().find(|v| v["name"] == "node").unwrap();
+    let definition = node["query"]["query"].as_str().unwrap();
+    let selector = definition
+        .strip_prefix("label_values(")
+        .and_then(|rest| rest.strip_suffix(", node)"))
+        .unwrap_or_else(|| panic!("node variable: {definition}"));
+    let series = prometheus.series(selector);
+    let nodes: Vec<&str> = series.iter().filter_map(|s| s["node"].as_str()).collect();
+    assert!(nodes.contains(&NODE), "{definition}: {series:?}");
+    let mut queried = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        let title = panel["title"].as_str().unwrap_or_default();
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            for name in metric_names(expr) {
+                let family = name.strip_suffix("_total").unwrap_or(name);
+                assert!(
+                    families.iter().any(|f| f == family),
+                    "{title}: {name} is not served by the tracer ({families:?})"
+                );
+            }
+            let query = expr
+                .replace("$node", NODE)
+                .replace("$__rate_interval", "1m")
+                .replace("$__range", "5m");
+            assert!(!query.contains('$'), "{title}: a variable left in {query}");
+            let mut result = Vec::new();
+            prometheus.wait_until(
+                &format!("returning series for panel {title:?}: {query}"),
+                Duration::from_secs(20),
+                || {
+                    result = prometheus.query(&query);
+                    !result.is_empty()
+                },
+            );
+            queried += 1;
+        }
+    }
+    assert!(queried >= 10, "{queried} panel queries");
 }

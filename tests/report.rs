@@ -1,6 +1,7 @@
 //! `shuffletrace report` on a trace these tests write (two rotated files, the second
 //! gzipped): a golden Markdown file, JSON that matches its schema, and each kind of bad input.
-//! Needs no privileges. `UPDATE_GOLDEN=1` rewrites the golden file.
+//! Needs no privileges. `UPDATE_GOLDEN=1` rewrites the golden file. (The HTML report is
+//! rendered by a browser in `tests/html.rs`.)
 
 use std::{
     io::Write as _,

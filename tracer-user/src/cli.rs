@@ -51,8 +51,9 @@ pub struct CorrelateArgs {
     #[arg(required = true, value_name = "FILE_OR_DIR")]
     pub inputs: Vec<std::path::PathBuf>,
 
-    /// `markdown` (a ticket-ready report of the joined findings) or `json` (NDJSON finding
-    /// lines, as the tracer writes them, with `nodes` and `ends`).
+    /// `markdown` (a ticket-ready report of the joined findings), `html` (the same as one
+    /// self-contained page) or `json` (NDJSON finding lines, as the tracer writes them, with
+    /// `nodes` and `ends`).
     #[arg(long, value_enum, default_value_t = ReportFormatArg::Markdown)]
     pub format: ReportFormatArg,
 
@@ -72,7 +73,8 @@ pub struct ReportArgs {
     #[arg(required = true, value_name = "FILE_OR_DIR")]
     pub inputs: Vec<std::path::PathBuf>,
 
-    /// `markdown` (renders in GitHub and Jira) or `json` (one document).
+    /// `markdown` (renders in GitHub and Jira), `json` (one document) or `html` (one
+    /// self-contained page with a ladder diagram per finding group).
     #[arg(long, value_enum, default_value_t = ReportFormatArg::Markdown)]
     pub format: ReportFormatArg,
 
@@ -103,6 +105,7 @@ pub struct ReportArgs {
 pub enum ReportFormatArg {
     Markdown,
     Json,
+    Html,
 }
 
 impl From<ReportFormatArg> for ReportFormat {
@@ -110,6 +113,7 @@ impl From<ReportFormatArg> for ReportFormat {
         match arg {
             ReportFormatArg::Markdown => Self::Markdown,
             ReportFormatArg::Json => Self::Json,
+            ReportFormatArg::Html => Self::Html,
         }
     }
 }

@@ -85,6 +85,8 @@ pub enum Format {
 pub enum ReportFormat {
     Markdown,
     Json,
+    /// One self-contained page: inline CSS and SVG, no scripts, no external assets.
+    Html,
 }
 
 /// Parses a watched-port list: comma-separated ports and `low-high` ranges, 1..=65535.

@@ -503,13 +503,16 @@ impl<W: Write> Pipeline<W> {
         let Some(metrics) = &self.metrics else {
             return;
         };
+        // Every loss series is served from the first call, at 0 until something is lost: a
+        // dashboard or alert then tells "nothing lost" from "not scraped" (Prometheus's advice
+        // for labels with known values), and the series bound stays the README's 7.
         for ((reason, now, _), (_, then, _)) in counters
             .losses()
             .into_iter()
             .zip(self.metered.kernel.losses())
         {
-            if now > then && !KernelCounters::NOTHING_LOST.contains(&reason) {
-                metrics.lost(reason, now - then);
+            if !KernelCounters::NOTHING_LOST.contains(&reason) {
+                metrics.lost(reason, now.saturating_sub(then));
             }
         }
         let evictions = self.flows.evictions();
@@ -521,12 +524,10 @@ impl<W: Write> Pipeline<W> {
         metrics.trace_bytes(trace_bytes.saturating_sub(self.metered.trace_bytes));
         // Lines the trace files did not get (stdout and the metrics did).
         let trace_errors = self.output.trace_errors();
-        if trace_errors > self.metered.trace_errors {
-            metrics.lost(
-                "trace_write_error",
-                trace_errors - self.metered.trace_errors,
-            );
-        }
+        metrics.lost(
+            "trace_write_error",
+            trace_errors.saturating_sub(self.metered.trace_errors),
+        );
         metrics.heartbeat();
         self.metered = Metered {
             kernel: counters,

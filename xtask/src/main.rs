@@ -42,8 +42,9 @@ enum Task {
     },
     /// Setup, then: cargo fmt --check, clippy -D warnings, unit tests, the manifests and the
     /// alert rules (promtool check and test, offline), the root integration tests (network
-    /// namespaces, real traffic, the real binary, a real Prometheus), and last the kernel
-    /// matrix of `vm-test` (skipped when SHUFFLETRACE_SKIP_VM=1).
+    /// namespaces, real traffic, the real binary, a real Prometheus, the HTML report in headless
+    /// Chromium), and last the kernel matrix of `vm-test` (skipped when
+    /// SHUFFLETRACE_SKIP_VM=1).
     Test,
     /// Setup, then boot Debian's kernel packages under qemu and run the root integration
     /// tests inside each, against the freshly built binary.
@@ -321,6 +322,8 @@ fn test() -> Result<()> {
     ensure_command("iptables", "iptables")?;
     ensure_command("openssl", "openssl")?;
     ensure_command("/usr/bin/python3", "python3")?;
+    // Renders the HTML report in tests/html.rs.
+    ensure_command("chromium", "chromium")?;
     run_checked(cargo().args([
         "test",
         "--package",
@@ -339,6 +342,8 @@ fn test() -> Result<()> {
         "export",
         "--test",
         "report",
+        "--test",
+        "html",
         "--test",
         "k8s",
         "--test",

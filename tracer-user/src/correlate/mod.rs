@@ -134,7 +134,9 @@ pub fn run(args: &CorrelateArgs) -> Result<()> {
         skip_bad: args.skip_bad,
     };
     let window = crate::report::time::window(None, None, std::time::SystemTime::now())?;
-    let markdown = ReportFormat::from(args.format) == ReportFormat::Markdown;
+    // Markdown and HTML are a report of the joined findings; JSON streams them as lines.
+    let format = ReportFormat::from(args.format);
+    let markdown = format != ReportFormat::Json;
     let mut report = crate::report::build::Builder::new(&report_args, &window);
     let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
     let mut correlator = Correlator::new(MAX_ENDS, max_skew);
@@ -191,7 +193,7 @@ pub fn run(args: &CorrelateArgs) -> Result<()> {
     }
     if markdown {
         let report = crate::report::finish(report, totals);
-        stdout.write_all(crate::report::markdown(&report).as_bytes())?;
+        stdout.write_all(crate::report::render(&report, format)?.as_bytes())?;
     }
     stdout.flush()?;
     Ok(())

@@ -1,6 +1,7 @@
 //! `shuffletrace report FILE_OR_DIR...`: a ticket-ready summary of trace files (or any saved
 //! `--format json` output): header, findings grouped by kind and destination, a timeline,
-//! evidence excerpts, remedies, and whether evidence was lost. The input is streamed: memory
+//! evidence excerpts with a ladder of their packets, remedies, and whether evidence was lost
+//! (Markdown with Mermaid diagrams, JSON, or one self-contained HTML page). The input is streamed: memory
 //! follows the number of finding groups, not the size of the files.
 
 use serde::Serialize;
@@ -10,11 +11,17 @@ use crate::{cli::ReportArgs, config::ReportFormat, error::BadInput};
 
 mod bounded;
 pub(crate) mod build;
+mod escape;
+mod html;
 pub(crate) mod input;
+mod ladder;
 mod lines;
 mod losses;
 mod markdown;
+mod mermaid;
+mod svg;
 pub(crate) mod time;
+mod words;
 
 pub use markdown::markdown;
 
@@ -107,13 +114,19 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
         .into());
     }
     let report = finish(builder, totals);
-    let text = match ReportFormat::from(args.format) {
-        ReportFormat::Markdown => markdown(&report),
-        ReportFormat::Json => serde_json::to_string_pretty(&report)? + "\n",
-    };
+    let text = render(&report, ReportFormat::from(args.format))?;
     use std::io::Write as _;
     std::io::stdout().lock().write_all(text.as_bytes())?;
     Ok(())
+}
+
+/// A report in one of its forms.
+pub fn render(report: &Report, format: ReportFormat) -> serde_json::Result<String> {
+    Ok(match format {
+        ReportFormat::Markdown => markdown(report),
+        ReportFormat::Json => serde_json::to_string_pretty(report)? + "\n",
+        ReportFormat::Html => html::html(report),
+    })
 }
 
 /// The report of what a builder took in, with what reading the inputs found.

@@ -152,7 +152,7 @@ impl Metrics {
             .inc();
     }
 
-    /// Adds what was lost since the last call, by reason.
+    /// Adds what was lost since the last call, by reason (0 makes the series, at 0).
     pub fn lost(&self, reason: &'static str, delta: u64) {
         self.lost
             .get_or_create(&LossLabels { reason })
