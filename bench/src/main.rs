@@ -8,7 +8,9 @@
 //!                                     COUNT concurrent connections held open for SECONDS, each
 //!                                     sending one byte (none with `quiet`)
 //! ```
-//! Each prints one line: `ops=<n> seconds=<s> rate=<ops per s>` (bulk: bytes and MB/s).
+//! Each prints one line: `ops=<n> seconds=<s> rate=<ops per s> connections=<n>` (bulk: bytes
+//! and MB/s); `connections` counts every connection made, the wake-ups that stop the
+//! listener included, so the bench can check that the tracer accounted for each one.
 
 use std::{
     io::{Read, Write},
@@ -89,14 +91,13 @@ fn serve(
     })
 }
 
-/// Stops a `serve` thread.
-fn stop_server(addr: SocketAddr, stop: &AtomicBool, server: thread::JoinHandle<()>) {
+/// Stops a `serve` thread; returns the wake-up connections that were made.
+fn stop_server(addr: SocketAddr, stop: &AtomicBool, server: thread::JoinHandle<()>) -> u64 {
     stop.store(true, Ordering::Relaxed);
     // One wake-up per acceptor thread.
-    for _ in 0..2 {
-        let _ = TcpStream::connect(addr);
-    }
+    let made = (0..2).filter(|_| TcpStream::connect(addr).is_ok()).count() as u64;
     server.join().unwrap();
+    made
 }
 
 /// Raises the open-file limit as far as the kernel allows (`hold` needs two descriptors
@@ -167,13 +168,12 @@ fn main() {
                     let _ = stream.read(&mut byte);
                 }
             });
-            if let Some(server) = server {
-                stop_server(addr, &stop, server);
-            }
+            let wakeups = server.map_or(0, |server| stop_server(addr, &stop, server));
             println!(
-                "ops={count} seconds={:.3} rate={:.0}",
+                "ops={count} seconds={:.3} rate={:.0} connections={}",
                 took.as_secs_f64(),
-                count as f64 / took.as_secs_f64()
+                count as f64 / took.as_secs_f64(),
+                if open { count + wakeups } else { 0 }
             );
         }
         "bulk" => {
@@ -196,10 +196,11 @@ fn main() {
             }
             let took = started.elapsed().as_secs_f64();
             drop(stream);
-            stop_server(addr, &stop, server);
+            let wakeups = stop_server(addr, &stop, server);
             println!(
-                "ops={sent} seconds={took:.3} rate={:.1}",
-                sent as f64 / took / 1e6
+                "ops={sent} seconds={took:.3} rate={:.1} connections={}",
+                sent as f64 / took / 1e6,
+                1 + wakeups
             );
         }
         "hold" => {

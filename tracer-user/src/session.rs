@@ -329,6 +329,7 @@ pub fn prepare() -> Result<Btf> {
     crate::kernel::privileges::check_privileges()?;
     crate::kernel::loader::start_kernel_reads();
     start_kernel_reads();
+    crate::kernel::loader::await_loader_parse();
     let started = std::time::Instant::now();
     let btf = Btf::from_kernel().map_err(|e| crate::error::FatalError(format!("{e:#}")))?;
     tracing::debug!("kernel BTF parsed in {:?}", started.elapsed());

@@ -42,6 +42,19 @@ tracepoint:tcp:tcp_send_reset {
 }
 "#;
 
+/// The floor: the same four tracepoints, each hit only counted in a per-CPU kernel map,
+/// nothing filtered, read or shipped. What any tracer of these tracepoints costs at least;
+/// shuffletrace's ratio is judged against it. (Debian's bpftrace 0.17 has no raw
+/// tracepoints, so these are perf tracepoints, a little dearer than shuffletrace's
+/// `tp_btf`: the floor is, if anything, a little low.)
+const FLOOR_SCRIPT: &str = r#"
+BEGIN { printf("attached\n"); }
+tracepoint:sock:inet_sock_set_state { @runs = count(); }
+tracepoint:tcp:tcp_retransmit_skb { @runs = count(); }
+tracepoint:tcp:tcp_receive_reset { @runs = count(); }
+tracepoint:tcp:tcp_send_reset { @runs = count(); }
+"#;
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -49,7 +62,7 @@ fn root() -> PathBuf {
         .to_path_buf()
 }
 
-fn median(values: &mut [f64]) -> f64 {
+pub fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     let n = values.len();
     if n == 0 {
@@ -78,15 +91,22 @@ fn stload_command(args: &[String]) -> Command {
     command
 }
 
-/// Runs stload and returns its `rate`.
-fn stload(args: &[String]) -> Result<f64> {
+/// A load run's figures: its `rate`, and the connections it made (`connections`).
+#[derive(Clone, Copy)]
+struct Load {
+    rate: f64,
+    connections: u64,
+}
+
+/// Runs stload and returns its figures.
+fn stload(args: &[String]) -> Result<Load> {
     let rate = stload_once(args);
     // Let the kernel tear the namespace down before the next run is measured.
     std::thread::sleep(Duration::from_millis(1500));
     rate
 }
 
-fn stload_once(args: &[String]) -> Result<f64> {
+fn stload_once(args: &[String]) -> Result<Load> {
     let mut child = stload_command(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -109,14 +129,19 @@ fn stload_once(args: &[String]) -> Result<f64> {
         );
     }
     let text = String::from_utf8_lossy(&output.stdout);
-    text.split_whitespace()
-        .find_map(|w| w.strip_prefix("rate="))
-        .and_then(|r| r.parse().ok())
-        .context("stload printed no rate")
+    let field = |name: &str| {
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .and_then(|r| r.parse::<f64>().ok())
+    };
+    Ok(Load {
+        rate: field("rate=").context("stload printed no rate")?,
+        connections: field("connections=").unwrap_or(0.0) as u64,
+    })
 }
 
 /// A tracer running in the background, with its output in a file.
-struct Tracer {
+pub struct Tracer {
     child: Child,
     output: PathBuf,
     started: Duration,
@@ -191,7 +216,7 @@ impl Tracer {
         })
     }
 
-    fn shuffletrace(extra: &[&str]) -> Result<Self> {
+    pub fn shuffletrace(extra: &[&str]) -> Result<Self> {
         let mut command = Command::new(root().join("target/release/shuffletrace"));
         command
             .args(["--format", "json", "--ports", PORTS])
@@ -207,9 +232,22 @@ impl Tracer {
         Self::start(command, "attached", "bpftrace")
     }
 
+    fn floor() -> Result<Self> {
+        let mut command = Command::new("bpftrace");
+        command.args(["-B", "line", "-e", FLOOR_SCRIPT]);
+        Self::start(command, "attached", "floor")
+    }
+
     /// Stops it (SIGINT), returning its output and the CPU seconds it used.
-    fn stop(mut self) -> Result<(String, f64)> {
+    fn stop(self) -> Result<(String, f64)> {
+        self.stop_with_peak().map(|(output, cpu, _)| (output, cpu))
+    }
+
+    /// Stops it, also returning its peak RSS over the whole run, start-up included
+    /// (VmHWM, KiB).
+    pub fn stop_with_peak(mut self) -> Result<(String, f64, u64)> {
         let ticks = clock_ticks(self.child.id());
+        let peak = status_kib(self.child.id(), "VmHWM:");
         // SAFETY: plain kill(2) on our child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         // Bounded: a tracer that ignores SIGINT is killed after 20 s.
@@ -227,12 +265,12 @@ impl Tracer {
         std::fs::File::open(&self.output)?.read_to_string(&mut text)?;
         // SAFETY: sysconf without side effects.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        Ok((text, ticks as f64 / hz))
+        Ok((text, ticks as f64 / hz, peak))
     }
 }
 
 /// A number from shuffletrace's last stats line (0 when missing).
-fn stats_number(output: &str, key: &str) -> u64 {
+pub fn stats_number(output: &str, key: &str) -> u64 {
     output
         .lines()
         .rev()
@@ -291,61 +329,146 @@ fn bpftrace_delivery(output: &str) -> (u64, u64) {
     (printed, lost)
 }
 
+/// Sockets of watched flows that the collector saw as anomalous (shipped) rather than
+/// summarised, per side (client, server): distinct cookies of their event lines, listeners
+/// and socketless events (cookie 0: a RST sent for no socket) left out.
+fn anomalous_sockets(output: &str) -> (u64, u64) {
+    let mut sides = (
+        std::collections::HashSet::new(),
+        std::collections::HashSet::new(),
+    );
+    for line in output
+        .lines()
+        .filter(|l| l.contains("\"type\":\"event\"") && !l.contains("LISTEN"))
+    {
+        let cookie = line
+            .split_once("\"cookie\":")
+            .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+        if cookie == 0 {
+            continue;
+        }
+        if line.contains("\"side\":\"client\"") {
+            sides.0.insert(cookie);
+        } else if line.contains("\"side\":\"server\"") {
+            sides.1.insert(cookie);
+        }
+    }
+    (sides.0.len() as u64, sides.1.len() as u64)
+}
+
+/// Clean-flow summaries of one side, from the last stats line's `clean_flows_by_port`.
+fn clean_by_side(output: &str, side: &str) -> u64 {
+    let Some(stats) = output
+        .lines()
+        .rev()
+        .find(|l| l.contains("\"type\":\"stats\""))
+    else {
+        return 0;
+    };
+    let tag = format!("\"side\":\"{side}\",\"count\":");
+    stats
+        .match_indices(&tag)
+        .filter_map(|(at, _)| {
+            stats[at + tag.len()..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
 #[derive(Default)]
 struct Row {
     name: String,
     untraced: f64,
     shuffletrace: f64,
     bpftrace: Option<f64>,
+    /// The floor (see `FLOOR_SCRIPT`).
+    floor: Option<f64>,
     /// Events lost in any shuffletrace round.
     lost: u64,
-    /// For a workload whose every operation must be one finding: whether each round's
-    /// finding count was exact.
-    exact: Option<bool>,
+    /// Whether every round accounted for every connection (see `Accounting`).
+    accounted: bool,
+    /// The largest peak RSS (VmHWM) of shuffletrace over the rounds, KiB.
+    peak_kib: u64,
 }
 
-/// A finding every operation of a workload must give (kind), counted exactly.
-type Expected = Option<&'static str>;
+/// How a workload's connections must all show up in shuffletrace's output.
+#[derive(Clone, Copy)]
+enum Accounting {
+    /// Both ends local on a watched port: clean-flow summaries + anomalous sockets = two
+    /// per connection made (the load's own wake-up connections included).
+    Watched,
+    /// An unwatched port: nothing at all.
+    Unwatched,
+    /// Every operation is one finding of this kind, counted exactly.
+    Findings(&'static str),
+}
 
-/// Interleaved rounds of one workload: untraced, shuffletrace, bpftrace (if available).
+/// Interleaved rounds of one workload: untraced, shuffletrace, bpftrace and the floor (if
+/// available).
 fn compare(
     name: &str,
     load: &[String],
     with_peer: bool,
-    expected: Expected,
+    accounting: Accounting,
     delivery: &mut Vec<String>,
 ) -> Result<Row> {
-    let (mut plain, mut traced, mut peer) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut plain, mut traced, mut peer, mut floor) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let ops: u64 = load.get(2).and_then(|n| n.parse().ok()).unwrap_or(0);
-    let (mut all_lost, mut exact) = (0, expected.map(|_| true));
+    let (mut all_lost, mut accounted, mut peak_kib) = (0, true, 0);
     for round in 0..ROUNDS {
-        plain.push(stload(load)?);
+        plain.push(stload(load)?.rate);
         eprintln!(
             "xtask bench: {name} round {round}: untraced {:.0}",
             plain[round]
         );
         let tracer = Tracer::shuffletrace(&[])?;
-        traced.push(stload(load)?);
-        let (output, cpu) = tracer.stop()?;
-        eprintln!(
-            "xtask bench: {name} round {round}: shuffletrace {:.0}",
-            traced[round]
-        );
+        let run = stload(load)?;
+        traced.push(run.rate);
+        let (output, cpu, peak) = tracer.stop_with_peak()?;
+        peak_kib = peak_kib.max(peak);
         let (events, lost, clean) = shuffletrace_delivery(&output);
         all_lost += lost;
-        let found = expected.map(|kind| (kind, finding_count(&output, kind)));
-        if let Some((_, count)) = found {
-            exact = exact.map(|e| e && count == ops);
-        }
+        let (clients, servers) = anomalous_sockets(&output);
+        let anomalous = clients + servers;
+        // Each side on its own: a connection's client and server socket must each be a
+        // summary or an anomalous flow.
+        let sides = (
+            clean_by_side(&output, "client") + clients,
+            clean_by_side(&output, "server") + servers,
+        );
+        let (seen, wanted) = match accounting {
+            Accounting::Watched => (sides.0 + sides.1, 2 * run.connections),
+            Accounting::Unwatched => (clean + anomalous, 0),
+            Accounting::Findings(kind) => (finding_count(&output, kind), ops),
+        };
+        accounted &= match accounting {
+            Accounting::Watched => sides == (run.connections, run.connections),
+            _ => seen == wanted,
+        };
+        eprintln!(
+            "xtask bench: {name} round {round}: shuffletrace {:.0}, accounted {seen} of {wanted} (clients, servers: {sides:?}), lost {lost}, peak RSS {peak} KiB",
+            traced[round]
+        );
         if round == 0 {
             delivery.push(format!(
                 "{name}: {ops} operations; shuffletrace decoded {events} records ({clean} of them clean-flow summaries{}), lost {lost}; collector CPU {cpu:.2} s{}",
-                found
-                    .map(|(kind, count)| format!(
-                        "; {kind} findings count {count}; {} repeated refusals and RSTs counted in the kernel instead of sent",
+                match accounting {
+                    Accounting::Findings(kind) => format!(
+                        "; {kind} findings count {seen}; {} repeated refusals and RSTs counted in the kernel instead of sent",
                         stats_number(&output, "repeats_counted")
-                    ))
-                    .unwrap_or_default(),
+                    ),
+                    Accounting::Watched => format!(
+                        "; {anomalous} anomalous sockets; accounted for: {} of {} clients, {} of {} servers",
+                        sides.0, run.connections, sides.1, run.connections
+                    ),
+                    Accounting::Unwatched => String::new(),
+                },
                 if events >= 10_000 {
                     format!(" ({:.2} s per million records)", cpu * 1e6 / events as f64)
                 } else {
@@ -355,7 +478,7 @@ fn compare(
         }
         if with_peer {
             let tracer = Tracer::bpftrace()?;
-            peer.push(stload(load)?);
+            peer.push(stload(load)?.rate);
             eprintln!(
                 "xtask bench: {name} round {round}: bpftrace {:.0}",
                 peer[round]
@@ -367,6 +490,13 @@ fn compare(
                     "{name}: bpftrace printed {printed} events, lost {lost}, CPU {cpu:.2} s"
                 ));
             }
+            let tracer = Tracer::floor()?;
+            floor.push(stload(load)?.rate);
+            eprintln!(
+                "xtask bench: {name} round {round}: floor {:.0}",
+                floor[round]
+            );
+            tracer.stop()?;
         }
     }
     Ok(Row {
@@ -374,8 +504,10 @@ fn compare(
         untraced: median(&mut plain),
         shuffletrace: median(&mut traced),
         bpftrace: with_peer.then(|| median(&mut peer)),
+        floor: with_peer.then(|| median(&mut floor)),
         lost: all_lost,
-        exact,
+        accounted,
+        peak_kib,
     })
 }
 
@@ -405,35 +537,35 @@ pub fn run() -> Result<()> {
             "churn, watched port (conn/s)",
             &churn(WATCHED, CHURN),
             peer,
-            None,
+            Accounting::Watched,
             &mut delivery,
         )?,
         compare(
             "churn, unwatched port (conn/s)",
             &churn(UNWATCHED, CHURN),
             peer,
-            None,
+            Accounting::Unwatched,
             &mut delivery,
         )?,
         compare(
             "refused connects, watched (conn/s)",
             &refused,
             peer,
-            Some("connect_refused"),
+            Accounting::Findings("connect_refused"),
             &mut delivery,
         )?,
         compare(
             "bulk, watched port (MB/s)",
             &["bulk".into(), WATCHED.to_string(), "3".into()],
             false,
-            None,
+            Accounting::Watched,
             &mut delivery,
         )?,
         compare(
             "bulk, unwatched port (MB/s)",
             &["bulk".into(), UNWATCHED.to_string(), "3".into()],
             false,
-            None,
+            Accounting::Unwatched,
             &mut delivery,
         )?,
     ];
@@ -460,8 +592,8 @@ pub fn run() -> Result<()> {
     for mode in ["data", "quiet"] {
         let tracer = Tracer::shuffletrace(&["--max-flows", "262144", "--findings-only"])?;
         let pid = tracer.child.id();
-        // Peak RSS while the flows are held, sampled every 100 ms (VmHWM would include the
-        // transient peak of start-up, when the kernel BTF is parsed).
+        // RSS while the flows are held, sampled every 100 ms; the peak reported is VmHWM
+        // over the whole run, start-up included (a DaemonSet's memory limit must cover it).
         let mut hold = stload_command(&[
             "hold".into(),
             WATCHED.to_string(),
@@ -471,10 +603,10 @@ pub fn run() -> Result<()> {
         ])
         .stdout(Stdio::null())
         .spawn()?;
-        let mut peak_kib = 0;
+        let mut held_kib = 0;
         let deadline = Instant::now() + Duration::from_secs(120);
         let status = loop {
-            peak_kib = peak_kib.max(status_kib(pid, "VmRSS:"));
+            held_kib = held_kib.max(status_kib(pid, "VmRSS:"));
             if let Some(status) = hold.try_wait()? {
                 break status;
             }
@@ -489,28 +621,43 @@ pub fn run() -> Result<()> {
         }
         std::thread::sleep(Duration::from_secs(8));
         let steady_kib = status_kib(pid, "VmRSS:");
-        let (output, _) = tracer.stop()?;
+        let (output, _, peak_kib) = tracer.stop_with_peak()?;
         let (events, lost, _) = shuffletrace_delivery(&output);
-        eprintln!("xtask bench: memory ({mode}): peak {peak_kib} KiB");
+        eprintln!("xtask bench: memory ({mode}): peak {peak_kib} KiB, {held_kib} KiB while held");
         memory.push((mode, peak_kib, steady_kib, events, lost));
     }
-    let (_, peak_kib, _, _, lost) = memory[0];
+    let lost = memory.iter().map(|m| m.4).sum::<u64>();
+    let flows_peak_kib = memory.iter().map(|m| m.1).max().unwrap_or(0);
+    let runs_peak_kib = rows.iter().map(|r| r.peak_kib).max().unwrap_or(0);
+    let verification = crate::bench_verifier::report(&root())?;
 
     println!(
-        "\n{:<40} {:>12} {:>14} {:>8} {:>12} {:>8}",
-        "workload", "untraced", "shuffletrace", "ratio", "bpftrace", "ratio"
+        "\n{:<36} {:>9} {:>12} {:>6} {:>9} {:>6} {:>9} {:>6} {:>9}",
+        "workload",
+        "untraced",
+        "shuffletrace",
+        "ratio",
+        "floor",
+        "ratio",
+        "bpftrace",
+        "ratio",
+        "vs floor"
     );
     for row in &rows {
-        let peer_cells = match row.bpftrace {
-            Some(p) => format!("{p:>12.0} {:>8.2}", p / row.untraced),
-            None => format!("{:>12} {:>8}", "-", "-"),
+        let cells = |value: Option<f64>| match value {
+            Some(v) => format!("{v:>9.0} {:>6.2}", v / row.untraced),
+            None => format!("{:>9} {:>6}", "-", "-"),
         };
         println!(
-            "{:<40} {:>12.0} {:>14.0} {:>8.2} {peer_cells}",
+            "{:<36} {:>9.0} {:>12.0} {:>6.2} {} {} {:>9}",
             row.name,
             row.untraced,
             row.shuffletrace,
-            row.shuffletrace / row.untraced
+            row.shuffletrace / row.untraced,
+            cells(row.floor),
+            cells(row.bpftrace),
+            row.floor
+                .map_or("-".to_owned(), |f| format!("{:.2}", row.shuffletrace / f))
         );
     }
     println!(
@@ -521,9 +668,13 @@ pub fn run() -> Result<()> {
             .map(|s| format!(", bpftrace {s:.3} s"))
             .unwrap_or_default()
     );
+    println!(
+        "peak RSS (VmHWM, start-up included) over the load runs: {:.1} MiB",
+        runs_peak_kib as f64 / 1024.0
+    );
     for (mode, peak, steady, events, lost) in &memory {
         println!(
-            "memory with {} concurrent watched flows ({}): peak RSS {:.1} MiB, {:.1} MiB after they closed ({events} records, {lost} lost)",
+            "memory with {} concurrent watched flows ({}): peak RSS (VmHWM) {:.1} MiB, {:.1} MiB after they closed ({events} records, {lost} lost)",
             HELD * 2,
             if *mode == "data" {
                 "each carried data"
@@ -537,41 +688,63 @@ pub fn run() -> Result<()> {
     for line in &delivery {
         println!("{line}");
     }
+    for line in &verification {
+        println!("{line}");
+    }
     let ratio = |i: usize| rows[i].shuffletrace / rows[i].untraced;
-    let peak_mib = peak_kib as f64 / 1024.0;
-    println!("\nbudget (issue 8):");
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    println!("\nbudget (issue 19):");
     for (goal, met) in [
         (
-            "watched-port churn ratio >= 0.80".to_owned(),
-            ratio(0) >= 0.80,
+            format!("watched-port churn ratio >= 0.95 (measured {:.2})", ratio(0)),
+            ratio(0) >= 0.95,
         ),
         (
-            "unwatched-port churn ratio >= 0.97".to_owned(),
-            ratio(1) >= 0.97,
+            format!("refused-connect storm ratio >= 0.85 (measured {:.2})", ratio(2)),
+            ratio(2) >= 0.85,
         ),
         (
-            "bulk throughput ratio >= 0.98 (watched and unwatched)".to_owned(),
-            ratio(3) >= 0.98 && ratio(4) >= 0.98,
-        ),
-        (
-            format!("start-up <= 150 ms (measured {:.0} ms)", startup.0 * 1e3),
-            startup.0 <= 0.150,
+            format!("unwatched-port churn ratio >= 0.98 (measured {:.2})", ratio(1)),
+            ratio(1) >= 0.98,
         ),
         (
             format!(
-                "RSS <= 32 MiB with {} flows (measured {peak_mib:.1})",
-                HELD * 2
+                "bulk throughput ratio >= 0.98, watched and unwatched (measured {:.2} / {:.2})",
+                ratio(3),
+                ratio(4)
             ),
-            peak_mib <= 32.0,
+            ratio(3) >= 0.98 && ratio(4) >= 0.98,
+        ),
+        (
+            format!(
+                "peak RSS (VmHWM, start-up included) <= 32 MiB (measured {:.1})",
+                mib(runs_peak_kib)
+            ),
+            runs_peak_kib <= 32 * 1024,
+        ),
+        (
+            format!(
+                "peak RSS <= 32 MiB with {} flows (measured {:.1})",
+                HELD * 2,
+                mib(flows_peak_kib)
+            ),
+            flows_peak_kib <= 32 * 1024,
+        ),
+        (
+            format!(
+                "start-up <= 150 ms on this kernel (measured {:.0} ms)",
+                startup.0 * 1e3
+            ),
+            startup.0 <= 0.150,
         ),
         (
             "shuffletrace lost no event (every round of every workload)".to_owned(),
             lost == 0 && rows.iter().all(|r| r.lost == 0),
         ),
         (
-            "every refused connect is counted in a connect_refused finding (every round)"
+            "every connection accounted for: clean summaries + anomalous sockets = 2 per connection made, every refused connect in a connect_refused count, nothing on unwatched ports (every round)"
                 .to_owned(),
-            rows.iter().all(|r| r.exact != Some(false)),
+            rows.iter().all(|r| r.accounted),
         ),
     ] {
         println!("  [{}] {goal}", if met { "met" } else { "MISSED" });
@@ -581,13 +754,18 @@ pub fn run() -> Result<()> {
         "{{\n  \"rows\": [{}],\n  \"startup_s\": {{\"shuffletrace\": {:.4}, \"bpftrace\": {}}},\n  \"memory_100k_flows_mib\": {{\"data\": {{\"peak\": {:.1}, \"after_close\": {:.1}}}, \"quiet\": {{\"peak\": {:.1}, \"after_close\": {:.1}}}}},\n  \"delivery\": [{}]\n}}\n",
         rows.iter()
             .map(|r| format!(
-                "\n    {{\"workload\": \"{}\", \"untraced\": {:.1}, \"shuffletrace\": {:.1}, \"ratio\": {:.3}, \"bpftrace\": {}, \"bpftrace_ratio\": {}}}",
+                "\n    {{\"workload\": \"{}\", \"untraced\": {:.1}, \"shuffletrace\": {:.1}, \"ratio\": {:.3}, \"floor\": {}, \"floor_ratio\": {}, \"bpftrace\": {}, \"bpftrace_ratio\": {}, \"accounted\": {}, \"lost\": {}, \"peak_rss_mib\": {:.1}}}",
                 r.name,
                 r.untraced,
                 r.shuffletrace,
                 r.shuffletrace / r.untraced,
+                r.floor.map_or("null".into(), |p| format!("{p:.1}")),
+                r.floor.map_or("null".into(), |p| format!("{:.3}", p / r.untraced)),
                 r.bpftrace.map_or("null".into(), |p| format!("{p:.1}")),
-                r.bpftrace.map_or("null".into(), |p| format!("{:.3}", p / r.untraced))
+                r.bpftrace.map_or("null".into(), |p| format!("{:.3}", p / r.untraced)),
+                r.accounted,
+                r.lost,
+                r.peak_kib as f64 / 1024.0
             ))
             .collect::<Vec<_>>()
             .join(","),
@@ -605,6 +783,12 @@ pub fn run() -> Result<()> {
 }
 
 fn which_bpftrace() -> bool {
+    // bpftrace's tracepoints are found in tracefs, which a fresh VM may not have mounted.
+    if !Path::new("/sys/kernel/tracing/events").is_dir() {
+        let _ = Command::new("mount")
+            .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
+            .status();
+    }
     let works = || {
         Command::new("bpftrace")
             .arg("--version")

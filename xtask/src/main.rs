@@ -11,6 +11,8 @@ use anyhow::{Context as _, Result, bail};
 
 mod bench;
 mod bench_report;
+mod bench_spark;
+mod bench_verifier;
 mod vm;
 use clap::{Parser, Subcommand};
 
@@ -59,9 +61,15 @@ enum Task {
     /// `cargo xtask test` runs the default matrix as its last step; set
     /// SHUFFLETRACE_SKIP_VM=1 to skip it there for a quick local run.
     VmTest(vm::VmArgs),
-    /// Setup, build, then measure overhead against untraced runs and bpftrace (root):
-    /// connection churn, refused connects, bulk throughput, start-up and memory.
-    Bench,
+    /// Setup, build, then measure overhead against untraced runs, the floor and bpftrace
+    /// (root): connection churn, refused connects, bulk throughput, start-up and memory.
+    Bench {
+        /// Instead: a Spark job's wall time with and without shuffletrace (a local standalone
+        /// cluster with the external shuffle service; downloads pyspark's sdist from PyPI
+        /// once, needs Java 17).
+        #[arg(long)]
+        spark: bool,
+    },
     /// Build, then measure the peak RSS of `shuffletrace report` on a generated trace
     /// (target/bench/report-<SIZE>MiB.ndjson) against its budget. Needs no root.
     BenchReport {
@@ -83,7 +91,10 @@ fn main() -> ExitCode {
         Task::Run { args } => setup().and_then(|()| build()).and_then(|()| run(&args)),
         Task::Test => setup().and_then(|()| test()),
         Task::VmTest(args) => setup().and_then(|()| vm::run(&args)),
-        Task::Bench => setup()
+        Task::Bench { spark: true } => setup()
+            .and_then(|()| build())
+            .and_then(|()| bench_spark::run(&workspace_root())),
+        Task::Bench { spark: false } => setup()
             .and_then(|()| build())
             .and_then(|()| run_checked(cargo().args(["build", "--release", "--package", "stload"])))
             .and_then(|()| bench::run()),

@@ -403,6 +403,14 @@ impl Btf {
             })
     }
 
+    /// The id of the typedef named `name` (a tracepoint's `btf_trace_<name>`).
+    pub fn typedef_id(&self, name: &str) -> Option<u32> {
+        self.ids_named(name).into_iter().find(|&id| {
+            let pos = self.positions[id as usize] as usize;
+            (u32_at(&self.data, pos + 4) >> 24) & 0x1f == KIND_TYPEDEF
+        })
+    }
+
     /// Number of arguments of a tracepoint's prototype, from the `btf_trace_<name>` typedef
     /// (a pointer to a function whose first parameter is the `void *` context), or None when
     /// this kernel has no such tracepoint.

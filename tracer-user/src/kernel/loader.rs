@@ -6,7 +6,10 @@ use std::{
     collections::{HashMap, VecDeque},
     os::fd::AsFd as _,
     path::{Path, PathBuf},
-    sync::Mutex,
+    sync::{
+        Mutex,
+        mpsc::{Receiver, sync_channel},
+    },
 };
 
 use anyhow::{Context as _, Result, anyhow};
@@ -24,6 +27,7 @@ const BPF_NOEXIST: u64 = 1;
 
 use crate::{
     error::FatalError,
+    kernel::attach_btf,
     kernel::btf::Btf,
     kernel::cgroup::{attach_cgroup_skb, cgroup2_root},
     kernel::counters::{KernelCounters, recursion_misses},
@@ -43,29 +47,44 @@ static TRACER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"
 const RING_BYTES: u64 = 4 * 1024 * 1024;
 const WAKEUP_BYTES: u64 = RING_BYTES / 8;
 
-/// aya's parse of the kernel BTF, started at launch (see `start_kernel_reads`).
-static AYA_BTF: Prefetch<Result<aya::Btf, aya::BtfError>> = Prefetch::new();
-
-/// aya's loader, made at launch: `EbpfLoader::new()` parses the kernel's BTF itself (~30 ms),
-/// and probing the kernel's BPF features takes ~25 ms more, most of it waiting on the kernel.
+/// aya's loader, made at launch: `EbpfLoader::new()` parses the kernel's BTF itself (~30 ms,
+/// a ~19 MiB peak), and probing the kernel's BPF features takes ~25 ms more, most of it
+/// waiting on the kernel. The object has no CO-RE relocations, so the loader needs no BTF:
+/// its parse is dropped on that thread as soon as it is made, not held until the load.
 static LOADER: Prefetch<EbpfLoader<'static>> = Prefetch::new();
 
-/// Starts parsing the kernel's BTF for aya and making its loader in the background,
-/// overlapping the collector's own BTF parse.
+/// Told when the loader's throwaway parse is freed (see `await_loader_parse`).
+static LOADER_PARSE_FREED: Mutex<Option<Receiver<()>>> = Mutex::new(None);
+
+/// Starts making aya's loader in the background: its parse first, then the feature probes,
+/// which overlap the collector's own BTF parse.
 pub fn start_kernel_reads() {
-    AYA_BTF.start(aya::Btf::from_sys_fs);
-    LOADER.start(|| {
+    let (freed, wait) = sync_channel(1);
+    if let Ok(mut slot) = LOADER_PARSE_FREED.lock() {
+        *slot = Some(wait);
+    }
+    LOADER.start(move || {
+        let mut loader = EbpfLoader::new();
+        loader.btf(None);
+        crate::pipeline::release_freed_memory();
+        let _ = freed.send(());
         aya::features();
-        EbpfLoader::new()
+        loader
     });
 }
 
-/// aya's BTF: the background parse if one was started, else parsed now.
-fn aya_btf() -> Result<aya::Btf> {
-    AYA_BTF
-        .take()
-        .unwrap_or_else(aya::Btf::from_sys_fs)
-        .context("reading kernel BTF")
+/// Waits until the loader's own parse of the kernel BTF is made and freed (or its thread
+/// is gone). The collector's BTF index is read after it, not next to it: the two at once
+/// were the collector's peak RSS (~34 MiB; ~25 MiB one after the other, for ~10 ms more
+/// start-up).
+pub fn await_loader_parse() {
+    let wait = LOADER_PARSE_FREED
+        .lock()
+        .ok()
+        .and_then(|mut slot| slot.take());
+    if let Some(wait) = wait {
+        let _ = wait.recv();
+    }
 }
 
 /// Verification order: the costliest first, so two workers finish together.
@@ -278,10 +297,20 @@ impl KernelPrograms {
         raise_memlock_limit();
         let offsets = offsets::resolve(btf)?;
         tracing::debug!("kernel offsets from BTF: {offsets:?}");
-        // aya's parse of the kernel's BTF (tp_btf attach targets), made at launch.
+        // The tp_btf attach targets at their kernel type ids (see `attach_btf`).
         let started = std::time::Instant::now();
-        let aya_btf = aya_btf()?;
-        tracing::debug!("kernel BTF for aya ready after {:?}", started.elapsed());
+        let tracepoints: Vec<&str> = programs::PROGRAMS
+            .iter()
+            .filter_map(|spec| match spec.attach {
+                Attach::Tracepoint(tracepoint) => Some(tracepoint),
+                _ => None,
+            })
+            .collect();
+        let aya_btf = attach_btf::for_tracepoints(btf, &tracepoints)?;
+        tracing::debug!(
+            "attach targets' BTF for aya ready after {:?}",
+            started.elapsed()
+        );
         let mut loader = LOADER.take().unwrap_or_default();
         let mut ebpf = loader
             // The object has no CO-RE relocations: the loader needs no BTF of its own.

@@ -2,6 +2,7 @@
 //! running kernel's BTF and the offsets the programs read through, batched table reads, the
 //! program table, and how flow keys are shown. Nothing above this module touches aya.
 
+pub mod attach_btf;
 pub mod btf;
 pub mod cgroup;
 pub mod counters;
