@@ -277,10 +277,8 @@ fn connect_times_out(net: &Routed, target: SocketAddr) {
 
 #[test]
 fn syns_dropped_between_the_nodes_are_syn_lost_in_path() {
-    let (net, client_node, server_node) = with_router_rule(
-        &["-p", "tcp", "--dport", "10001", "-j", "DROP"],
-        "10001",
-    );
+    let (net, client_node, server_node) =
+        with_router_rule(&["-p", "tcp", "--dport", "10001", "-j", "DROP"], "10001");
     let target = SocketAddr::new(net.server_ip, 10001);
     let (stop, server) = echo_server(&net.server, target);
     connect_times_out(&net, target);
@@ -350,7 +348,12 @@ fn synacks_dropped_on_the_way_back_through_a_nat_are_synack_lost_on_return() {
     ]);
     let out = correlate(&[&files[0], &files[1]], None);
     let serious = serious(&out);
-    assert_eq!(serious.len(), 1, "one verdict for one connection:\n{}", dump(&out));
+    assert_eq!(
+        serious.len(),
+        1,
+        "one verdict for one connection:\n{}",
+        dump(&out)
+    );
     let lost = serious[0];
     assert_eq!(lost["kind"], "synack_lost_on_return", "{}", dump(&out));
     assert_eq!(lost["joined_by"], "isn", "through the NAT, by ISN");
@@ -389,7 +392,9 @@ fn a_reset_neither_end_sent_is_a_proven_middlebox_reset() {
         stream.write_all(b"fetch").unwrap();
         stream.read_exact(&mut buf).map_err(|e| e.kind())
     });
-    let local = established_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let local = established_rx
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap();
     exec_in(
         &net.router,
         &[
@@ -426,7 +431,12 @@ fn a_reset_neither_end_sent_is_a_proven_middlebox_reset() {
         .into_iter()
         .filter(|f| f["ends"].is_array() || f["src"] == local.to_string().as_str())
         .collect();
-    assert_eq!(ours.len(), 1, "one verdict for one connection:\n{}", dump(&out));
+    assert_eq!(
+        ours.len(),
+        1,
+        "one verdict for one connection:\n{}",
+        dump(&out)
+    );
     let reset = ours[0];
     assert_eq!(reset["kind"], "middlebox_reset", "{}", dump(&out));
     assert_eq!(reset["src"], local.to_string().as_str());
@@ -453,7 +463,15 @@ fn an_idle_flow_the_nat_forgot_is_one_finding_from_both_ends() {
     exec_in(
         &net.router,
         &[
-            "iptables", "-A", "FORWARD", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP",
+            "iptables",
+            "-A",
+            "FORWARD",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "INVALID",
+            "-j",
+            "DROP",
         ],
     );
     let target = SocketAddr::new(net.server_ip, 10000);
@@ -521,8 +539,7 @@ fn an_idle_flow_the_nat_forgot_is_one_finding_from_both_ends() {
     let left = out
         .iter()
         .filter(|f| {
-            !f["ends"].is_array()
-                && (f["kind"] == "half_open" || f["kind"] == "nat_idle_timeout")
+            !f["ends"].is_array() && (f["kind"] == "half_open" || f["kind"] == "nat_idle_timeout")
         })
         .count();
     assert_eq!(left, 0, "{}", dump(&out));

@@ -5,7 +5,7 @@
 //! slot of a quiet flow for its history or summary; a shipped flow's later events get them
 //! from userspace's flow table (see `tracer_ebpf::FlowEvent::isn_sent`).
 
-use tracer_ebpf::{FlowSlot, flag, tcp_state};
+use tracer_ebpf::{FlowSlot, flag};
 
 use crate::emit::Record;
 use crate::maps::offset;
@@ -14,26 +14,14 @@ use crate::sock::read;
 /// Both initial sequence numbers known.
 pub(crate) const ISN_BOTH: u16 = flag::ISN_SENT | flag::ISN_RECEIVED;
 
-/// A socket in SYN_SENT: `snd_una` is the ISN of the SYN it sent (0 before the SYN is built:
-/// userspace takes 0 for unknown). No branch here: each one multiplies what Linux 6.1's
-/// verifier walks in the programs that inline this.
+/// The socket's `snd_una` and `rcv_nxt` as the event happens, for userspace to derive the
+/// ISNs from by the event's states (see `flag::SEQ_RAW`). No branch: each one multiplies
+/// what Linux 6.1's verifier walks in the programs that inline this.
 #[inline(always)]
-pub(crate) fn note_syn_sent(sk: *const u8, record: &mut Record) {
+pub(crate) fn note_sequence(sk: *const u8, record: &mut Record) {
     record.isn_sent = read(sk, offset!(tp_snd_una));
-    record.flags |= flag::ISN_SENT;
-}
-
-/// A connect()ing socket leaving SYN_SENT: to ESTABLISHED it holds both ISNs, otherwise (a
-/// refusal, a timeout) its own. Not inlined: the state change program stays within what
-/// Linux 6.1's verifier walks quickly.
-#[inline(never)]
-pub(crate) fn note_leaving_syn_sent(sk: *const u8, new_state: u8, record: &mut Record) {
-    if new_state == tcp_state::ESTABLISHED {
-        (record.isn_sent, record.isn_received) = established_isns(sk);
-        record.flags |= ISN_BOTH;
-    } else {
-        note_syn_sent(sk, record);
-    }
+    record.isn_received = read(sk, offset!(tp_rcv_nxt));
+    record.flags |= flag::SEQ_RAW;
 }
 
 /// A socket whose handshake just completed (SYN_SENT or SYN_RECV -> ESTABLISHED): the
@@ -54,13 +42,12 @@ pub(crate) fn note_request(req: *const u8, record: &mut Record) {
     record.flags |= ISN_BOTH;
 }
 
-/// Keeps a record's ISNs in a quiet flow's slot (as it is established), for the history or
-/// summary it will send.
+/// Keeps a connect()ed quiet flow's ISNs in its slot as it is established, for the history
+/// or summary it will send.
 #[inline(always)]
-pub(crate) fn keep_isns(slot: &mut FlowSlot, record: &Record) {
-    slot.isn_flags = record.flags & ISN_BOTH;
-    slot.isn_sent = record.isn_sent;
-    slot.isn_received = record.isn_received;
+pub(crate) fn keep_isns(slot: &mut FlowSlot, sk: *const u8) {
+    (slot.isn_sent, slot.isn_received) = established_isns(sk);
+    slot.isn_flags = ISN_BOTH;
 }
 
 /// Gives a record (a quiet flow's summary) the ISNs its slot kept.

@@ -180,6 +180,12 @@ pub mod flag {
     pub const ISN_SENT: u16 = 1 << 8;
     /// [`FlowEvent::isn_received`](crate::FlowEvent::isn_received) holds the peer's.
     pub const ISN_RECEIVED: u16 = 1 << 9;
+    /// Instead of ISNs, `isn_sent` / `isn_received` hold the socket's `snd_una` / `rcv_nxt`
+    /// as the event happened (for a RST sent without a socket, `isn_received` the sequence
+    /// number of the segment it answers), read without a branch; userspace derives the ISNs
+    /// where the state says they are there (in SYN_SENT `snd_una` is the ISN; leaving it for
+    /// ESTABLISHED both are one past theirs; a SYN's sequence number is the client's ISN).
+    pub const SEQ_RAW: u16 = 1 << 10;
 }
 
 /// Indexes of the per-CPU loss and overflow counters (`COUNTERS` map).
@@ -279,7 +285,8 @@ pub struct FlowEvent {
     /// nodes (NAT rewrites addresses and ports, not sequence numbers): this end's (the
     /// sequence number of the SYN or SYN-ACK it sent) and the peer's (of the SYN or SYN-ACK
     /// it received; for a RST answering a segment that matched no socket, that segment's
-    /// sequence number). Valid when [`flag::ISN_SENT`] / [`flag::ISN_RECEIVED`] are set.
+    /// sequence number). Valid when [`flag::ISN_SENT`] / [`flag::ISN_RECEIVED`] are set;
+    /// raw sequence numbers to derive them from with [`flag::SEQ_RAW`].
     pub isn_sent: u32,
     pub isn_received: u32,
 }

@@ -10,7 +10,7 @@ use tracer_ebpf::{
 use crate::emit::{
     Record, emit, flow_owner, listener, listener_key, set_current_owner, wakeup_flag, write_event,
 };
-use crate::isn::{ISN_BOTH, established_isns, keep_isns, kept_isns};
+use crate::isn::{ISN_BOTH, established_isns, keep_isns, kept_isns, note_sequence};
 use crate::maps::{ACTIVITY, EVENTS, FLOWS, LISTENERS, SLOT_SCRATCH, count, netns_watched};
 use crate::sock::{Tuple, read_sock_netns, watched_tuple};
 
@@ -140,10 +140,13 @@ pub(crate) enum Quiet {
     Counted,
 }
 
-/// Records a state change of a quiet flow, or turns a clean close into its summary.
+/// Records a state change of a quiet flow, or turns a clean close into its summary. A change
+/// that will be sent gets the socket's sequence numbers (see `note_sequence`), in the arms
+/// that send it: no branch of its own.
 #[inline(always)]
-pub(crate) fn note_quiet(cookie: u64, record: &mut Record) -> Quiet {
+pub(crate) fn note_quiet(cookie: u64, sk: *const u8, record: &mut Record) -> Quiet {
     let Some(slot) = FLOWS.get_ptr_mut(&cookie) else {
+        note_sequence(sk, record);
         return Quiet::No;
     };
     // SAFETY: a live map value, written only by this flow's own events.
@@ -151,7 +154,10 @@ pub(crate) fn note_quiet(cookie: u64, record: &mut Record) -> Quiet {
     match slot.shipped {
         slot::QUIET => {}
         slot::COUNTED => return Quiet::Counted,
-        _ => return Quiet::No,
+        _ => {
+            note_sequence(sk, record);
+            return Quiet::No;
+        }
     }
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
@@ -159,7 +165,7 @@ pub(crate) fn note_quiet(cookie: u64, record: &mut Record) -> Quiet {
         tcp_state::ESTABLISHED if slot.established_ns == 0 => {
             slot.established_ns = now;
             // A connect()ed flow's ISNs (an accepted one opens established, ISNs kept).
-            keep_isns(slot, record);
+            keep_isns(slot, sk);
             Quiet::Recorded
         }
         // Clean: it was established and closes without an error, after the FIN handshake
@@ -177,12 +183,16 @@ pub(crate) fn note_quiet(cookie: u64, record: &mut Record) -> Quiet {
             Quiet::Summarised
         }
         // A connect or handshake that ends without ESTABLISHED, or an error: not clean.
-        tcp_state::CLOSE => Quiet::Ends,
+        tcp_state::CLOSE => {
+            note_sequence(sk, record);
+            Quiet::Ends
+        }
         // The peer closes on our request without a word: it may not speak what we sent (a
         // ClientHello to a plaintext port, or plaintext to a TLS server that closes silently).
         tcp_state::CLOSE_WAIT
             if slot.opened_new == tcp_state::SYN_SENT && request_unanswered(cookie) =>
         {
+            note_sequence(sk, record);
             Quiet::Ends
         }
         _ if slot.established_ns != 0 => {
@@ -191,7 +201,10 @@ pub(crate) fn note_quiet(cookie: u64, record: &mut Record) -> Quiet {
             slot.latest_ns = now;
             Quiet::Recorded
         }
-        _ => Quiet::Ends,
+        _ => {
+            note_sequence(sk, record);
+            Quiet::Ends
+        }
     }
 }
 

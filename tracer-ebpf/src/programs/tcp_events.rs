@@ -8,7 +8,7 @@ use aya_ebpf::programs::BtfTracePointContext;
 use tracer_ebpf::{RepeatKey, flag, kind, tcp_state};
 
 use crate::emit::{NO_OWNER, Record, emit, emit_for_listener};
-use crate::isn::{note_request, note_syn_sent};
+use crate::isn::{note_request, note_sequence};
 use crate::maps::{COUNTED_ERRORS, PEER_TTL, RST_TTL, offset, ready};
 use crate::packet::{TCP_FLAG_ACK, TCP_FLAG_RST, TCP_FLAG_SYN, peer_key, received_segment};
 use crate::repeats::{counted_as_repeat, refusal_counted};
@@ -57,9 +57,7 @@ pub(crate) fn emit_for_sock(sk: *const u8, event_kind: u8, detail: i32, flags: u
         flags,
         ..Default::default()
     };
-    if state == tcp_state::SYN_SENT {
-        note_syn_sent(sk, &mut record);
-    }
+    note_sequence(sk, &mut record);
     send_flow_event(&record, &tuple);
 }
 
@@ -239,11 +237,10 @@ fn reset_without_socket(skb: *const u8, reason: i32) {
             flags,
             ..Default::default()
         };
-        // The SYN it answers carries the client's ISN: the key to its connect() elsewhere.
-        if flags & flag::ANSWERS_SYN != 0 {
-            record.isn_received = seq;
-            record.flags |= flag::ISN_RECEIVED;
-        }
+        // The SYN it answers carries the client's ISN: the key to its connect() elsewhere
+        // (userspace takes it when `ANSWERS_SYN` says the segment was a SYN).
+        record.isn_received = seq;
+        record.flags |= flag::SEQ_RAW;
         emit(&record, &tuple, &NO_OWNER);
     }
 }

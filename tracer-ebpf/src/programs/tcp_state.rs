@@ -6,7 +6,6 @@ use aya_ebpf::programs::BtfTracePointContext;
 use tracer_ebpf::{counter, flag, kind, tcp_state};
 
 use crate::emit::{Record, emit, flow_owner, listener, listener_key};
-use crate::isn::note_leaving_syn_sent;
 use crate::maps::{LISTENERS, count, ready};
 use crate::slots::{
     Quiet, forget_flow, note_quiet, open_accepted, open_connect, remember_listener, ship_quiet,
@@ -80,11 +79,7 @@ pub(crate) fn on_state_change(sk: *const u8, old_state: u8, new_state: u8) {
         flags,
         ..Default::default()
     };
-    // A connect()ing socket holds its ISN; one that just got its SYN-ACK holds both.
-    if old_state == tcp_state::SYN_SENT {
-        note_leaving_syn_sent(sk, new_state, &mut record);
-    }
-    let quiet = note_quiet(cookie, &mut record);
+    let quiet = note_quiet(cookie, sk, &mut record);
     match quiet {
         Quiet::Recorded => return,
         Quiet::Counted => {

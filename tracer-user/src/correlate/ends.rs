@@ -215,10 +215,8 @@ impl End {
         }
         match name.as_str() {
             Some("reset_sent") => self.sent_rst = true,
-            Some("reset_received") => {
-                if self.received_rst.is_none() {
-                    self.received_rst = Some(event.clone());
-                }
+            Some("reset_received") if self.received_rst.is_none() => {
+                self.received_rst = Some(event.clone());
             }
             Some("synack_retransmit") => self.synack_retransmits += 1,
             Some("retransmit") if event["state"] == "SYN_SENT" => self.syn_retransmits += 1,
@@ -252,9 +250,12 @@ impl End {
 
     /// Its most severe finding (the first of them).
     pub fn primary(&self) -> Option<&Value> {
-        self.findings
-            .iter()
-            .max_by_key(|f| (severity_rank(&f["severity"]), std::cmp::Reverse(f["id"].as_u64())))
+        self.findings.iter().max_by_key(|f| {
+            (
+                severity_rank(&f["severity"]),
+                std::cmp::Reverse(f["id"].as_u64()),
+            )
+        })
     }
 
     /// The address part of an endpoint (`10.0.0.1:40000` -> `10.0.0.1`, `[fd00::1]:80` ->

@@ -94,7 +94,10 @@ impl Merge {
         let Some(Reverse((arrival, index))) = self.heap.pop() else {
             return Ok(None);
         };
-        let value = self.inputs[index].next.take().expect("queued input has a line");
+        let value = self.inputs[index]
+            .next
+            .take()
+            .expect("queued input has a line");
         self.advance(index, totals)?;
         Ok(Some((value, arrival)))
     }

@@ -170,7 +170,6 @@ pub fn run(args: &CorrelateArgs) -> Result<()> {
     }
     let mut outcome = correlator.finish(&mut out);
     emit(&mut out, &mut report)?;
-    drop(emit);
     outcome.findings = findings;
     tracing::info!(
         "{} connections joined across nodes, {} seen from one node only; {} findings; at most {} \

@@ -40,11 +40,11 @@ impl JoinedBy {
 pub enum Released {
     /// Both ends of one connection, client first.
     Pair {
-        client: End,
-        server: End,
+        client: Box<End>,
+        server: Box<End>,
         by: JoinedBy,
     },
-    Single(End),
+    Single(Box<End>),
 }
 
 type TupleKey = (Arc<str>, u64, String, String);
@@ -205,9 +205,13 @@ impl Table {
                 } else {
                     (other, end)
                 };
-                Released::Pair { client, server, by }
+                Released::Pair {
+                    client: Box::new(client),
+                    server: Box::new(server),
+                    by,
+                }
             }
-            None => Released::Single(end),
+            None => Released::Single(Box::new(end)),
         }
     }
 

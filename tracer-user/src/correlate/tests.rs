@@ -264,7 +264,11 @@ fn an_end_whose_other_half_was_not_traced_keeps_its_finding() {
         vec![syn.clone()],
     );
     // No node has the server's address: nothing to say beyond the client's own finding.
-    let out = run(&[start("a", 0, &["10.0.1.5"], &[7337]), syn.clone(), client.clone()]);
+    let out = run(&[
+        start("a", 0, &["10.0.1.5"], &[7337]),
+        syn.clone(),
+        client.clone(),
+    ]);
     assert_eq!(kinds(&out), ["connect_timeout"]);
     assert_eq!(out[0]["nodes"], json!(["a"]));
     // Node b has it and was traced then, watching 7337: the SYNs died on the way.
@@ -407,7 +411,12 @@ fn memory_is_bounded_and_ends_are_released_as_time_passes() {
             Some(n),
             Some(n),
         );
-        correlator.add(&line, epoch_ns(line["ts"].as_str().unwrap()).unwrap(), true, &mut out);
+        correlator.add(
+            &line,
+            epoch_ns(line["ts"].as_str().unwrap()).unwrap(),
+            true,
+            &mut out,
+        );
     }
     let outcome = correlator.finish(&mut out);
     assert_eq!(outcome.single, 10_000);

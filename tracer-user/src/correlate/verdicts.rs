@@ -91,11 +91,11 @@ impl Verdicts {
         match released {
             Released::Pair { client, server, by } => {
                 self.joined += 1;
-                self.pair(client, server, by, nodes)
+                self.pair(*client, *server, by, nodes)
             }
             Released::Single(end) => {
                 self.single += 1;
-                self.single_end(end, nodes)
+                self.single_end(*end, nodes)
             }
         }
     }
@@ -124,7 +124,10 @@ impl Verdicts {
         if end.role != Some(Role::Client) || end.established || end.syn_retransmits == 0 {
             return None;
         }
-        let timeout = end.findings.iter().find(|f| f["kind"] == "connect_timeout")?;
+        let timeout = end
+            .findings
+            .iter()
+            .find(|f| f["kind"] == "connect_timeout")?;
         let dst_port = port(&end.remote);
         let (name, node) = nodes.owning(End::ip(&end.remote), &end.node)?;
         let watched = node.ports.is_empty() || node.ports.contains(&u64::from(dst_port));
@@ -391,9 +394,9 @@ impl Verdicts {
             .findings
             .iter()
             .find(|f| f["kind"] == "nat_idle_timeout" || f["kind"] == "half_open")?;
-        let idle_s = base["idle_s"].as_f64().map_or(String::new(), |s| {
-            format!(" after {s:.0} s without data")
-        });
+        let idle_s = base["idle_s"]
+            .as_f64()
+            .map_or(String::new(), |s| format!(" after {s:.0} s without data"));
         let reset = match self.reset_from_neither(client, server, nodes) {
             Some((receiver, other)) => format!(
                 " The RST {} got came from neither end: {}'s kernel sent none.",

@@ -478,12 +478,46 @@ fn event_of(raw: &FlowEvent, kind: EventKind) -> Result<Event, DecodeError> {
         }),
         classes: (raw.tx_class, raw.rx_class),
         pod: None,
-        isn: Isn {
-            // 0: a connect() that failed before its SYN was built (or one ISN in 2^32).
-            sent: (raw.flags & flag::ISN_SENT != 0 && raw.isn_sent != 0).then_some(raw.isn_sent),
-            received: (raw.flags & flag::ISN_RECEIVED != 0).then_some(raw.isn_received),
-        },
+        isn: isn_of(raw, kind),
     })
+}
+
+/// The ISNs an event carries: given as such (a flow's slot, a request socket), or derived
+/// from the socket's sequence numbers by its state (see `tracer_ebpf::flag::SEQ_RAW`). A
+/// zero is taken for unknown (a connect() that failed before its SYN was built).
+pub fn isn_of(raw: &FlowEvent, kind: EventKind) -> Isn {
+    let nonzero = |value: u32| (value != 0).then_some(value);
+    if raw.flags & flag::SEQ_RAW == 0 {
+        let given = |bit: u16, value: u32| nonzero(value).filter(|_| raw.flags & bit != 0);
+        return Isn {
+            sent: given(flag::ISN_SENT, raw.isn_sent),
+            received: given(flag::ISN_RECEIVED, raw.isn_received),
+        };
+    }
+    let (snd_una, rcv_nxt) = (raw.isn_sent, raw.isn_received);
+    match kind {
+        // The segment a RST without a socket answers: a SYN's is the client's ISN.
+        EventKind::ResetSent if raw.flags & flag::NO_SOCKET != 0 => Isn {
+            sent: None,
+            received: nonzero(rcv_nxt).filter(|_| raw.flags & flag::ANSWERS_SYN != 0),
+        },
+        // The handshake's segments took one sequence number each.
+        EventKind::StateChange
+            if raw.old_state == tcp_state::SYN_SENT && raw.new_state == tcp_state::ESTABLISHED =>
+        {
+            Isn {
+                sent: nonzero(snd_una.wrapping_sub(1)),
+                received: nonzero(rcv_nxt.wrapping_sub(1)),
+            }
+        }
+        // In SYN_SENT nothing but the SYN was sent: `snd_una` is its sequence number. (For
+        // events other than state changes both states are the socket's.)
+        _ if raw.old_state == tcp_state::SYN_SENT => Isn {
+            sent: nonzero(snd_una),
+            received: None,
+        },
+        _ => Isn::default(),
+    }
 }
 
 /// Names of payload classes (see `tracer_ebpf::payload_class`).
@@ -734,6 +768,39 @@ mod tests {
             decode_into(&client[..150], &mut Vec::new()),
             Err(DecodeError::Size(150))
         );
+    }
+
+    #[test]
+    fn isns_come_given_or_derived_from_the_sequence_numbers_by_state() {
+        let mut raw = wire(kind::STATE_CHANGE, AF_INET);
+        let isn = |raw: &FlowEvent, kind| isn_of(raw, kind);
+        // Given (a quiet flow's slot, a request socket); a zero is unknown.
+        raw.flags = flag::ISN_SENT | flag::ISN_RECEIVED;
+        (raw.isn_sent, raw.isn_received) = (7, 9);
+        let given = isn(&raw, EventKind::StateChange);
+        assert_eq!((given.sent, given.received), (Some(7), Some(9)));
+        raw.isn_sent = 0;
+        assert_eq!(isn(&raw, EventKind::StateChange).sent, None);
+        // Raw: leaving SYN_SENT for ESTABLISHED, both are one past the ISNs.
+        raw.flags = flag::SEQ_RAW;
+        (raw.isn_sent, raw.isn_received) = (1001, 5001);
+        (raw.old_state, raw.new_state) = (tcp_state::SYN_SENT, tcp_state::ESTABLISHED);
+        let established = isn(&raw, EventKind::StateChange);
+        assert_eq!((established.sent, established.received), (Some(1000), Some(5000)));
+        // Still in SYN_SENT (a SYN retransmit, a refusal): snd_una is the ISN.
+        (raw.old_state, raw.new_state) = (tcp_state::SYN_SENT, tcp_state::SYN_SENT);
+        let syn = isn(&raw, EventKind::Retransmit);
+        assert_eq!((syn.sent, syn.received), (Some(1001), None));
+        // Later, the sequence numbers have moved on: no ISN.
+        (raw.old_state, raw.new_state) = (tcp_state::ESTABLISHED, tcp_state::FIN_WAIT1);
+        assert_eq!(isn(&raw, EventKind::StateChange), Isn::default());
+        // A RST without a socket: the SYN it answers carries the client's ISN; a late
+        // segment's sequence number is none.
+        raw.flags = flag::SEQ_RAW | flag::NO_SOCKET | flag::ANSWERS_SYN;
+        (raw.old_state, raw.new_state) = (tcp_state::CLOSE, tcp_state::CLOSE);
+        assert_eq!(isn(&raw, EventKind::ResetSent).received, Some(5001));
+        raw.flags = flag::SEQ_RAW | flag::NO_SOCKET;
+        assert_eq!(isn(&raw, EventKind::ResetSent), Isn::default());
     }
 
     #[test]
