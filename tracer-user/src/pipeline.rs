@@ -244,7 +244,8 @@ impl<W: Write> Pipeline<W> {
                 let (port, side) = crate::flows::summaries::port_and_side(&event);
                 metrics.clean_flow(port, side);
             }
-            if self.clean_flows && !self.findings_only && self.output.event(&event).is_err() {
+            // Asked for by name: printed with --findings-only too (the DaemonSet's mode).
+            if self.clean_flows && self.output.event(&event).is_err() {
                 self.output_closed = true;
             }
             return;

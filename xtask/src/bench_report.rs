@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 #[path = "../../tests/report/workload.rs"]
-mod workload;
+pub(crate) mod workload;
 
 /// The budget: peak RSS of `report` on a 64 MiB trace.
 const BUDGET_MIB: f64 = 64.0;

@@ -10,6 +10,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 mod bench;
+mod bench_correlate;
 mod bench_report;
 mod bench_spark;
 mod bench_verifier;
@@ -81,6 +82,13 @@ enum Task {
         #[arg(long, value_name = "PATH")]
         binary: Option<PathBuf>,
     },
+    /// Build, then measure `shuffletrace correlate` (peak RSS, time, and that every joined
+    /// connection is counted) on two generated nodes' traces (target/bench/correlate).
+    BenchCorrelate {
+        /// Size of the generated traces, both nodes together.
+        #[arg(long, value_name = "MIB", default_value_t = 1024)]
+        size_mib: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -107,6 +115,10 @@ fn main() -> ExitCode {
             };
             binary.and_then(|binary| bench_report::run(&workspace_root(), &binary, size_mib))
         }
+        Task::BenchCorrelate { size_mib } => setup().and_then(|()| build()).and_then(|()| {
+            let root = workspace_root();
+            bench_correlate::run(&root, &root.join("target/release/shuffletrace"), size_mib)
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

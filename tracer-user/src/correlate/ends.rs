@@ -131,6 +131,8 @@ pub struct End {
     pub established: bool,
     /// A clean flow's one record (`--clean-flows`).
     pub clean: bool,
+    /// Its socket closed: no more lines will come about it.
+    pub closed: bool,
     /// Its process, from the first line that names one: `pid`, `comm`, `main_class`, `pod`,
     /// `namespace`.
     pub process: Option<Value>,
@@ -158,6 +160,7 @@ impl End {
             syn_retransmits: 0,
             established: false,
             clean: false,
+            closed: false,
             process: None,
         }
     }
@@ -221,9 +224,11 @@ impl End {
             Some("synack_retransmit") => self.synack_retransmits += 1,
             Some("retransmit") if event["state"] == "SYN_SENT" => self.syn_retransmits += 1,
             Some("state_change") if event["new_state"] == "ESTABLISHED" => self.established = true,
+            Some("state_change") if event["new_state"] == "CLOSE" => self.closed = true,
             Some("flow_summary") => {
                 self.established = true;
                 self.clean = true;
+                self.closed = true;
             }
             _ => {}
         }

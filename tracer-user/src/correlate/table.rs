@@ -124,6 +124,15 @@ impl Table {
         self.index_keys(id);
         self.peak = self.peak.max(self.ends.len());
         let mut released = Vec::new();
+        // Both ends closed: nothing more can come about either, and nothing else can claim
+        // them (the best match is taken as it would be later). Busy clean traffic then costs
+        // the table nothing.
+        if self.ends[&id].closed
+            && let Some((other, _)) = self.partner(id)
+            && self.ends[&other].closed
+        {
+            released.push(self.finalize(id));
+        }
         while self.ends.len() > self.max_ends {
             let Some(&(_, oldest)) = self.order.first() else {
                 break;
@@ -179,14 +188,14 @@ impl Table {
         end
     }
 
-    /// Takes an end out with its other half, if the table holds it.
-    fn finalize(&mut self, id: u64) -> Released {
+    /// The other half of an end, if the table holds it.
+    fn partner(&self, id: u64) -> Option<(u64, JoinedBy)> {
         let end = &self.ends[&id];
         let by_isn = end.client_isn.and_then(|isn| {
             let candidates = self.by_client_isn.get(&isn)?;
             self.best_match(end, candidates, true)
         });
-        let found = match by_isn {
+        match by_isn {
             Some(other) => Some((other, JoinedBy::Isn)),
             None => {
                 // Without the client's ISN on either end: the same endpoints, on both ends.
@@ -195,7 +204,12 @@ impl Table {
                     .and_then(|candidates| self.best_match(end, candidates, false))
                     .map(|other| (other, JoinedBy::Addresses))
             }
-        };
+        }
+    }
+
+    /// Takes an end out with its other half, if the table holds it.
+    fn finalize(&mut self, id: u64) -> Released {
+        let found = self.partner(id);
         let end = self.remove(id);
         match found {
             Some((other, by)) => {

@@ -422,6 +422,18 @@ fn memory_is_bounded_and_ends_are_released_as_time_passes() {
     assert_eq!(outcome.single, 10_000);
     assert!(outcome.peak_ends < 6_000, "{outcome:?}");
     assert_eq!(outcome.released_early, 0);
+    // Both ends of each closed connection: joined as the second arrives, held no longer.
+    let mut correlator = Correlator::new(1_000_000, SKEW_NS);
+    for n in 0..10_000u32 {
+        let [a, b] = clean_pair(n + 1, n + 7, i64::from(n), 0);
+        for line in [a, b] {
+            let arrival = epoch_ns(line["ts"].as_str().unwrap()).unwrap();
+            correlator.add(&line, arrival, true, &mut out);
+        }
+    }
+    let outcome = correlator.finish(&mut out);
+    assert_eq!(outcome.joined, 10_000);
+    assert!(outcome.peak_ends <= 2, "{outcome:?}");
     // A table bound below that releases the oldest early, and says so.
     let mut correlator = Correlator::new(100, SKEW_NS);
     for n in 0..1_000u32 {

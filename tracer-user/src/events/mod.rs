@@ -786,7 +786,10 @@ mod tests {
         (raw.isn_sent, raw.isn_received) = (1001, 5001);
         (raw.old_state, raw.new_state) = (tcp_state::SYN_SENT, tcp_state::ESTABLISHED);
         let established = isn(&raw, EventKind::StateChange);
-        assert_eq!((established.sent, established.received), (Some(1000), Some(5000)));
+        assert_eq!(
+            (established.sent, established.received),
+            (Some(1000), Some(5000))
+        );
         // Still in SYN_SENT (a SYN retransmit, a refusal): snd_una is the ISN.
         (raw.old_state, raw.new_state) = (tcp_state::SYN_SENT, tcp_state::SYN_SENT);
         let syn = isn(&raw, EventKind::Retransmit);
