@@ -201,8 +201,11 @@ pub fn ladder(group: &Group) -> Ladder {
         .find(|address| *address != server && !address.is_empty())
         .unwrap_or_else(|| "-".into());
     let first = events.first().and_then(|e| nanos(&text(e, "ts")));
-    let mut steps = Vec::new();
+    let mut steps: Vec<Step> = Vec::new();
     let mut previous: Option<u128> = None;
+    // The RST one end's kernel sent (a joined finding has both ends' events): the other
+    // end's reception of it is the same packet, drawn once.
+    let mut last_reset_sent: Option<(usize, Column, Option<u128>)> = None;
     for e in events {
         let ts = text(e, "ts");
         let at = nanos(&ts);
@@ -223,13 +226,43 @@ pub fn ladder(group: &Group) -> Ladder {
         } else {
             Column::Client
         };
+        let mut what = step(e, observer);
+        if let Some(node) = e["node"].as_str()
+            && let What::Packet { sender, .. } | What::Mark { label: sender, .. } = &mut what
+        {
+            sender.push_str(&format!(" (node {node})"));
+        }
+        if let What::Packet {
+            from,
+            reset: true,
+            sender,
+            ..
+        } = &what
+        {
+            let sent = text(e, "event") == "reset_sent";
+            if sent {
+                last_reset_sent = Some((steps.len(), *from, at));
+            } else if let Some((index, sent_from, sent_at)) = last_reset_sent.take()
+                && sent_from == *from
+                && matches!((sent_at, at), (Some(a), Some(b)) if b.saturating_sub(a) < GAP_NS)
+                && let What::Packet { sender: first, .. } = &mut steps[index].what
+            {
+                let received = sender.replacen(
+                    &format!("sent by the {}: ", end_name(sent_from)),
+                    &format!("received by the {}: ", end_name(observer)),
+                    1,
+                );
+                first.push_str(&format!("; {received}"));
+                continue;
+            }
+        }
         steps.push(Step {
             offset: match (first, at) {
                 (Some(first), Some(at)) => format!("+{}", seconds(at.saturating_sub(first))),
                 _ => String::new(),
             },
             ts,
-            what: step(e, observer),
+            what,
         });
     }
     let middlebox = steps.iter().any(|s| {
@@ -375,6 +408,50 @@ mod tests {
                 "middlebox".into(),
                 format!("server {s}")
             ]
+        );
+    }
+
+    #[test]
+    fn a_joined_findings_reset_is_one_packet_naming_both_nodes() {
+        let (c, s) = ("10.0.0.1:40000", "10.0.0.2:7337");
+        let ladder = ladder(&sample_group(vec![
+            event(
+                "2026-11-22T10:00:00.000000000Z",
+                "state_change",
+                c,
+                s,
+                json!({"old_state": "CLOSE", "new_state": "SYN_SENT", "node": "a"}),
+            ),
+            event(
+                "2026-11-22T10:00:00.000400000Z",
+                "reset_sent",
+                s,
+                c,
+                json!({"state": "CLOSE", "reason": "NO_SOCKET", "node": "b"}),
+            ),
+            event(
+                "2026-11-22T10:00:00.000500000Z",
+                "reset_received",
+                c,
+                s,
+                json!({"state": "SYN_SENT", "ttl": 64, "peer_ttl": 64, "node": "a"}),
+            ),
+        ]));
+        assert_eq!(ladder.steps.len(), 2, "{ladder:?}");
+        let What::Packet {
+            from,
+            sender,
+            label,
+            ..
+        } = &ladder.steps[1].what
+        else {
+            panic!("{ladder:?}")
+        };
+        assert_eq!((*from, label.as_str()), (Column::Server, "RST (NO_SOCKET)"));
+        assert_eq!(
+            sender,
+            "sent by the server (node b); received by the client: TTL 64, as the server's own \
+             packets (node a)"
         );
     }
 

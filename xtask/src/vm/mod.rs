@@ -214,10 +214,20 @@ const SCENARIOS: &[Scenario] = &[
         "tls",
         "a_plaintext_server_closing_on_bad_input_is_no_tls_mismatch",
     ),
+    scenario(
+        "correlate-nat",
+        "correlate",
+        "clean_connections_through_a_nat_give_nat_in_path_and_nothing_else",
+    ),
+    scenario(
+        "correlate-synack",
+        "correlate",
+        "synacks_dropped_on_the_way_back_through_a_nat_are_synack_lost_on_return",
+    ),
 ];
 
 /// The test targets the scenarios come from.
-const TEST_TARGETS: &[&str] = &["live", "findings", "idle", "tls"];
+const TEST_TARGETS: &[&str] = &["live", "findings", "idle", "tls", "correlate"];
 
 /// Per-scenario limit inside the guest; a test that runs longer is killed and fails.
 const SCENARIO_TIMEOUT_S: u64 = 300;
