@@ -14,6 +14,7 @@ use serde_json::Value;
 use crate::{cli::CorrelateArgs, config::ReportFormat, error::BadInput, error::UsageError};
 
 mod ends;
+mod lines;
 mod merge;
 mod nodes;
 mod table;

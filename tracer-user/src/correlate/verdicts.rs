@@ -7,9 +7,10 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::ends::{End, Role, severity_rank};
+use super::lines::{self, Verdict, base_line, port, rfc3339, service, who};
 use super::nodes::Nodes;
 use super::table::{JoinedBy, Released};
 
@@ -36,35 +37,6 @@ pub struct Verdicts {
     pub joined: u64,
     pub single: u64,
     pub max_skew_ns: i64,
-}
-
-fn rfc3339(ns: i64) -> String {
-    let time = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns.max(0) as u64);
-    humantime::format_rfc3339_nanos(time).to_string()
-}
-
-fn port(endpoint: &str) -> u16 {
-    endpoint
-        .rsplit_once(':')
-        .and_then(|(_, p)| p.parse().ok())
-        .unwrap_or(0)
-}
-
-/// `node 10.0.0.1:40000 (java)`: an end as a sentence names it.
-fn who(end: &End) -> String {
-    let process = end.process.as_ref().and_then(|p| p["comm"].as_str());
-    match process {
-        Some(p) => format!("{} {} ({p})", end.node, end.local),
-        None => format!("{} {}", end.node, end.local),
-    }
-}
-
-/// The service a connection is to, by the server's port.
-fn service(port: u16) -> String {
-    match crate::services::service_name(port) {
-        Some(name) => name.to_owned(),
-        None => format!("port {port}"),
-    }
 }
 
 /// Whether NAT rewrote the client's address or port on the way (the server saw another
@@ -165,13 +137,14 @@ impl Verdicts {
         let nodes_list = [end.node.as_ref(), name.as_ref()];
         Some(self.joined_line(
             timeout,
-            "syn_lost_in_path",
-            "error",
-            summary,
-            remedy,
-            &nodes_list,
-            &[end],
-            None,
+            Verdict::of(
+                "syn_lost_in_path",
+                "error",
+                summary,
+                remedy,
+                &nodes_list,
+                &[end],
+            ),
         ))
     }
 
@@ -254,12 +227,14 @@ impl Verdicts {
         self.joined_line_or_synth(
             base,
             client,
-            "synack_lost_on_return",
-            "error",
-            summary,
-            remedy,
-            &nodes,
-            &[client, server],
+            Verdict::of(
+                "synack_lost_on_return",
+                "error",
+                summary,
+                remedy,
+                &nodes,
+                &[client, server],
+            ),
         )
     }
 
@@ -294,13 +269,14 @@ impl Verdicts {
         let nodes = [client.node.as_ref(), server.node.as_ref()];
         self.joined_line(
             base,
-            "connect_refused",
-            "error",
-            summary,
-            remedy,
-            &nodes,
-            &[client, server],
-            None,
+            Verdict::of(
+                "connect_refused",
+                "error",
+                summary,
+                remedy,
+                &nodes,
+                &[client, server],
+            ),
         )
     }
 
@@ -347,12 +323,14 @@ impl Verdicts {
         Some(self.joined_line_or_synth(
             receiver.primary(),
             receiver,
-            "middlebox_reset",
-            "error",
-            summary,
-            remedy,
-            &nodes_list,
-            &[client, server],
+            Verdict::of(
+                "middlebox_reset",
+                "error",
+                summary,
+                remedy,
+                &nodes_list,
+                &[client, server],
+            ),
         ))
     }
 
@@ -419,13 +397,14 @@ impl Verdicts {
         let nodes = [broken.node.as_ref(), other.node.as_ref()];
         Some(self.joined_line(
             base,
-            "nat_idle_timeout",
-            "error",
-            summary,
-            remedy,
-            &nodes,
-            &[client, server],
-            None,
+            Verdict::of(
+                "nat_idle_timeout",
+                "error",
+                summary,
+                remedy,
+                &nodes,
+                &[client, server],
+            ),
         ))
     }
 
@@ -460,13 +439,7 @@ impl Verdicts {
         let nodes = [main.node.as_ref(), other.node.as_ref()];
         self.joined_line(
             base,
-            &kind,
-            &severity,
-            summary,
-            remedy,
-            &nodes,
-            &[client, server],
-            None,
+            Verdict::of(&kind, &severity, summary, remedy, &nodes, &[client, server]),
         )
     }
 
@@ -543,13 +516,15 @@ impl Verdicts {
         let nodes = [client.node.as_ref(), server.node.as_ref()];
         let mut line = self.joined_line(
             &base,
-            "nat_in_path",
-            "warning",
-            summary,
-            remedy,
-            &nodes,
-            &[client, server],
-            Some(group.count),
+            Verdict {
+                kind: "nat_in_path",
+                severity: "warning",
+                summary,
+                remedy,
+                nodes: &nodes,
+                ends: &[client, server],
+                count: Some(group.count),
+            },
         );
         if let Some(object) = line.as_object_mut() {
             object.insert("joined_by".into(), json!("isn"));
@@ -563,17 +538,11 @@ impl Verdicts {
 
     /// A joined finding built on `base` (a finding line of one end), or on a line made from
     /// `main`'s tuple when neither end had a finding to build on.
-    #[allow(clippy::too_many_arguments)]
     fn joined_line_or_synth(
         &mut self,
         base: Option<&Value>,
         main: &End,
-        kind: &str,
-        severity: &str,
-        summary: String,
-        remedy: String,
-        nodes: &[&str],
-        ends: &[&End],
+        verdict: Verdict<'_>,
     ) -> Value {
         let made;
         let base = match base {
@@ -583,128 +552,12 @@ impl Verdicts {
                 &made
             }
         };
-        self.joined_line(base, kind, severity, summary, remedy, nodes, ends, None)
+        self.joined_line(base, verdict)
     }
 
-    /// The finding line of a joined verdict: `base`'s fields (its end's tuple, process and
-    /// times), the verdict, both ends and their evidence in time order, and the nodes.
-    #[allow(clippy::too_many_arguments)]
-    fn joined_line(
-        &mut self,
-        base: &Value,
-        kind: &str,
-        severity: &str,
-        summary: String,
-        remedy: String,
-        nodes: &[&str],
-        ends: &[&End],
-        count: Option<u64>,
-    ) -> Value {
-        let mut line: Map<String, Value> = base.as_object().cloned().unwrap_or_default();
-        line.remove("update_of");
-        line.remove("peer");
+    /// The finding line of a joined verdict (see `lines::joined`), with the next id.
+    fn joined_line(&mut self, base: &Value, verdict: Verdict<'_>) -> Value {
         let id = self.id();
-        line.insert("id".into(), json!(id));
-        line.insert("kind".into(), json!(kind));
-        line.insert("severity".into(), json!(severity));
-        line.insert("summary".into(), json!(summary));
-        line.insert("remedy".into(), json!(remedy));
-        if let Some(count) = count {
-            line.insert("count".into(), json!(count));
-        } else if !line.contains_key("count") {
-            line.insert("count".into(), json!(1));
-        }
-        let service_port = port(line["dst"].as_str().unwrap_or_default());
-        let service_port = if line["side"] == "server" {
-            port(line["src"].as_str().unwrap_or_default())
-        } else {
-            service_port
-        };
-        match crate::services::service_name(service_port) {
-            Some(name) => line.insert("service".into(), json!(name)),
-            None => line.remove("service"),
-        };
-        let mut evidence: Vec<Value> = ends
-            .iter()
-            .flat_map(|end| end.evidence.iter().cloned())
-            .collect();
-        evidence.sort_by(|a, b| a["ts"].as_str().cmp(&b["ts"].as_str()));
-        line.insert("evidence".into(), Value::Array(evidence));
-        let mut listed: Vec<&str> = Vec::new();
-        for node in nodes {
-            if !listed.contains(node) {
-                listed.push(node);
-            }
-        }
-        line.insert("nodes".into(), json!(listed));
-        line.insert(
-            "ends".into(),
-            Value::Array(ends.iter().map(|end| end_line(end)).collect()),
-        );
-        let first = ends.iter().map(|e| e.first_ns).min().unwrap_or_default();
-        let last = ends.iter().map(|e| e.last_ns).max().unwrap_or_default();
-        let first_ts = line["first_ts"].as_str().and_then(super::ends::epoch_ns);
-        if first_ts.is_none_or(|f| first < f) {
-            line.insert("first_ts".into(), json!(rfc3339(first)));
-        }
-        let last_ts = line["last_ts"].as_str().and_then(super::ends::epoch_ns);
-        if last_ts.is_none_or(|l| last > l) {
-            line.insert("last_ts".into(), json!(rfc3339(last)));
-        }
-        Value::Object(line)
+        lines::joined(id, base, verdict)
     }
-}
-
-/// A finding line made from an end when no finding of either end is there to build on (a
-/// clean connection's NAT, an answer lost on the way): its tuple, process and times.
-fn base_line(end: &End, first_ns: i64, last_ns: i64, count: u64) -> Value {
-    let process = |key: &str| {
-        end.process
-            .as_ref()
-            .and_then(|p| p.get(key).cloned())
-            .unwrap_or(Value::Null)
-    };
-    json!({
-        "type": "finding",
-        "v": crate::sinks::SCHEMA_VERSION,
-        "ts": rfc3339(first_ns),
-        "node": end.node.as_ref(),
-        "src": end.local,
-        "dst": end.remote,
-        "netns": end.netns,
-        "pid": process("pid"),
-        "comm": process("comm"),
-        "uid": process("uid"),
-        "side": end.role.map(Role::name),
-        "count": count,
-        "first_ts": rfc3339(first_ns),
-        "last_ts": rfc3339(last_ns),
-    })
-}
-
-/// One end of a joined finding, as the `ends` field lists it.
-fn end_line(end: &End) -> Value {
-    let (isn_sent, isn_received) = match end.role {
-        Some(Role::Client) => (end.client_isn, end.server_isn),
-        Some(Role::Server) => (end.server_isn, end.client_isn),
-        None => (None, None),
-    };
-    let mut line = json!({
-        "node": end.node.as_ref(),
-        "side": end.role.map(Role::name),
-        "src": end.local,
-        "dst": end.remote,
-        "netns": end.netns,
-        "kinds": end.kinds(),
-    });
-    let object = line.as_object_mut().expect("an object");
-    for (key, value) in [("isn_sent", isn_sent), ("isn_received", isn_received)] {
-        if let Some(value) = value {
-            object.insert(key.into(), json!(value));
-        }
-    }
-    if let Some(Value::Object(process)) = &end.process {
-        object.extend(process.clone());
-    }
-    line
 }
