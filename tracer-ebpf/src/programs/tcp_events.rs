@@ -40,11 +40,6 @@ pub(crate) fn emit_for_sock(sk: *const u8, event_kind: u8, detail: i32, flags: u
     {
         return;
     }
-    // SAFETY: the value is not kept.
-    if event_kind == kind::SOCKET_ERROR && unsafe { COUNTED_ERRORS.get(&cookie) }.is_some() {
-        let _ = COUNTED_ERRORS.remove(&cookie);
-        return;
-    }
     let mut record = Record {
         ttl,
         peer_ttl,
@@ -95,7 +90,21 @@ pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "inet_sk_error_report")]
 pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
-    if ready() && is_tcp_sock(sk) {
+    if !ready() {
+        return 0;
+    }
+    // A refusal counted as a repeat reports its error too (twice per refusal in a storm):
+    // checked first, before the socket is read, since a refusal storm is where this program
+    // runs most. The mark goes once the socket is closed (the LRU table ages out the rest).
+    let cookie = cookie_of(sk);
+    // SAFETY: the value is not kept.
+    if unsafe { COUNTED_ERRORS.get(&cookie) }.is_some() {
+        if read::<u8>(sk, offset!(skc_state)) == tcp_state::CLOSE {
+            let _ = COUNTED_ERRORS.remove(&cookie);
+        }
+        return 0;
+    }
+    if is_tcp_sock(sk) {
         let (err, soft) = socket_error(sk);
         let flags = if soft { flag::SOFT_ERROR } else { 0 };
         emit_for_sock(sk, kind::SOCKET_ERROR, err, flags);
