@@ -64,11 +64,17 @@ pub fn start_kernel_reads() {
 
 /// Gives the kernel the owners of the watched listeners that were already listening (it
 /// sees listen() only once attached): connections they accept then name their process.
-fn name_existing_listeners(probes: &mut KernelPrograms, ports: &[u16], host_root: &Path) {
+fn name_existing_listeners(
+    probes: &mut KernelPrograms,
+    ports: &[u16],
+    proc_root: &Path,
+    by_netns: &std::collections::HashMap<u32, Vec<u32>>,
+) {
     let started = std::time::Instant::now();
     let watched: std::collections::HashSet<u16> = ports.iter().copied().collect();
-    let listeners =
-        crate::events::procs::existing_listeners(host_root, &|port| watched.contains(&port));
+    let listeners = crate::events::procs::existing_listeners(proc_root, by_netns, &|port| {
+        watched.contains(&port)
+    });
     let found = listeners.len();
     let added = probes.add_listeners(listeners.into_iter().map(|listener| {
         let mut comm = [0u8; 16];
@@ -144,15 +150,21 @@ impl<W: Write> Session<W> {
                 .unwrap_or(std::path::Path::new("/")),
         };
         let mut probes = KernelPrograms::load(&btf, &options)?;
-        name_existing_listeners(&mut probes, settings.ports, options.host_root);
+        // One pass over /proc serves the listeners and the addresses, of the watched
+        // namespaces only.
+        let proc_root = options.host_root.join("proc");
+        let by_netns = crate::events::procs::pids_by_netns(&proc_root, &|netns| {
+            settings.netns.is_empty() || settings.netns.contains(&netns)
+        });
+        name_existing_listeners(&mut probes, settings.ports, &proc_root, &by_netns);
         // Probe runs name no host root and need no addresses.
         let scope = crate::sinks::Scope {
             ports: settings.ports.to_vec(),
             netns: settings.netns.iter().copied().collect(),
             addresses: match &settings.host_root {
-                Some(root) => crate::events::netns::local_addresses(
-                    &root.join("proc"),
-                    &settings.netns,
+                Some(_) => crate::events::netns::local_addresses(
+                    &proc_root,
+                    &by_netns,
                     &settings.netns_files,
                 ),
                 None => Vec::new(),

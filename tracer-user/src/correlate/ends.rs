@@ -73,7 +73,7 @@ fn role_and_isns(value: &Value) -> (Option<Role>, Option<u32>, Option<u32>) {
 
 /// What an event or finding line says about its flow; None for other lines and lines
 /// without a node, time or flow.
-pub fn observe(value: &Value, nodes: &mut crate::correlate::nodes::Nodes) -> Option<Observation> {
+pub fn observe(value: &Value, nodes: &crate::correlate::nodes::Nodes) -> Option<Observation> {
     let ts = value["ts"].as_str()?;
     let node = nodes.intern(value["node"].as_str()?);
     let (role, client_isn, server_isn) = role_and_isns(value);

@@ -67,7 +67,7 @@ impl Correlator {
     pub fn add(&mut self, line: &Value, arrival: i64, release: bool, out: &mut Vec<Value>) {
         self.nodes.note(line);
         let mut released = Vec::new();
-        if let Some(obs) = ends::observe(line, &mut self.nodes) {
+        if let Some(obs) = ends::observe(line, &self.nodes) {
             released = self.table.add(&obs, line, arrival);
         }
         if release {

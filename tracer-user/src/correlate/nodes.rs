@@ -30,23 +30,18 @@ pub struct Node {
 
 #[derive(Debug, Default)]
 pub struct Nodes {
-    names: BTreeSet<Arc<str>>,
     pub by_name: BTreeMap<Arc<str>, Node>,
     /// Nodes not tracked past `MAX_NODES`.
     pub omitted: u64,
 }
 
 impl Nodes {
-    /// The shared name of a node (one allocation per node, not per line).
-    pub fn intern(&mut self, name: &str) -> Arc<str> {
-        if let Some(known) = self.names.get(name) {
-            return known.clone();
+    /// The shared name of a node (one allocation per tracked node, not per line).
+    pub fn intern(&self, name: &str) -> Arc<str> {
+        match self.by_name.get_key_value(name) {
+            Some((known, _)) => known.clone(),
+            None => Arc::from(name),
         }
-        let name: Arc<str> = Arc::from(name);
-        if self.names.len() < MAX_NODES {
-            self.names.insert(name.clone());
-        }
-        name
     }
 
     /// Takes in any line: its node was traced at its time; a start line says what it watched.
@@ -57,16 +52,22 @@ impl Nodes {
         let Some(at) = epoch_ns(ts) else {
             return;
         };
-        if !self.by_name.contains_key(name) && self.by_name.len() >= MAX_NODES {
-            self.omitted += 1;
-            return;
+        if !self.by_name.contains_key(name) {
+            if self.by_name.len() >= MAX_NODES {
+                self.omitted += 1;
+                return;
+            }
+            let first = Node {
+                first_ns: at,
+                last_ns: at,
+                ..Node::default()
+            };
+            self.by_name.insert(Arc::from(name), first);
         }
-        let name = self.intern(name);
-        let node = self.by_name.entry(name).or_insert_with(|| Node {
-            first_ns: at,
-            last_ns: at,
-            ..Node::default()
-        });
+        let node = self
+            .by_name
+            .get_mut(name)
+            .expect("a node just found or added");
         // A start line's time is when tracing began: earlier lines cannot be (a quiet flow's
         // history goes back before it only to its own opening).
         if value["type"] == "start" {

@@ -108,14 +108,15 @@ fn pod_namespaces(value: &str, host_root: &Path) -> Result<Vec<u32>, String> {
 /// Most addresses a start line lists.
 pub const MAX_ADDRESSES: usize = 1024;
 
-/// The addresses of the watched network namespaces (all of them, without `--netns`), but
-/// loopback and link-local: what `correlate` matches a client's destination against to know
-/// which traced node it was meant to reach. Read at start: a namespace named by its file is
-/// entered on a short-lived thread (an `ip netns` namespace may hold no process), the others
-/// through a process in each (`/proc/PID/net/fib_trie` and `if_inet6`).
+/// The addresses of the watched network namespaces, but loopback and link-local: what
+/// `correlate` matches a client's destination against to know which traced node it was
+/// meant to reach. Read at start: a namespace named by its file is entered on a short-lived
+/// thread (an `ip netns` namespace may hold no process), the others (`by_netns`, see
+/// `procs::pids_by_netns`) through a process in each (`/proc/PID/net/fib_trie` and
+/// `if_inet6`).
 pub fn local_addresses(
     proc_root: &Path,
-    watched: &BTreeSet<u32>,
+    by_netns: &std::collections::HashMap<u32, Vec<u32>>,
     files: &[std::path::PathBuf],
 ) -> Vec<std::net::IpAddr> {
     let mut addresses = BTreeSet::new();
@@ -126,17 +127,13 @@ pub fn local_addresses(
             addresses.extend(addresses_inside(file));
         }
     }
-    for pid in super::procs::pids(proc_root) {
+    for (netns, pids) in by_netns {
         if addresses.len() >= MAX_ADDRESSES {
             break;
         }
-        let Some(netns) = super::procs::netns_of(proc_root, pid) else {
-            continue;
-        };
-        if (!watched.is_empty() && !watched.contains(&netns)) || !seen_netns.insert(netns) {
-            continue;
+        if seen_netns.insert(*netns) {
+            addresses.extend(read_addresses(&proc_root.join(format!("{}/net", pids[0]))));
         }
-        addresses.extend(read_addresses(&proc_root.join(format!("{pid}/net"))));
     }
     addresses.into_iter().take(MAX_ADDRESSES).collect()
 }

@@ -234,19 +234,29 @@ fn socket_inode(link: &Path) -> Option<u64> {
         .ok()
 }
 
-/// Every process listening on a watched port now, in every network namespace: a namespace's
-/// socket table is read once (through its first process), and only the processes of
-/// namespaces with a watched listener have their descriptors read.
-pub fn existing_listeners(host_root: &Path, watched: &dyn Fn(u16) -> bool) -> Vec<Listener> {
-    let proc_root = host_root.join("proc");
+/// The processes of each network namespace (inode -> pids), from one pass over `/proc`:
+/// what start-up reads each namespace through (its listeners, its addresses). Only the
+/// namespaces `keep` accepts are kept.
+pub fn pids_by_netns(proc_root: &Path, keep: &dyn Fn(u32) -> bool) -> HashMap<u32, Vec<u32>> {
     let mut by_netns: HashMap<u32, Vec<u32>> = HashMap::new();
-    for pid in pids(&proc_root) {
-        if let Some(netns) = netns_of(&proc_root, pid) {
+    for pid in pids(proc_root) {
+        if let Some(netns) = netns_of(proc_root, pid).filter(|&netns| keep(netns)) {
             by_netns.entry(netns).or_default().push(pid);
         }
     }
+    by_netns
+}
+
+/// Every process listening on a watched port now, in the namespaces of `by_netns` (see
+/// `pids_by_netns`): a namespace's socket table is read once (through its first process),
+/// and only the processes of namespaces with a watched listener have their descriptors read.
+pub fn existing_listeners(
+    proc_root: &Path,
+    by_netns: &HashMap<u32, Vec<u32>>,
+    watched: &dyn Fn(u16) -> bool,
+) -> Vec<Listener> {
     let mut found = Vec::new();
-    for (netns, pids) in by_netns {
+    for (&netns, pids) in by_netns {
         let mut inodes = HashMap::new();
         for table in ["tcp", "tcp6"] {
             if let Ok(text) =
@@ -256,7 +266,7 @@ pub fn existing_listeners(host_root: &Path, watched: &dyn Fn(u16) -> bool) -> Ve
             }
         }
         let mut owned = HashSet::new();
-        for &pid in &pids {
+        for &pid in pids {
             if owned.len() == inodes.len() {
                 break;
             }
@@ -358,7 +368,10 @@ mod tests {
         let me = std::process::id();
         let name = read_process(Path::new("/proc"), me).unwrap();
         assert!(!name.name.is_empty());
-        let found = existing_listeners(Path::new("/"), &|p| p == port);
+        let proc_root = Path::new("/proc");
+        let found = existing_listeners(proc_root, &pids_by_netns(proc_root, &|_| true), &|p| {
+            p == port
+        });
         let mine: Vec<_> = found.iter().filter(|l| l.port == port).collect();
         assert_eq!(mine.len(), 1, "{found:?}");
         assert_eq!(mine[0].pid, me);
