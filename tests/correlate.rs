@@ -17,7 +17,10 @@ use std::{
 };
 
 use serde_json::Value;
-use support::{Netns, Routed, Tracer, connect, dump, exec_in, findings, settle};
+use support::{
+    Forgotten, Netns, Routed, Tracer, connect, dump, exec_in, findings, masquerade, nat_router,
+    settle, write_after_idle,
+};
 
 /// A tracer that is the node of one namespace.
 fn node(ns: &Netns, name: &str, extra: &[&str]) -> Tracer {
@@ -25,25 +28,6 @@ fn node(ns: &Netns, name: &str, extra: &[&str]) -> Tracer {
     let mut args = vec!["--netns", &path, "--node-name", name];
     args.extend_from_slice(extra);
     Tracer::start_with(&args)
-}
-
-/// MASQUERADE of the client's subnet on the router (a NAT gateway).
-fn masquerade(net: &Routed) {
-    let client_net = format!("{}/24", net.client_ip);
-    exec_in(
-        &net.router,
-        &[
-            "iptables",
-            "-t",
-            "nat",
-            "-A",
-            "POSTROUTING",
-            "-s",
-            &client_net,
-            "-j",
-            "MASQUERADE",
-        ],
-    );
 }
 
 /// The router's address on the server's side: what a MASQUERADE'd client looks like there.
@@ -260,8 +244,16 @@ fn with_router_rule(rule: &[&str], ports: &str) -> (Routed, Tracer, Tracer) {
     (net, client_node, server_node)
 }
 
-/// A connect from the client namespace that must time out after a few seconds.
-fn connect_times_out(net: &Routed, target: SocketAddr) {
+/// A connect from the client namespace to a listening server that must time out after a
+/// few seconds; both nodes' lines, and what `correlate` made of them (named by `tag`).
+fn connect_times_out(
+    net: &Routed,
+    (client_node, server_node): (Tracer, Tracer),
+    port: u16,
+    tag: &str,
+) -> (Vec<Value>, Vec<Value>, Vec<Value>) {
+    let target = SocketAddr::new(net.server_ip, port);
+    let (stop, server) = echo_server(&net.server, target);
     let error = net
         .client
         .run("st-beeline", move || {
@@ -273,29 +265,28 @@ fn connect_times_out(net: &Routed, target: SocketAddr) {
         .join()
         .unwrap();
     assert_eq!(error, std::io::ErrorKind::TimedOut);
+    settle();
+    drop(stop);
+    server.join().unwrap();
+    let (client_lines, server_lines) = (client_node.stop(), server_node.stop());
+    let files = save(&[
+        (&format!("node-client-{tag}"), &client_lines),
+        (&format!("node-server-{tag}"), &server_lines),
+    ]);
+    let out = correlate(&[&files[0], &files[1]], None);
+    (client_lines, server_lines, out)
 }
 
 #[test]
 fn syns_dropped_between_the_nodes_are_syn_lost_in_path() {
     let (net, client_node, server_node) =
         with_router_rule(&["-p", "tcp", "--dport", "10001", "-j", "DROP"], "10001");
-    let target = SocketAddr::new(net.server_ip, 10001);
-    let (stop, server) = echo_server(&net.server, target);
-    connect_times_out(&net, target);
-    settle();
-    drop(stop);
-    server.join().unwrap();
-    let (client_lines, server_lines) = (client_node.stop(), server_node.stop());
+    let (client_lines, _, out) = connect_times_out(&net, (client_node, server_node), 10001, "syn");
     assert!(
         !findings(&client_lines, "connect_timeout").is_empty(),
         "{}",
         dump(&client_lines)
     );
-    let files = save(&[
-        ("node-client-syn", &client_lines),
-        ("node-server-syn", &server_lines),
-    ]);
-    let out = correlate(&[&files[0], &files[1]], None);
     let serious = serious(&out);
     assert_eq!(serious.len(), 1, "{}", dump(&out));
     let lost = serious[0];
@@ -330,23 +321,13 @@ fn synacks_dropped_on_the_way_back_through_a_nat_are_synack_lost_on_return() {
         "10000",
     );
     masquerade(&net);
-    let target = SocketAddr::new(net.server_ip, 10000);
-    let (stop, server) = echo_server(&net.server, target);
-    connect_times_out(&net, target);
-    settle();
-    drop(stop);
-    server.join().unwrap();
-    let (client_lines, server_lines) = (client_node.stop(), server_node.stop());
+    let (_, server_lines, out) =
+        connect_times_out(&net, (client_node, server_node), 10000, "synack");
     assert!(
         !findings(&server_lines, "return_path_blocked").is_empty(),
         "{}",
         dump(&server_lines)
     );
-    let files = save(&[
-        ("node-client-synack", &client_lines),
-        ("node-server-synack", &server_lines),
-    ]);
-    let out = correlate(&[&files[0], &files[1]], None);
     let serious = serious(&out);
     assert_eq!(
         serious.len(),
@@ -448,32 +429,8 @@ fn a_reset_neither_end_sent_is_a_proven_middlebox_reset() {
 #[test]
 fn an_idle_flow_the_nat_forgot_is_one_finding_from_both_ends() {
     const NAT_IDLE_S: u64 = 4;
-    let net = Routed::new();
-    masquerade(&net);
-    exec_in(
-        &net.router,
-        &[
-            "sysctl",
-            "-qw",
-            &format!("net.netfilter.nf_conntrack_tcp_timeout_established={NAT_IDLE_S}"),
-            "net.netfilter.nf_conntrack_tcp_loose=0",
-        ],
-    );
     // A packet of a flow the NAT forgot is dropped (as Azure's NAT does).
-    exec_in(
-        &net.router,
-        &[
-            "iptables",
-            "-A",
-            "FORWARD",
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "INVALID",
-            "-j",
-            "DROP",
-        ],
-    );
+    let net = nat_router(Forgotten::Drop, NAT_IDLE_S);
     let target = SocketAddr::new(net.server_ip, 10000);
     let idle = format!("{NAT_IDLE_S}s");
     let args = ["--ports", "10000", "--nat-idle", &idle];
@@ -494,20 +451,7 @@ fn an_idle_flow_the_nat_forgot_is_one_finding_from_both_ends() {
         thread::sleep(Duration::from_secs(2 * NAT_IDLE_S));
     });
     ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-    let local = net
-        .client
-        .run("st-odbc", move || {
-            let mut stream = connect(target).expect("connect");
-            let mut buf = [0u8; 2];
-            stream.write_all(b"select 1").unwrap();
-            stream.read_exact(&mut buf).unwrap();
-            thread::sleep(Duration::from_secs(NAT_IDLE_S + 2));
-            stream.write_all(b"fetch").unwrap();
-            thread::sleep(Duration::from_secs(2 * NAT_IDLE_S));
-            stream.local_addr().unwrap()
-        })
-        .join()
-        .unwrap();
+    let local = write_after_idle(&net, target, NAT_IDLE_S);
     late_tx.send(()).unwrap();
     server.join().unwrap();
     settle();

@@ -15,64 +15,15 @@ use std::{
 };
 
 use serde_json::Value;
-use support::{Routed, Tracer, clean_flows, connect, dump, exec_in, findings, last_stats, settle};
+use support::{
+    Forgotten, Routed, Tracer, clean_flows, connect, dump, findings, last_stats, settle,
+};
 
 /// The NAT threshold the tests use, and conntrack's matching established timeout.
 const NAT_IDLE_S: u64 = 4;
 
-/// What the NAT does with a packet of a flow it forgot.
-enum Forgotten {
-    /// Answer with a RST (like an AWS NAT gateway).
-    Reset,
-    /// Drop it silently (like Azure).
-    Drop,
-}
-
 fn nat_router(forgotten: Forgotten) -> Routed {
-    let net = Routed::new();
-    let client_net = format!("{}/24", net.client_ip);
-    exec_in(
-        &net.router,
-        &[
-            "iptables",
-            "-t",
-            "nat",
-            "-A",
-            "POSTROUTING",
-            "-s",
-            &client_net,
-            "-j",
-            "MASQUERADE",
-        ],
-    );
-    exec_in(
-        &net.router,
-        &[
-            "sysctl",
-            "-qw",
-            &format!("net.netfilter.nf_conntrack_tcp_timeout_established={NAT_IDLE_S}"),
-            "net.netfilter.nf_conntrack_tcp_loose=0",
-        ],
-    );
-    let action: &[&str] = match forgotten {
-        Forgotten::Reset => &["REJECT", "--reject-with", "tcp-reset"],
-        Forgotten::Drop => &["DROP"],
-    };
-    let mut rule = vec![
-        "iptables",
-        "-A",
-        "FORWARD",
-        "-p",
-        "tcp",
-        "-m",
-        "conntrack",
-        "--ctstate",
-        "INVALID",
-        "-j",
-    ];
-    rule.extend_from_slice(action);
-    exec_in(&net.router, &rule);
-    net
+    support::nat_router(forgotten, NAT_IDLE_S)
 }
 
 fn set_keepalive(stream: &TcpStream, idle_s: i32) {
@@ -255,22 +206,7 @@ fn nat_that_drops_a_forgotten_flow_breaks_both_ends() {
     let target = SocketAddr::new(net.server_ip, 10000);
     let tracer = start_tracer();
     let (late, server) = echo_server(&net, target);
-    let local = net
-        .client
-        .run("st-odbc", move || {
-            let mut stream = connect(target).expect("connect");
-            let mut buf = [0u8; 2];
-            stream.write_all(b"select 1").unwrap();
-            stream.read_exact(&mut buf).unwrap();
-            thread::sleep(Duration::from_secs(NAT_IDLE_S + 2));
-            // Silently dropped now: the kernel retransmits it, with gaps that grow past 80%
-            // of the threshold within a few seconds.
-            stream.write_all(b"fetch").unwrap();
-            thread::sleep(Duration::from_secs(2 * NAT_IDLE_S));
-            stream.local_addr().unwrap()
-        })
-        .join()
-        .unwrap();
+    let local = support::write_after_idle(&net, target, NAT_IDLE_S);
     // The server, which never heard of any of this, talks to a client that is gone.
     late.send(()).unwrap();
     thread::sleep(Duration::from_secs(2));

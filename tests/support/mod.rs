@@ -424,3 +424,87 @@ pub fn refused_burst(topo: &Topology, port: u16, count: usize) {
         .unwrap();
     assert_eq!(refused, count);
 }
+
+/// What a NAT router does with a packet of a flow it forgot.
+pub enum Forgotten {
+    /// Answer with a RST (like an AWS NAT gateway).
+    Reset,
+    /// Drop it silently (like Azure).
+    Drop,
+}
+
+/// MASQUERADE of the client's subnet on the router (a NAT gateway).
+pub fn masquerade(net: &Routed) {
+    let client_net = format!("{}/24", net.client_ip);
+    exec_in(
+        &net.router,
+        &[
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-s",
+            &client_net,
+            "-j",
+            "MASQUERADE",
+        ],
+    );
+}
+
+/// A router that MASQUERADEs the client, forgets an idle flow after `idle_s` (conntrack's
+/// established timeout, `nf_conntrack_tcp_loose=0`) as a cloud NAT gateway does, and then
+/// answers or drops its packets as `forgotten` says.
+pub fn nat_router(forgotten: Forgotten, idle_s: u64) -> Routed {
+    let net = Routed::new();
+    masquerade(&net);
+    exec_in(
+        &net.router,
+        &[
+            "sysctl",
+            "-qw",
+            &format!("net.netfilter.nf_conntrack_tcp_timeout_established={idle_s}"),
+            "net.netfilter.nf_conntrack_tcp_loose=0",
+        ],
+    );
+    let action: &[&str] = match forgotten {
+        Forgotten::Reset => &["REJECT", "--reject-with", "tcp-reset"],
+        Forgotten::Drop => &["DROP"],
+    };
+    let mut rule = vec![
+        "iptables",
+        "-A",
+        "FORWARD",
+        "-p",
+        "tcp",
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "INVALID",
+        "-j",
+    ];
+    rule.extend_from_slice(action);
+    exec_in(&net.router, &rule);
+    net
+}
+
+/// From the client namespace (thread `st-odbc`): a request and its answer, then silence past
+/// the NAT's `idle_s`, then a write, which a NAT that dropped the flow drops (the kernel
+/// retransmits it, with gaps that grow past 80% of the threshold within a few seconds); the
+/// client's end.
+pub fn write_after_idle(net: &Routed, target: SocketAddr, idle_s: u64) -> SocketAddr {
+    use std::io::{Read as _, Write as _};
+    net.client
+        .run("st-odbc", move || {
+            let mut stream = connect(target).expect("connect");
+            let mut buf = [0u8; 2];
+            stream.write_all(b"select 1").unwrap();
+            stream.read_exact(&mut buf).unwrap();
+            thread::sleep(Duration::from_secs(idle_s + 2));
+            stream.write_all(b"fetch").unwrap();
+            thread::sleep(Duration::from_secs(2 * idle_s));
+            stream.local_addr().unwrap()
+        })
+        .join()
+        .unwrap()
+}

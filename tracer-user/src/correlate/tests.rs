@@ -171,23 +171,22 @@ fn an_isn_collision_between_unrelated_flows_does_not_join_them() {
     assert_eq!(out[0]["nat"]["server_saw"], NATTED);
 }
 
-#[test]
-fn files_out_of_order_give_the_same_findings() {
-    let syn = |ms| {
-        event(
-            "a",
-            ms,
-            "retransmit",
-            "client",
-            CLIENT,
-            SERVER,
-            Some(5),
-            None,
-        )
-    };
+/// Node a's client with ISN 5: a SYN retransmitted at `syn_ms`, and the `connect_timeout`
+/// finding at `timeout_ms` with it as evidence.
+fn timed_out_client(syn_ms: i64, timeout_ms: i64) -> (Value, Value) {
+    let syn = event(
+        "a",
+        syn_ms,
+        "retransmit",
+        "client",
+        CLIENT,
+        SERVER,
+        Some(5),
+        None,
+    );
     let client = finding(
         "a",
-        3000,
+        timeout_ms,
         "connect_timeout",
         "error",
         "client",
@@ -195,8 +194,14 @@ fn files_out_of_order_give_the_same_findings() {
         SERVER,
         Some(5),
         None,
-        vec![syn(1000)],
+        vec![syn.clone()],
     );
+    (syn, client)
+}
+
+#[test]
+fn files_out_of_order_give_the_same_findings() {
+    let (syn, client) = timed_out_client(1000, 3000);
     let synack = |ms| {
         event(
             "b",
@@ -221,10 +226,10 @@ fn files_out_of_order_give_the_same_findings() {
         Some(5),
         vec![synack(1000), synack(2000)],
     );
-    let forward = run(&[syn(1000), client.clone(), synack(1000), server.clone()]);
+    let forward = run(&[syn.clone(), client.clone(), synack(1000), server.clone()]);
     // Node b's file first, then node a's (as `kubectl logs` of two pods, one after the
     // other): nothing may be released by time then; the result is the same.
-    let backward = run_with(&[server, synack(1000), client, syn(1000)], 1000, false);
+    let backward = run_with(&[server, synack(1000), client, syn], 1000, false);
     assert_eq!(kinds(&forward), ["synack_lost_on_return"]);
     assert_eq!(kinds(&backward), ["synack_lost_on_return"]);
     for out in [&forward, &backward] {
@@ -241,28 +246,7 @@ fn files_out_of_order_give_the_same_findings() {
 
 #[test]
 fn an_end_whose_other_half_was_not_traced_keeps_its_finding() {
-    let syn = event(
-        "a",
-        1000,
-        "retransmit",
-        "client",
-        CLIENT,
-        SERVER,
-        Some(5),
-        None,
-    );
-    let client = finding(
-        "a",
-        3000,
-        "connect_timeout",
-        "error",
-        "client",
-        CLIENT,
-        SERVER,
-        Some(5),
-        None,
-        vec![syn.clone()],
-    );
+    let (syn, client) = timed_out_client(1000, 3000);
     // No node has the server's address: nothing to say beyond the client's own finding.
     let out = run(&[
         start("a", 0, &["10.0.1.5"], &[7337]),
