@@ -133,6 +133,9 @@ pub struct End {
     pub clean: bool,
     /// Its socket closed: no more lines will come about it.
     pub closed: bool,
+    /// The latest of its own kernel events seen (ns since the epoch; `i64::MIN`: none): how
+    /// far its record goes (a finding's evidence keeps only its first events).
+    pub last_event_ns: i64,
     /// Its process, from the first line that names one: `pid`, `comm`, `main_class`, `pod`,
     /// `namespace`.
     pub process: Option<Value>,
@@ -161,6 +164,7 @@ impl End {
             established: false,
             clean: false,
             closed: false,
+            last_event_ns: i64::MIN,
             process: None,
         }
     }
@@ -215,6 +219,9 @@ impl End {
             .any(|e| &e["ts"] == ts && &e["event"] == name)
         {
             return;
+        }
+        if let Some(at) = ts.as_str().and_then(epoch_ns) {
+            self.last_event_ns = self.last_event_ns.max(at);
         }
         match name.as_str() {
             Some("reset_sent") => self.sent_rst = true,

@@ -332,6 +332,43 @@ fn a_reset_received_that_the_other_end_did_not_send_is_proven_a_middlebox_reset(
     assert_eq!(kinds(&out), ["middlebox_reset"]);
     assert!(out[0]["summary"].as_str().unwrap().contains("never sent"));
     assert_eq!(out[0]["joined_by"], "isn");
+    // The server's record stops long before the RST (a finding's evidence keeps only its
+    // first events): its silence proves nothing.
+    let mut late_rst = rst.clone();
+    late_rst["ts"] = json!(at(20_000));
+    let mut late_client = client.clone();
+    for field in ["ts", "first_ts", "last_ts"] {
+        late_client[field] = json!(at(20_000));
+    }
+    late_client["evidence"] = json!([late_rst.clone()]);
+    // The server's finding spans the RST's time, but its evidence is the opening only.
+    let mut server_finding = finding(
+        "b",
+        100,
+        "retransmit_storm",
+        "warning",
+        "server",
+        SERVER,
+        CLIENT,
+        Some(9),
+        Some(5),
+        vec![server_open.clone()],
+    );
+    server_finding["last_ts"] = json!(at(21_000));
+    let lines = [
+        start("b", 0, &["10.0.2.9"], &[7337]),
+        server_finding,
+        late_rst,
+        late_client,
+        stats("b", 30_000),
+    ];
+    let out = run(&lines);
+    assert_eq!(out.len(), 1);
+    assert!(
+        !out[0]["summary"].as_str().unwrap().contains("never sent"),
+        "{}",
+        out[0]
+    );
     // The server did send one: no proof, the ends' own findings told as one.
     let mut sent = server_later;
     sent["event"] = json!("reset_sent");

@@ -335,7 +335,9 @@ impl Verdicts {
     }
 
     /// The end that received a RST the other end's kernel never sent, while the other node
-    /// was traced (so its silence is evidence), and that other end.
+    /// was traced and its record of the connection reaches the RST's time (so its silence is
+    /// evidence: a finding's evidence keeps only its first events, and a RST after them would
+    /// not be there), and that other end.
     fn reset_from_neither<'e>(
         &self,
         client: &'e End,
@@ -353,7 +355,8 @@ impl Verdicts {
             node.first_ns.saturating_sub(self.max_skew_ns) <= at
                 && node.last_ns.saturating_add(self.max_skew_ns) >= at
         });
-        traced.then_some((receiver, other))
+        let recorded_then = other.last_event_ns.saturating_add(self.max_skew_ns) >= at;
+        (traced && recorded_then).then_some((receiver, other))
     }
 
     /// Both ends still held an idle flow that broke: the device in between forgot it.
