@@ -187,7 +187,7 @@ fn sidecar_to_plaintext(ends: SidecarEnds) -> (Vec<Value>, Value) {
             "15001",
         ],
     );
-    let tracer = Tracer::start("7337");
+    let tracer = net.tracer("7337");
     let server = plaintext_server(&net.server, target);
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -289,7 +289,7 @@ fn a_sidecar_that_closes_the_application_cleanly_still_names_it() {
 fn plaintext_to_a_tls_port_is_a_tls_mismatch() {
     let net = Routed::new();
     let target = SocketAddr::new(net.server_ip, 10000);
-    let tracer = Tracer::start("10000");
+    let tracer = net.tracer("10000");
     let server = tls_server(&net.server, target);
     let answer = net
         .client
@@ -335,7 +335,7 @@ fn plaintext_to_a_tls_port_is_a_tls_mismatch() {
 fn a_correct_tls_client_gives_no_finding() {
     let net = Routed::new();
     let target = SocketAddr::new(net.server_ip, 8443);
-    let tracer = Tracer::start("8443");
+    let tracer = net.tracer("8443");
     let server = tls_server(&net.server, target);
     let client = format!(
         "import socket, ssl\n\
@@ -349,7 +349,7 @@ fn a_correct_tls_client_gives_no_finding() {
     server.join().unwrap();
     let lines = stop_without_tls_mismatch(tracer);
     // ClientHello answered by a ServerHello: nothing to judge, so the kernel kept the flow
-    // quiet and summarised each end when it closed (no other test here uses port 8443).
+    // quiet and summarised each end when it closed (the tracer watches this test's namespaces only).
     assert!(
         !lines
             .iter()
@@ -449,7 +449,7 @@ fn openssl_closing_on_plaintext_after_answering_others_with_tls_is_a_likely_mism
     let net = Routed::new();
     let target = SocketAddr::new(net.server_ip, 10000);
     let pem = PemFiles::new();
-    let tracer = Tracer::start("10000");
+    let tracer = net.tracer("10000");
     let (cert, key) = (pem.cert.to_str().unwrap(), pem.key.to_str().unwrap());
     let accept = target.port().to_string();
     let mut server = spawn_ready(
@@ -494,7 +494,7 @@ fn python_ssl_resetting_plaintext_on_an_https_port_is_one_likely_mismatch() {
     let net = Routed::new();
     let target = SocketAddr::new(net.server_ip, 8443);
     let pem = PemFiles::new();
-    let tracer = Tracer::start("8443");
+    let tracer = net.tracer("8443");
     let script = format!(
         "import socket, ssl\n\
          ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain('{}', '{}')\n\
@@ -538,7 +538,7 @@ fn a_plaintext_server_closing_on_bad_input_is_no_tls_mismatch() {
     // marks as TLS: a closed connection, not a TLS mismatch.
     let net = Routed::new();
     let target = SocketAddr::new(net.server_ip, 7337);
-    let tracer = Tracer::start("7337");
+    let tracer = net.tracer("7337");
     let script = format!(
         "import socket\n\
          l = socket.create_server(('{}', {})); print('ready', flush=True)\n\

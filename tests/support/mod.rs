@@ -334,6 +334,20 @@ pub struct Routed {
 }
 
 impl Routed {
+    /// A tracer of `ports` that watches this topology's namespaces only (`--netns`): tests
+    /// that run at the same time on the same port see nothing of each other.
+    pub fn tracer(&self, ports: &str) -> Tracer {
+        let files: Vec<String> = [&self.client, &self.router, &self.server]
+            .iter()
+            .map(|ns| format!("/run/netns/{}", ns.name))
+            .collect();
+        let mut args = vec!["--ports", ports];
+        for file in &files {
+            args.extend(["--netns", file.as_str()]);
+        }
+        Tracer::start_with(&args)
+    }
+
     pub fn new() -> Self {
         let n = NEXT_TOPOLOGY.fetch_add(1, Ordering::SeqCst);
         let tag = format!("{}{}", std::process::id() % 100_000, n);

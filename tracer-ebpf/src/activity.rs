@@ -7,11 +7,50 @@ use aya_ebpf::programs::SkBuffContext;
 use core::ffi::c_void;
 use tracer_ebpf::{AF_INET, AF_INET6, FlowActivity, counter, flag, kind, payload_class, tcp_state};
 
-use crate::emit::{Record, emit, flow_owner};
-use crate::maps::{ACTIVITY, ACTIVITY_SCRATCH, BPF_NOEXIST, IDLE_MARK_NS, count};
+use crate::emit::{Record, emit, flow_owner, put};
+use crate::maps::{
+    ACTIVITY, ACTIVITY_HINT, ACTIVITY_HINT_SLOTS, ACTIVITY_SCRATCH, BPF_NOEXIST, IDLE_MARK_NS,
+    count,
+};
 use crate::packet::{Segment, load_addr};
 use crate::slots::{is_quiet, ship_quiet};
 use crate::sock::{Tuple, read_keepalive, read_sock_netns};
+
+/// The flow's counter in `ACTIVITY_HINT` (cookies are handed out in consecutive runs, so
+/// their low bits spread them).
+#[inline(always)]
+fn hint(cookie: u64) -> Option<*mut u32> {
+    ACTIVITY_HINT.get_ptr_mut(cookie as u32 & (ACTIVITY_HINT_SLOTS - 1))
+}
+
+/// Adds `delta` to the flow's hint counter (atomic: other CPUs count into it too).
+#[inline(always)]
+fn add_hint(cookie: u64, delta: u32) {
+    if let Some(counter) = hint(cookie) {
+        // SAFETY: an aligned u32 in a live map value; the intrinsic becomes the BPF atomic
+        // add instruction (no fetch: every kernel has it).
+        unsafe {
+            core::intrinsics::atomic_xadd::<u32, u32, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                counter, delta,
+            )
+        };
+    }
+}
+
+/// Whether the flow may have an `ACTIVITY` entry (false: it certainly has none).
+#[inline(always)]
+pub(crate) fn may_have_activity(cookie: u64) -> bool {
+    // SAFETY: the value is read at once.
+    hint(cookie).is_some_and(|counter| unsafe { *counter } != 0)
+}
+
+/// At TCP_CLOSE: the flow's activity record goes, and its hint with it.
+#[inline(always)]
+pub(crate) fn forget_activity(cookie: u64) {
+    if may_have_activity(cookie) && ACTIVITY.remove(&cookie).is_ok() {
+        add_hint(cookie, u32::MAX);
+    }
+}
 
 /// Starts idle tracking of a watched flow at its first data segment (a flow that never
 /// carries data costs nothing here), with its tuple and netns; the entry is removed at
@@ -59,11 +98,11 @@ pub(crate) fn start_activity(ctx: &SkBuffContext, cookie: u64, segment: &Segment
     activity.last_rx_ns = now;
     activity.last_tx_ns = now;
     activity.last_packet_ns = now;
-    activity.gap_ns = 0;
-    activity.resumed_ns = 0;
+    put(&mut activity.gap_ns, 0);
+    put(&mut activity.resumed_ns, 0);
     activity.keepalive_ns = now;
-    activity.tx_first_ns = 0;
-    activity.rx_first_ns = 0;
+    put(&mut activity.tx_first_ns, 0);
+    put(&mut activity.rx_first_ns, 0);
     activity.keepalive = read_keepalive(tp as *const u8);
     activity.netns = read_sock_netns(tp as *const u8);
     activity.local_port = local_port;
@@ -72,11 +111,15 @@ pub(crate) fn start_activity(ctx: &SkBuffContext, cookie: u64, segment: &Segment
     activity.tx_class = payload_class::NONE;
     activity.rx_class = payload_class::NONE;
     activity._pad = 0;
+    // Counted before the entry exists: the hint never says "none" for a flow that has one.
+    add_hint(cookie, 1);
     // BPF_NOEXIST: the other direction's program may have created it a moment ago.
-    if ACTIVITY.insert(&cookie, activity, BPF_NOEXIST).is_err()
-        && unsafe { ACTIVITY.get(&cookie) }.is_none()
-    {
-        count(counter::ACTIVITY_TABLE_FULL);
+    if ACTIVITY.insert(&cookie, activity, BPF_NOEXIST).is_err() {
+        add_hint(cookie, u32::MAX);
+        // SAFETY: the value is not kept.
+        if unsafe { ACTIVITY.get(&cookie) }.is_none() {
+            count(counter::ACTIVITY_TABLE_FULL);
+        }
     }
 }
 
@@ -92,6 +135,9 @@ pub(crate) fn note_segment(
         return None;
     }
     let payload = segment.payload;
+    if payload == 0 && !may_have_activity(cookie) {
+        return None;
+    }
     let activity = match ACTIVITY.get_ptr_mut(&cookie) {
         Some(activity) => activity,
         None if payload > 0 => {

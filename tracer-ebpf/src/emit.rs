@@ -2,11 +2,12 @@
 //! reference, never copied: see `NO_OWNER`), the flow's idle times, and the wakeup policy.
 
 use aya_ebpf::helpers::{
-    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-    bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
+    bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+    bpf_ktime_get_boot_ns, generated,
 };
 use tracer_ebpf::{FlowEvent, ListenerKey, SockOwner, counter, flag};
 
+use crate::activity::may_have_activity;
 use crate::maps::{
     ACTIVITY, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, EVENTS, FLOWS, LISTENERS,
     WAKEUP_BYTES, count, netns_watched,
@@ -38,6 +39,15 @@ pub(crate) struct Record {
 // value's precision across the call and then keeps every state apart (hundreds of
 // thousands of instructions verified instead of tens).
 
+/// Stores a field as one store of its own. LLVM merges adjacent zero stores into a call to
+/// `memset`, which this target runs (and its verifiers walk) byte by byte in a loop; a
+/// volatile store is never merged.
+#[inline(always)]
+pub(crate) fn put<T: Copy>(field: &mut T, value: T) {
+    // SAFETY: a plain store through a valid, exclusive reference.
+    unsafe { core::ptr::write_volatile(field, value) }
+}
+
 /// No owner: every field zero, no `OWNER_KNOWN` flag.
 pub(crate) static NO_OWNER: SockOwner = SockOwner {
     cgroup_id: 0,
@@ -61,7 +71,12 @@ pub(crate) fn set_current_owner(owner: &mut SockOwner) {
     owner.uid = bpf_get_current_uid_gid() as u32;
     owner.flags = flag::OWNER_KNOWN;
     owner._pad = 0;
-    owner.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    // Straight into place: aya's wrapper zeroes a buffer first (a byte loop on this target)
+    // and copies it; the helper itself zeroes the destination when it fails.
+    // SAFETY: the helper writes at most `comm.len()` bytes into the owner's own array.
+    unsafe {
+        generated::bpf_get_current_comm(owner.comm.as_mut_ptr().cast(), owner.comm.len() as u32)
+    };
 }
 
 /// The owner recorded in a flow's slot (NO_OWNER without a slot).
@@ -173,7 +188,7 @@ pub(crate) fn write_activity(out: &mut FlowEvent, cookie: u64, now: u64) {
     let ms = |ns: u64| (ns / 1_000_000).min(u64::from(u32::MAX - 1)) as u32;
     (out.idle_ms, out.gap_ms, out.resumed_ms) = (u32::MAX, u32::MAX, u32::MAX);
     (out.tx_class, out.rx_class) = (0, 0);
-    if cookie == 0 {
+    if cookie == 0 || !may_have_activity(cookie) {
         return;
     }
     // SAFETY: fields are read at once.

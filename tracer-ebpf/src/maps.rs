@@ -85,6 +85,17 @@ pub(crate) static RST_TTL: LruHashMap<u64, u8> = LruHashMap::with_max_entries(40
 #[map]
 pub(crate) static ACTIVITY: HashMap<u64, FlowActivity> = HashMap::with_max_entries(131072, 0);
 
+/// How many `ACTIVITY` entries each slot of cookies may have (index: `hint_index`), counted
+/// up before an entry is inserted and down once one is removed: 0 means the flow has none,
+/// so a segment without data of a flow that never carried any (a short connection's
+/// handshake, FINs and ACKs) and its close skip the lookup in the large `ACTIVITY` table, a
+/// cache miss each. Small enough to stay in cache; a non-zero count only means "look".
+#[map]
+pub(crate) static ACTIVITY_HINT: Array<u32> = Array::with_max_entries(ACTIVITY_HINT_SLOTS, 0);
+
+/// Slots of `ACTIVITY_HINT` (a power of two).
+pub(crate) const ACTIVITY_HINT_SLOTS: u32 = 16384;
+
 /// One `FlowSlot` per CPU, where a new flow's slot is built before it is inserted (see
 /// `ACTIVITY_SCRATCH`).
 #[map]

@@ -8,7 +8,7 @@ use core::ffi::c_void;
 use tracer_ebpf::{AF_INET, AF_INET6, payload_class};
 
 use crate::maps::{IPPROTO_TCP, is_watched, offset};
-use crate::sock::{Tuple, read, read_netns_of};
+use crate::sock::{Tuple, read, read_netns_of, v4_addr, words_addr};
 
 pub(crate) const TCP_FLAG_RST: u8 = 0x04;
 pub(crate) const TCP_FLAG_SYN: u8 = 0x02;
@@ -104,10 +104,7 @@ pub(crate) fn load_addr(ctx: &SkBuffContext, offset: usize, v6: bool) -> Option<
     if v6 {
         return ctx.load(offset).ok();
     }
-    let v4: [u8; 4] = ctx.load(offset).ok()?;
-    let mut addr = [0u8; 16];
-    addr[..4].copy_from_slice(&v4);
-    Some(addr)
+    Some(v4_addr(ctx.load(offset).ok()?))
 }
 
 #[inline(always)]
@@ -130,9 +127,7 @@ pub(crate) fn peer_key(family: u16, addr: &[u8; 16]) -> [u8; 16] {
         && addr[10] == 0xff
         && addr[11] == 0xff;
     if mapped {
-        let mut key = [0u8; 16];
-        key[..4].copy_from_slice(&addr[12..]);
-        key
+        v4_addr([addr[12], addr[13], addr[14], addr[15]])
     } else {
         *addr
     }
@@ -156,28 +151,31 @@ pub(crate) fn received_segment(skb: *const u8) -> Option<(Tuple, u32, u8, u32)> 
         return None;
     }
     let version: u8 = read(head, network as usize);
-    let mut tuple = Tuple {
-        family: AF_INET,
-        local_port: receiver_port,
-        remote_port: sender_port,
-        local_addr: [0; 16],
-        remote_addr: [0; 16],
-    };
     // IPv4's protocol, or IPv6's next header (a TCP header right after the fixed header).
-    let protocol: u8 = match version >> 4 {
+    let (family, local_addr, remote_addr, protocol) = match version >> 4 {
         4 => {
             let addrs: [u8; 8] = read(head, network as usize + 12);
-            tuple.remote_addr[..4].copy_from_slice(&addrs[..4]);
-            tuple.local_addr[..4].copy_from_slice(&addrs[4..]);
-            read(head, network as usize + 9)
+            (
+                AF_INET,
+                v4_addr([addrs[4], addrs[5], addrs[6], addrs[7]]),
+                v4_addr([addrs[0], addrs[1], addrs[2], addrs[3]]),
+                read::<u8>(head, network as usize + 9),
+            )
         }
-        6 => {
-            tuple.family = AF_INET6;
-            tuple.remote_addr = read(head, network as usize + 8);
-            tuple.local_addr = read(head, network as usize + 24);
-            read(head, network as usize + 6)
-        }
+        6 => (
+            AF_INET6,
+            words_addr(read(head, network as usize + 24)),
+            words_addr(read(head, network as usize + 8)),
+            read::<u8>(head, network as usize + 6),
+        ),
         _ => return None,
+    };
+    let tuple = Tuple {
+        local_addr,
+        remote_addr,
+        family,
+        local_port: receiver_port,
+        remote_port: sender_port,
     };
     if u16::from(protocol) != IPPROTO_TCP {
         return None;
@@ -194,42 +192,31 @@ pub(crate) fn received_segment(skb: *const u8) -> Option<(Tuple, u32, u8, u32)> 
 /// the bytes stay in this function's stack.
 #[inline(always)]
 pub(crate) fn classify_payload(ctx: &SkBuffContext, segment: &Segment) -> u8 {
-    let mut head = [0u8; payload_class::HEAD];
     let at = segment.payload_offset;
-    let len = if segment.payload >= 16 {
-        match ctx.load::<[u8; 16]>(at) {
-            Ok(bytes) => {
-                head = bytes;
-                16
-            }
-            Err(_) => 0,
+    // Built as words, whatever was read and the rest zero (see `v4_addr`).
+    let (words, len): ([u64; 2], usize) = if segment.payload >= 16 {
+        match ctx.load::<[u64; 2]>(at) {
+            Ok(words) => (words, 16),
+            Err(_) => ([0, 0], 0),
         }
     } else if segment.payload >= 8 {
-        match ctx.load::<[u8; 8]>(at) {
-            Ok(bytes) => {
-                head[..8].copy_from_slice(&bytes);
-                8
-            }
-            Err(_) => 0,
+        match ctx.load::<u64>(at) {
+            Ok(word) => ([word, 0], 8),
+            Err(_) => ([0, 0], 0),
         }
     } else if segment.payload >= 4 {
         // A TLS alert is 7 bytes: the record header is enough to tell.
-        match ctx.load::<[u8; 4]>(at) {
-            Ok(bytes) => {
-                head[..4].copy_from_slice(&bytes);
-                4
-            }
-            Err(_) => 0,
+        match ctx.load::<u32>(at) {
+            Ok(word) => ([u64::from(word), 0], 4),
+            Err(_) => ([0, 0], 0),
         }
     } else {
-        match ctx.load::<[u8; 1]>(at) {
-            Ok(bytes) => {
-                head[0] = bytes[0];
-                1
-            }
-            Err(_) => 0,
+        match ctx.load::<u8>(at) {
+            Ok(byte) => ([u64::from(byte), 0], 1),
+            Err(_) => ([0, 0], 0),
         }
     };
+    let head = words_addr(words);
     match payload_class::classify(&head, len) {
         payload_class::NONE => payload_class::OTHER,
         class => class,

@@ -4,11 +4,14 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_boot_ns;
 use tracer_ebpf::{
-    FlowHistory, ListenerKey, SockOwner, counter, flag, kind, payload_class, slot, tcp_state,
+    FlowHistory, FlowSlot, ListenerKey, SockOwner, counter, flag, kind, payload_class, slot,
+    tcp_state,
 };
 
+use crate::activity::{forget_activity, may_have_activity};
 use crate::emit::{
-    Record, emit, flow_owner, listener, listener_key, set_current_owner, wakeup_flag, write_event,
+    NO_OWNER, Record, emit, flow_owner, listener, listener_key, put, set_current_owner,
+    wakeup_flag, write_event,
 };
 use crate::isn::{ISN_BOTH, established_isns, keep_isns, kept_isns, note_sequence};
 use crate::maps::{ACTIVITY, EVENTS, FLOWS, LISTENERS, SLOT_SCRATCH, count, netns_watched};
@@ -17,7 +20,7 @@ use crate::sock::{Tuple, read_sock_netns, watched_tuple};
 /// At TCP_CLOSE: the flow's slot and activity record go.
 #[inline(always)]
 pub(crate) fn forget_flow(cookie: u64) {
-    let _ = ACTIVITY.remove(&cookie);
+    forget_activity(cookie);
     let _ = FLOWS.remove(&cookie);
 }
 
@@ -84,26 +87,33 @@ pub(crate) fn open_flow(
     slot.shipped = slot::QUIET;
     slot.opened_old = old_state;
     slot.opened_new = new_state;
-    slot.latest_old = 0;
-    slot.latest_new = 0;
-    slot._pad = 0;
-    slot._pad2 = 0;
+    // Zero fields one by one (see `put`).
+    put(&mut slot.latest_old, 0);
+    put(&mut slot.latest_new, 0);
+    put(&mut slot._pad, 0);
+    put(&mut slot._pad2, 0);
     // An accepted flow is opened as its handshake completes: both ISNs are there.
-    (slot.isn_flags, slot.isn_sent, slot.isn_received) = if flags & flag::ACCEPTED != 0 {
+    let (isn_flags, isn_sent, isn_received) = if flags & flag::ACCEPTED != 0 {
         let (sent, received) = established_isns(sk);
         (ISN_BOTH, sent, received)
     } else {
         (0, 0, 0)
     };
+    put(&mut slot.isn_flags, isn_flags);
+    put(&mut slot.isn_sent, isn_sent);
+    put(&mut slot.isn_received, isn_received);
     // SAFETY: helper without arguments.
     slot.opened_ns = unsafe { bpf_ktime_get_boot_ns() };
     // An accepted flow is opened as it is established (see `open_accepted`).
-    slot.established_ns = if flags & flag::ACCEPTED != 0 {
-        slot.opened_ns
-    } else {
-        0
-    };
-    slot.latest_ns = 0;
+    put(
+        &mut slot.established_ns,
+        if flags & flag::ACCEPTED != 0 {
+            slot.opened_ns
+        } else {
+            0
+        },
+    );
+    put(&mut slot.latest_ns, 0);
     if FLOWS.insert(&cookie, &*slot, 0).is_ok() {
         return;
     }
@@ -143,14 +153,29 @@ pub(crate) enum Quiet {
 /// Records a state change of a quiet flow, or turns a clean close into its summary. A change
 /// that will be sent gets the socket's sequence numbers (see `note_sequence`), in the arms
 /// that send it: no branch of its own.
+/// Also gives the record its netns and returns the flow's owner (NO_OWNER without a slot),
+/// from the slot where there is one: no second lookup, no socket read.
 #[inline(always)]
-pub(crate) fn note_quiet(cookie: u64, sk: *const u8, record: &mut Record) -> Quiet {
+pub(crate) fn note_quiet(
+    cookie: u64,
+    sk: *const u8,
+    record: &mut Record,
+) -> (Quiet, &'static SockOwner) {
     let Some(slot) = FLOWS.get_ptr_mut(&cookie) else {
+        record.netns = read_sock_netns(sk);
         note_sequence(sk, record);
-        return Quiet::No;
+        return (Quiet::No, &NO_OWNER);
     };
     // SAFETY: a live map value, written only by this flow's own events.
     let slot = unsafe { &mut *slot };
+    record.netns = slot.netns;
+    let quiet = note_slot(slot, cookie, sk, record);
+    (quiet, &slot.owner)
+}
+
+/// `note_quiet` for a flow with a slot.
+#[inline(always)]
+fn note_slot(slot: &mut FlowSlot, cookie: u64, sk: *const u8, record: &mut Record) -> Quiet {
     match slot.shipped {
         slot::QUIET => {}
         slot::COUNTED => return Quiet::Counted,
@@ -224,8 +249,9 @@ pub(crate) fn closes_gracefully(old_state: u8) -> bool {
 #[inline(always)]
 pub(crate) fn request_unanswered(cookie: u64) -> bool {
     // SAFETY: fields are read at once.
-    unsafe { ACTIVITY.get(&cookie) }
-        .is_some_and(|a| payload_class::request_unanswered(a.tx_class, a.rx_class))
+    may_have_activity(cookie)
+        && unsafe { ACTIVITY.get(&cookie) }
+            .is_some_and(|a| payload_class::request_unanswered(a.tx_class, a.rx_class))
 }
 
 /// Whether a flow is quiet: it has a slot and nothing of it was sent yet.

@@ -35,21 +35,41 @@ pub(crate) fn read<T>(base: *const u8, off: usize) -> T {
     read_checked(base, off).0
 }
 
+/// An IPv4 address in the 16-byte form events carry (the rest zero), built as words: a
+/// byte-wise fill of the other 12 bytes compiles to a call to a byte loop (`memset`) on the
+/// BPF target, which runs and is verified byte by byte.
+#[inline(always)]
+pub(crate) fn v4_addr(bytes: [u8; 4]) -> [u8; 16] {
+    let words = [u32::from_ne_bytes(bytes), 0, 0, 0];
+    // SAFETY: both are 16 plain bytes.
+    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) }
+}
+
 /// The connection tuple of a socket (struct sock, request_sock or inet_timewait_sock: they all
-/// start with struct sock_common).
+/// start with struct sock_common). Addresses first and 8-byte aligned: zeroing and copying
+/// them then compiles to word stores instead of calls to a byte loop.
+#[repr(C, align(8))]
 pub(crate) struct Tuple {
+    pub(crate) local_addr: [u8; 16],
+    pub(crate) remote_addr: [u8; 16],
     pub(crate) family: u16,
     pub(crate) local_port: u16,
     pub(crate) remote_port: u16,
-    pub(crate) local_addr: [u8; 16],
-    pub(crate) remote_addr: [u8; 16],
 }
 
-/// Ports, then family: the cheap part, enough to decide whether the flow is watched. The
-/// port pair comes first: for unwatched traffic (most of it) that read and two array
-/// lookups are all it costs.
+/// A socket's family and ports: the cheap part, enough to decide whether the flow is
+/// watched.
+#[derive(Clone, Copy)]
+pub(crate) struct Ports {
+    pub(crate) family: u16,
+    pub(crate) local_port: u16,
+    pub(crate) remote_port: u16,
+}
+
+/// Ports, then family. The port pair comes first: for unwatched traffic (most of it) that
+/// read and two array lookups are all it costs.
 #[inline(always)]
-pub(crate) fn read_ports(sk: *const u8) -> Option<Tuple> {
+pub(crate) fn read_ports(sk: *const u8) -> Option<Ports> {
     // skc_dport (network order) then skc_num (host order), read as one little-endian u32.
     let portpair: u32 = read(sk, offset!(skc_portpair));
     let remote_port = u16::from_be(portpair as u16);
@@ -71,30 +91,42 @@ pub(crate) fn read_ports(sk: *const u8) -> Option<Tuple> {
     if family != AF_INET && family != AF_INET6 {
         return None;
     }
-    Some(Tuple {
+    Some(Ports {
         family,
         local_port,
         remote_port,
-        local_addr: [0; 16],
-        remote_addr: [0; 16],
     })
 }
 
+/// The whole tuple: the ports and the addresses, written once (no zeroing first).
 #[inline(always)]
-pub(crate) fn read_addrs(sk: *const u8, tuple: &mut Tuple) -> Option<()> {
-    let ok = if tuple.family == AF_INET {
+pub(crate) fn read_addrs(sk: *const u8, ports: &Ports) -> Option<Tuple> {
+    let (local_addr, remote_addr, ok) = if ports.family == AF_INET {
         let (pair, ok) = read_checked::<[u8; 8]>(sk, offset!(skc_addrpair));
-        tuple.remote_addr[..4].copy_from_slice(&pair[..4]);
-        tuple.local_addr[..4].copy_from_slice(&pair[4..]);
-        ok
+        (
+            v4_addr([pair[4], pair[5], pair[6], pair[7]]),
+            v4_addr([pair[0], pair[1], pair[2], pair[3]]),
+            ok,
+        )
     } else {
-        let (remote, remote_ok) = read_checked(sk, offset!(skc_v6_daddr));
-        let (local, local_ok) = read_checked(sk, offset!(skc_v6_rcv_saddr));
-        tuple.remote_addr = remote;
-        tuple.local_addr = local;
-        remote_ok & local_ok
+        let (remote, remote_ok) = read_checked::<[u64; 2]>(sk, offset!(skc_v6_daddr));
+        let (local, local_ok) = read_checked::<[u64; 2]>(sk, offset!(skc_v6_rcv_saddr));
+        (words_addr(local), words_addr(remote), remote_ok & local_ok)
     };
-    ok.then_some(())
+    ok.then_some(Tuple {
+        local_addr,
+        remote_addr,
+        family: ports.family,
+        local_port: ports.local_port,
+        remote_port: ports.remote_port,
+    })
+}
+
+/// A 16-byte address read as two words (aligned: copied as words, see `v4_addr`).
+#[inline(always)]
+pub(crate) fn words_addr(words: [u64; 2]) -> [u8; 16] {
+    // SAFETY: both are 16 plain bytes.
+    unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(words) }
 }
 
 #[inline(always)]
@@ -133,12 +165,12 @@ pub(crate) fn cookie_of(sk: *const u8) -> u64 {
 /// Reads the tuple of a socket and checks the watched-port set; None for unwatched flows.
 #[inline(always)]
 pub(crate) fn watched_tuple(sk: *const u8) -> Option<Tuple> {
-    let mut tuple = read_ports(sk)?;
-    if read_addrs(sk, &mut tuple).is_none() {
+    let ports = read_ports(sk)?;
+    let tuple = read_addrs(sk, &ports);
+    if tuple.is_none() {
         count(counter::READ_FAILED);
-        return None;
     }
-    Some(tuple)
+    tuple
 }
 
 /// The socket's keepalive settings and its netns defaults (see `tracer_ebpf::Keepalive`).

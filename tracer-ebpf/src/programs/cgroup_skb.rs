@@ -10,7 +10,9 @@ use tracer_ebpf::payload_class;
 
 use crate::activity::{note_segment, report_first_payload};
 use crate::maps::{PEER_TTL, RST_TTL};
-use crate::packet::{TCP_FLAG_RST, classify_payload, load_addr, parse_segment, skb_cookie};
+use crate::packet::{
+    TCP_FLAG_RST, TCP_FLAG_SYN, classify_payload, load_addr, parse_segment, skb_cookie,
+};
 use crate::sock::read_keepalive;
 
 /// cgroup_skb ingress on the cgroup v2 root, watched ports only: remembers the TTL / hop
@@ -34,12 +36,22 @@ pub(crate) fn observe_ingress(ctx: &SkBuffContext) -> Option<()> {
         }
         return Some(());
     }
-    let remote = load_addr(ctx, segment.source_addr, segment.v6)?;
-    // Write only on change: the common case is a lookup and nothing else.
-    // SAFETY: the value is copied out at once.
-    let known = unsafe { PEER_TTL.get(&remote) }.copied();
-    if known != Some(segment.ttl) {
-        let _ = PEER_TTL.insert(&remote, &segment.ttl, 0);
+    let handshake = segment.flags & TCP_FLAG_SYN != 0;
+    // The peer's own TTL, from its handshake and data segments: its bare ACKs and FINs come
+    // the same way and would only repeat it (a short connection's lookups are halved).
+    if handshake || segment.payload > 0 {
+        let remote = load_addr(ctx, segment.source_addr, segment.v6)?;
+        // Write only on change: the common case is a lookup and nothing else.
+        // SAFETY: the value is copied out at once.
+        let known = unsafe { PEER_TTL.get(&remote) }.copied();
+        if known != Some(segment.ttl) {
+            let _ = PEER_TTL.insert(&remote, &segment.ttl, 0);
+        }
+    }
+    // A handshake segment without data belongs to no tracked flow: tracking starts at the
+    // first data segment (see `note_segment`).
+    if handshake && segment.payload == 0 {
+        return Some(());
     }
     let cookie = skb_cookie(ctx);
     let activity = note_segment(ctx, cookie, &segment)?;
@@ -63,6 +75,10 @@ pub fn egress_activity(ctx: SkBuffContext) -> i32 {
 #[inline(always)]
 pub(crate) fn observe_egress(ctx: &SkBuffContext) -> Option<()> {
     let segment = parse_segment(ctx, false)?;
+    // A handshake segment without data belongs to no tracked flow (see `observe_ingress`).
+    if segment.flags & TCP_FLAG_SYN != 0 && segment.payload == 0 {
+        return Some(());
+    }
     let cookie = skb_cookie(ctx);
     let activity = note_segment(ctx, cookie, &segment)?;
     if segment.payload > 0 && activity.tx_class == payload_class::NONE {

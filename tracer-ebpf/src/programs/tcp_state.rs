@@ -3,16 +3,14 @@
 
 use aya_ebpf::macros::btf_tracepoint;
 use aya_ebpf::programs::BtfTracePointContext;
-use tracer_ebpf::{counter, flag, kind, tcp_state};
+use tracer_ebpf::{SockOwner, counter, flag, kind, tcp_state};
 
-use crate::emit::{Record, emit, flow_owner, listener, listener_key};
+use crate::emit::{Record, emit, listener, listener_key};
 use crate::maps::{LISTENERS, count, ready};
 use crate::slots::{
     Quiet, forget_flow, note_quiet, open_accepted, open_connect, remember_listener, ship_quiet,
 };
-use crate::sock::{
-    Tuple, cookie_of, is_tcp_sock, read_addrs, read_ports, read_sock_netns, socket_error,
-};
+use crate::sock::{Tuple, cookie_of, is_tcp_sock, read_addrs, read_ports, socket_error};
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
@@ -27,8 +25,15 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 pub(crate) fn on_state_change(sk: *const u8, old_state: u8, new_state: u8) {
+    if new_state == tcp_state::SYN_RECV {
+        // A child socket cloned from a listener. Until 6.18 this fires before the clone gets
+        // its own cookie and remote port (inet_csk_clone_lock sets them after): it still
+        // carries the listener's. The flow is opened when it reaches ESTABLISHED, a moment
+        // later, under its own cookie. Nothing is read for it.
+        return;
+    }
     // Ports first (most sockets stop here), addresses only when something is sent.
-    let Some(mut tuple) = read_ports(sk) else {
+    let Some(ports) = read_ports(sk) else {
         return;
     };
     // Other protocols (SCTP, MPTCP subflows' parents) change state too; checked after the
@@ -41,15 +46,8 @@ pub(crate) fn on_state_change(sk: *const u8, old_state: u8, new_state: u8) {
         open_connect(cookie, sk, old_state, new_state);
         return;
     }
-    if new_state == tcp_state::SYN_RECV {
-        // A child socket cloned from a listener. Until 6.18 this fires before the clone gets
-        // its own cookie and remote port (inet_csk_clone_lock sets them after): it still
-        // carries the listener's. The flow is opened when it reaches ESTABLISHED, a moment
-        // later, under its own cookie.
-        return;
-    }
     if new_state == tcp_state::ESTABLISHED && old_state == tcp_state::SYN_RECV {
-        open_accepted(cookie, sk, tuple.local_port);
+        open_accepted(cookie, sk, ports.local_port);
         return;
     }
     // The error that closes a socket is set before the CLOSE transition and before the owner
@@ -79,7 +77,7 @@ pub(crate) fn on_state_change(sk: *const u8, old_state: u8, new_state: u8) {
         flags,
         ..Default::default()
     };
-    let quiet = note_quiet(cookie, sk, &mut record);
+    let (quiet, owner) = note_quiet(cookie, sk, &mut record);
     match quiet {
         Quiet::Recorded => return,
         Quiet::Counted => {
@@ -90,13 +88,11 @@ pub(crate) fn on_state_change(sk: *const u8, old_state: u8, new_state: u8) {
         }
         _ => {}
     }
-    if read_addrs(sk, &mut tuple).is_none() {
+    let Some(tuple) = read_addrs(sk, &ports) else {
         count(counter::READ_FAILED);
         return;
-    }
-    let netns = read_sock_netns(sk);
-    record.netns = netns;
-    let key = listener_key(netns, tuple.local_port);
+    };
+    let key = listener_key(record.netns, tuple.local_port);
     // Every decision is taken before the first call below, and the code after each call is
     // specialised (CLOSING) instead of branching again on the states: see the note on
     // `emit`'s owner.
@@ -108,20 +104,25 @@ pub(crate) fn on_state_change(sk: *const u8, old_state: u8, new_state: u8) {
         if old_state == tcp_state::LISTEN {
             let _ = LISTENERS.remove(&key);
         }
-        report_change::<true>(&record, &tuple, matches!(quiet, Quiet::Ends));
+        report_change::<true>(&record, &tuple, owner, matches!(quiet, Quiet::Ends));
     } else {
-        report_change::<false>(&record, &tuple, matches!(quiet, Quiet::Ends));
+        report_change::<false>(&record, &tuple, owner, matches!(quiet, Quiet::Ends));
     }
 }
 
 /// Sends a state change (after what the flow recorded while quiet, when it stops being
 /// quiet); at CLOSE the flow's kernel records go.
 #[inline(always)]
-pub(crate) fn report_change<const CLOSING: bool>(record: &Record, tuple: &Tuple, ends_quiet: bool) {
+pub(crate) fn report_change<const CLOSING: bool>(
+    record: &Record,
+    tuple: &Tuple,
+    owner: &SockOwner,
+    ends_quiet: bool,
+) {
     if ends_quiet {
         ship_quiet(record.cookie, tuple);
     }
-    emit(record, tuple, flow_owner(record.cookie));
+    emit(record, tuple, owner);
     if CLOSING {
         forget_flow(record.cookie);
     }
