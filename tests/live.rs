@@ -396,3 +396,76 @@ fn clean_connections_are_summarised_exactly() {
     assert_eq!(accepted["thread"], "st-ui", "{}", ctx());
     assert_eq!(accepted["netns"], topo.server.inode(), "{}", ctx());
 }
+
+/// The kernel skips a program's run when the same program is already running on that CPU
+/// (`recursion_misses`). A skipped CLOSE must neither lose the connection nor leave its slot
+/// in the kernel's flow table for good: the teardown program sends each such flow as
+/// `close_unseen` and frees its slot. The test hook makes the state program skip every CLOSE,
+/// so the case is certain instead of rare; `--max-flows 16` with 40 connections (80 slots
+/// over time) shows the slots are freed: a table that kept them would be full after 8.
+#[test]
+fn a_close_the_kernel_skipped_is_accounted_for_and_frees_its_slot() {
+    const CONNECTIONS: usize = 40;
+    // The Spark history server's port: no other test in this file uses it.
+    const PORT: u16 = 18080;
+    let topo = Topology::new();
+    let server_addr = SocketAddr::new(topo.server_v4, PORT);
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let tracer = Tracer::start_with_env(
+        &["--ports", "18080", "--max-flows", "16", "--clean-flows"],
+        &[("SHUFFLETRACE_TEST_SKIP_CLOSE", "1")],
+    );
+    let server = topo.server.run("st-history", move || {
+        let listener = TcpListener::bind(server_addr).expect("bind 18080");
+        ready_tx.send(()).unwrap();
+        for _ in 0..CONNECTIONS {
+            drop(listener.accept().expect("accept"));
+        }
+    });
+    ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    topo.client
+        .run("st-client", move || {
+            for _ in 0..CONNECTIONS {
+                let mut stream = connect(server_addr).expect("connect to 18080");
+                let mut byte = [0u8; 1];
+                assert_eq!(stream.read(&mut byte).unwrap(), 0);
+            }
+        })
+        .join()
+        .unwrap();
+    server.join().unwrap();
+    settle();
+    let lines = tracer.stop();
+    let ctx = || dump(&lines);
+    let stats = last_stats(&lines);
+    let unseen = events(&lines, "close_unseen");
+    for side in ["client", "server"] {
+        let count = unseen.iter().filter(|v| v["side"] == side).count();
+        assert_eq!(count, CONNECTIONS, "{side}: {}", ctx());
+    }
+    assert!(
+        unseen.iter().all(|v| v["state"] == "CLOSE"
+            && v["dst"].as_str().unwrap().ends_with(":18080")
+                != v["src"].as_str().unwrap().ends_with(":18080")),
+        "{}",
+        ctx()
+    );
+    // Every client end names its process; the ISNs a summary would carry are there.
+    assert!(
+        unseen
+            .iter()
+            .filter(|v| v["side"] == "client")
+            .all(|v| v["thread"] == "st-client" && v["isn_sent"].is_u64()),
+        "{}",
+        ctx()
+    );
+    assert_eq!(stats["closes_unseen"], 2 * CONNECTIONS as u64, "{}", ctx());
+    // Not counted as clean: how they closed is not known.
+    assert_eq!(clean_flows(stats, PORT, None), 0, "{}", ctx());
+    assert_eq!(stats["owner_table_full"], 0, "slots freed: {}", ctx());
+    assert!(
+        !lines.iter().any(|v| v["type"] == "finding"),
+        "nothing is said of how they closed: {}",
+        ctx()
+    );
+}

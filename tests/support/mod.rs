@@ -156,9 +156,15 @@ impl Tracer {
 
     /// Starts `shuffletrace --format json ARGS` and waits until it is attached.
     pub fn start_with(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// `start_with`, with environment variables set for the tracer.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_shuffletrace"))
             .args(["--format", "json"])
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

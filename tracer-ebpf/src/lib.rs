@@ -29,6 +29,15 @@ pub mod kind {
     /// A quiet flow stopped being quiet: what it recorded, in one [`FlowHistory`](crate::FlowHistory)
     /// record (userspace expands it into the deferred events, each with its own time).
     pub const FLOW_HISTORY: u8 = 9;
+    /// `tcp:tcp_destroy_sock` found a flow's slot still there: the kernel skipped the state
+    /// program's run for its CLOSE (its recursion protection: the program was already
+    /// running on that CPU, counted in `recursion_misses`), so the flow ended unseen. Sent
+    /// in its place, once, with the slot's owner and ISNs; the slot goes. With
+    /// [`WAS_QUIET`](crate::flag::WAS_QUIET) the flow had sent nothing before (then
+    /// `old_state` is the last state it recorded and `detail` its lifetime in milliseconds,
+    /// as in a summary); without it, the flow's earlier events were sent as they happened.
+    /// How it closed is not known.
+    pub const CLOSE_UNSEEN: u8 = 10;
 }
 
 /// What the first bytes of a flow's first data segment in one direction look like.
@@ -186,6 +195,8 @@ pub mod flag {
     /// where the state says they are there (in SYN_SENT `snd_una` is the ISN; leaving it for
     /// ESTABLISHED both are one past theirs; a SYN's sequence number is the client's ISN).
     pub const SEQ_RAW: u16 = 1 << 10;
+    /// `CLOSE_UNSEEN`: the flow was still quiet (nothing of it was sent before).
+    pub const WAS_QUIET: u16 = 1 << 11;
 }
 
 /// Indexes of the per-CPU loss and overflow counters (`COUNTERS` map).

@@ -17,6 +17,7 @@ mod activity;
 mod emit;
 mod isn;
 mod maps;
+mod marks;
 mod packet;
 mod programs;
 mod repeats;

@@ -37,6 +37,11 @@ pub(crate) static IDLE_MARK_NS: u64 = 0;
 #[unsafe(no_mangle)]
 pub(crate) static REPEAT_WINDOW_NS: u64 = 0;
 
+/// Test hook (see the collector's kernel loader): non-zero, the state program ignores every
+/// CLOSE, as the kernel skips a run that would recurse. 0 in use: the check is pruned.
+#[unsafe(no_mangle)]
+pub(crate) static TEST_SKIP_CLOSE: u32 = 0;
+
 /// Non-zero when tracing is restricted to the network namespaces in `NETNS_FILTER`
 /// (`--netns`); 0: every namespace is watched.
 #[unsafe(no_mangle)]
@@ -74,10 +79,10 @@ pub(crate) static LISTENERS: HashMap<ListenerKey, SockOwner> = HashMap::with_max
 #[map]
 pub(crate) static PEER_TTL: LruHashMap<[u8; 16], u8> = LruHashMap::with_max_entries(16384, 0);
 
-/// Socket cookie -> TTL of the RST that just arrived for it (written by the ingress program,
-/// consumed by tcp_receive_reset a moment later). LRU-bounded.
+/// The TTL of the RST that just arrived for a socket, written by the ingress program and read
+/// by `tcp_receive_reset` a moment later (see `marks`). Direct-mapped, bounded by its size.
 #[map]
-pub(crate) static RST_TTL: LruHashMap<u64, u8> = LruHashMap::with_max_entries(4096, 0);
+pub(crate) static RST_TTL: Array<u64> = Array::with_max_entries(MARK_SLOTS, 0);
 
 /// Socket cookie -> activity of a watched flow (idle tracking, payload classes). Inserted by
 /// the cgroup_skb programs at the flow's first data segment, removed at TCP_CLOSE.
@@ -96,6 +101,11 @@ pub(crate) static ACTIVITY_HINT: Array<u32> = Array::with_max_entries(ACTIVITY_H
 /// Slots of `ACTIVITY_HINT` (a power of two).
 pub(crate) const ACTIVITY_HINT_SLOTS: u32 = 16384;
 
+/// One u64 per CPU through which a socket's address becomes a plain number (see
+/// `sock::address_key`).
+#[map]
+pub(crate) static KEY_SCRATCH: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// One `FlowSlot` per CPU, where a new flow's slot is built before it is inserted (see
 /// `ACTIVITY_SCRATCH`).
 #[map]
@@ -112,11 +122,13 @@ pub(crate) static ACTIVITY_SCRATCH: PerCpuArray<FlowActivity> = PerCpuArray::wit
 #[map]
 pub(crate) static REPEATS: HashMap<RepeatKey, RepeatCount> = HashMap::with_max_entries(4096, 0);
 
-/// Cookies of refused connects counted as repeats, whose socket error is reported after the
-/// flow's slot is gone (TCP reports it after the CLOSE): that report is not sent either.
-/// LRU-bounded; an entry is consumed a moment after it is written.
+/// Sockets whose refused connect was counted as a repeat: their error report, which TCP
+/// makes after the flow's slot is gone, is not sent either (see `marks`). Direct-mapped.
 #[map]
-pub(crate) static COUNTED_ERRORS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(1024, 0);
+pub(crate) static COUNTED_ERRORS: Array<u64> = Array::with_max_entries(MARK_SLOTS, 0);
+
+/// Slots of the direct-mapped mark tables (a power of two).
+pub(crate) const MARK_SLOTS: u32 = 4096;
 
 /// Per-CPU loss and overflow counters, indexed by `tracer_ebpf::counter`.
 #[map]

@@ -8,7 +8,7 @@ use core::ffi::c_void;
 use tracer_ebpf::{AF_INET, AF_INET6, payload_class};
 
 use crate::maps::{IPPROTO_TCP, is_watched, offset};
-use crate::sock::{Tuple, read, read_netns_of, v4_addr, words_addr};
+use crate::sock::{Tuple, address_key, read, read_netns_of, v4_addr, words_addr};
 
 pub(crate) const TCP_FLAG_RST: u8 = 0x04;
 pub(crate) const TCP_FLAG_SYN: u8 = 0x02;
@@ -112,7 +112,7 @@ pub(crate) fn skb_cookie(ctx: &SkBuffContext) -> u64 {
     if offset!(flow_key_is_address) != 0 {
         // The same key as the tracing programs' (see `cookie_of`): the socket's address.
         // SAFETY: reading the skb's socket pointer from the program's own context.
-        return unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk } as u64;
+        return address_key(unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk } as u64);
     }
     // SAFETY: the program's own skb; the helper reads skb->sk.
     unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut c_void) }
@@ -144,29 +144,30 @@ pub(crate) fn received_segment(skb: *const u8) -> Option<(Tuple, u32, u8, u32)> 
     let head: *const u8 = read(skb, offset!(skb_head));
     let network: u16 = read(skb, offset!(skb_network_header));
     let transport: u16 = read(skb, offset!(skb_transport_header));
-    let ports: [u8; 4] = read(head, transport as usize);
-    let sender_port = u16::from_be_bytes([ports[0], ports[1]]);
-    let receiver_port = u16::from_be_bytes([ports[2], ports[3]]);
+    // Ports and sequence number, then data offset and flags: one read (bytes little-endian in
+    // each word; a TCP header has at least 20).
+    let tcp: [u64; 2] = read(head, transport as usize);
+    let sender_port = u16::from_be(tcp[0] as u16);
+    let receiver_port = u16::from_be((tcp[0] >> 16) as u16);
     if !is_watched(sender_port) && !is_watched(receiver_port) {
         return None;
     }
-    let version: u8 = read(head, network as usize);
+    // The fixed IP header, 40 bytes: all of IPv6's, IPv4's and the start of the TCP header
+    // after it (a TCP segment over IPv4 has at least 40 bytes). One read.
+    let ip: [u64; 5] = read(head, network as usize);
     // IPv4's protocol, or IPv6's next header (a TCP header right after the fixed header).
-    let (family, local_addr, remote_addr, protocol) = match version >> 4 {
-        4 => {
-            let addrs: [u8; 8] = read(head, network as usize + 12);
-            (
-                AF_INET,
-                v4_addr([addrs[4], addrs[5], addrs[6], addrs[7]]),
-                v4_addr([addrs[0], addrs[1], addrs[2], addrs[3]]),
-                read::<u8>(head, network as usize + 9),
-            )
-        }
+    let (family, local_addr, remote_addr, protocol) = match (ip[0] as u8) >> 4 {
+        4 => (
+            AF_INET,
+            v4_addr((ip[2] as u32).to_ne_bytes()),
+            v4_addr(((ip[1] >> 32) as u32).to_ne_bytes()),
+            (ip[1] >> 8) as u8,
+        ),
         6 => (
             AF_INET6,
-            words_addr(read(head, network as usize + 24)),
-            words_addr(read(head, network as usize + 8)),
-            read::<u8>(head, network as usize + 6),
+            words_addr([ip[3], ip[4]]),
+            words_addr([ip[1], ip[2]]),
+            (ip[0] >> 48) as u8,
         ),
         _ => return None,
     };
@@ -180,8 +181,8 @@ pub(crate) fn received_segment(skb: *const u8) -> Option<(Tuple, u32, u8, u32)> 
     if u16::from(protocol) != IPPROTO_TCP {
         return None;
     }
-    let tcp_flags: u8 = read(head, transport as usize + 13);
-    let seq = u32::from_be(read(head, transport as usize + 4));
+    let tcp_flags = (tcp[1] >> 40) as u8;
+    let seq = u32::from_be((tcp[0] >> 32) as u32);
     // A NULL device or net reads as netns 0.
     let dev: *const u8 = read(skb, offset!(skb_dev));
     let netns = read_netns_of(read(dev, offset!(dev_nd_net)));

@@ -5,7 +5,8 @@
 use aya_ebpf::helpers::bpf_ktime_get_boot_ns;
 use tracer_ebpf::{RepeatCount, RepeatKey, SockOwner, counter, kind, slot};
 
-use crate::maps::{BPF_NOEXIST, COUNTED_ERRORS, FLOWS, REPEAT_WINDOW_NS, REPEATS, count};
+use crate::maps::{BPF_NOEXIST, FLOWS, REPEAT_WINDOW_NS, REPEATS, count};
+use crate::marks::mark_counted;
 use crate::sock::Tuple;
 
 /// Counts an occurrence of `key` that repeats the one sent in full within the window
@@ -105,6 +106,6 @@ pub(crate) fn refusal_counted(
         return false;
     }
     flow.shipped = slot::COUNTED;
-    let _ = COUNTED_ERRORS.insert(&cookie, &1, 0);
+    mark_counted(cookie);
     true
 }

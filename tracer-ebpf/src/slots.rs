@@ -15,7 +15,7 @@ use crate::emit::{
 };
 use crate::isn::{ISN_BOTH, established_isns, keep_isns, kept_isns, note_sequence};
 use crate::maps::{ACTIVITY, EVENTS, FLOWS, LISTENERS, SLOT_SCRATCH, count, netns_watched};
-use crate::sock::{Tuple, read_sock_netns, watched_tuple};
+use crate::sock::{Ports, Tuple, read_addrs, read_sock_netns, watched_tuple};
 
 /// At TCP_CLOSE: the flow's slot and activity record go.
 #[inline(always)]
@@ -331,4 +331,50 @@ pub(crate) fn send_flow_event(record: &Record, tuple: &Tuple) {
     }
     ship_quiet(record.cookie, tuple);
     emit(record, tuple, flow_owner(record.cookie));
+}
+
+/// A flow whose CLOSE the state program did not see (see `programs::teardown`): sends its
+/// end as `CLOSE_UNSEEN` (a quiet flow with what its slot recorded, as a summary would) and
+/// removes its records. A refused connect counted as a repeat is only removed. Not inlined:
+/// the backstop's only call.
+#[inline(never)]
+pub(crate) fn close_unseen(cookie: u64, sk: *const u8, ports: &Ports) {
+    let Some(slot) = FLOWS.get_ptr_mut(&cookie) else {
+        return;
+    };
+    // SAFETY: a live map value, written only by this flow's own events.
+    let slot = unsafe { &mut *slot };
+    if slot.shipped != slot::COUNTED
+        && let Some(tuple) = read_addrs(sk, ports)
+    {
+        let quiet = slot.shipped == slot::QUIET;
+        // The last state the slot recorded (kept while the flow was quiet).
+        let last = if slot.latest_new != 0 {
+            slot.latest_new
+        } else if slot.established_ns != 0 {
+            tcp_state::ESTABLISHED
+        } else {
+            slot.opened_new
+        };
+        // SAFETY: helper without arguments.
+        let now = unsafe { bpf_ktime_get_boot_ns() };
+        let record = Record {
+            kind: kind::CLOSE_UNSEEN,
+            cookie,
+            netns: slot.netns,
+            old_state: if quiet { last } else { 0 },
+            new_state: tcp_state::CLOSE,
+            detail: (now.saturating_sub(slot.opened_ns) / 1_000_000).min(i32::MAX as u64) as i32,
+            flags: if quiet {
+                flag::WAS_QUIET | slot.isn_flags
+            } else {
+                0
+            },
+            isn_sent: slot.isn_sent,
+            isn_received: slot.isn_received,
+            ..Default::default()
+        };
+        emit(&record, &tuple, &slot.owner);
+    }
+    forget_flow(cookie);
 }

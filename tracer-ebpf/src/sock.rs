@@ -7,7 +7,7 @@ use core::ffi::c_void;
 use core::mem::MaybeUninit;
 use tracer_ebpf::{AF_INET, AF_INET6, Keepalive, counter};
 
-use crate::maps::{IPPROTO_TCP, count, is_watched, offset};
+use crate::maps::{IPPROTO_TCP, KEY_SCRATCH, count, is_watched, offset};
 
 /// Reads a `T` at `base + off` in kernel memory, and whether it could be read. On a fault
 /// (a NULL or stale pointer) the helper zeroes its destination: the value is all zero.
@@ -156,10 +156,26 @@ pub(crate) fn cookie_of(sk: *const u8) -> u64 {
         // Linux before 5.12: tracing programs cannot ask for the cookie (the branch is pruned
         // there, so the helper call is never seen by that verifier). The socket's address
         // keys the flow while it lives; its slot goes at TCP_CLOSE, before it can be reused.
-        return sk as u64;
+        return address_key(sk as u64);
     }
     // SAFETY: `sk` is the tracepoint's BTF-typed socket pointer; the helper accepts NULL.
     unsafe { bpf_get_socket_cookie(sk as *mut c_void) }
+}
+
+/// A socket's address as a plain number, the flow key before Linux 5.12. The verifier types
+/// a value read from a socket pointer as that pointer and refuses arithmetic on it (the
+/// hint and mark tables index by the key's low bits); stored to a map and read back it is a
+/// number (the programs load with the privileges that allow that).
+#[inline(always)]
+pub(crate) fn address_key(address: u64) -> u64 {
+    let Some(scratch) = KEY_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's own scratch value, written and read back at once.
+    unsafe {
+        core::ptr::write_volatile(scratch, address);
+        core::ptr::read_volatile(scratch)
+    }
 }
 
 /// Reads the tuple of a socket and checks the watched-port set; None for unwatched flows.

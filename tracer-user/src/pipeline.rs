@@ -235,6 +235,18 @@ impl<W: Write> Pipeline<W> {
             metrics.event(event.kind.name());
         }
         self.name_owner(&mut event);
+        if event.kind == EventKind::CloseUnseen {
+            self.totals.closes_unseen += 1;
+            if event.was_quiet {
+                // Nothing of it was sent before: printed like a summary (with --clean-flows)
+                // but not counted as clean, since how it closed is not known.
+                if self.clean_flows && self.output.event(&event).is_err() {
+                    self.output_closed = true;
+                }
+                return;
+            }
+            // A flow whose events were sent: it ends in the flow table below.
+        }
         if event.kind == EventKind::FlowSummary {
             // A clean flow the kernel never reported otherwise: counted, and remembered only
             // for linking a sidecar's finding to the connection it intercepted.

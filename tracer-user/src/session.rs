@@ -321,7 +321,8 @@ impl<W: Write> Session<W> {
         }
         info!(
             "{} events ({} clean flows summarised), {} findings in {} lines, {} lost (ring \
-             buffer full), {} undecodable, {} program runs skipped, {} flows tracked, {} evicted",
+             buffer full), {} undecodable, {} program runs skipped ({} flows ended with their \
+             close unseen), {} flows tracked, {} evicted",
             totals.events,
             self.pipeline.summaries.total(),
             totals.findings,
@@ -329,6 +330,7 @@ impl<W: Write> Session<W> {
             counters.ringbuf_full,
             totals.decode_errors,
             counters.recursion_misses,
+            totals.closes_unseen,
             totals.flows,
             totals.flow_evictions
         );

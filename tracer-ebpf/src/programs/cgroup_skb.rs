@@ -9,7 +9,8 @@ use core::ffi::c_void;
 use tracer_ebpf::payload_class;
 
 use crate::activity::{note_segment, report_first_payload};
-use crate::maps::{PEER_TTL, RST_TTL};
+use crate::maps::PEER_TTL;
+use crate::marks::mark_rst_ttl;
 use crate::packet::{
     TCP_FLAG_RST, TCP_FLAG_SYN, classify_payload, load_addr, parse_segment, skb_cookie,
 };
@@ -32,7 +33,7 @@ pub(crate) fn observe_ingress(ctx: &SkBuffContext) -> Option<()> {
     if segment.flags & TCP_FLAG_RST != 0 {
         let cookie = skb_cookie(ctx);
         if cookie != 0 {
-            let _ = RST_TTL.insert(&cookie, &segment.ttl, 0);
+            mark_rst_ttl(cookie, segment.ttl);
         }
         return Some(());
     }

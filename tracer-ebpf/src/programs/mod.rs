@@ -3,3 +3,4 @@
 mod cgroup_skb;
 mod tcp_events;
 mod tcp_state;
+mod teardown;

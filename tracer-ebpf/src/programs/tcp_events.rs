@@ -9,7 +9,8 @@ use tracer_ebpf::{RepeatKey, flag, kind, tcp_state};
 
 use crate::emit::{NO_OWNER, Record, emit, emit_for_listener};
 use crate::isn::{note_request, note_sequence};
-use crate::maps::{COUNTED_ERRORS, PEER_TTL, RST_TTL, offset, ready};
+use crate::maps::{PEER_TTL, offset, ready};
+use crate::marks::{clear_counted, counted, rst_ttl};
 use crate::packet::{TCP_FLAG_ACK, TCP_FLAG_RST, TCP_FLAG_SYN, peer_key, received_segment};
 use crate::repeats::{counted_as_repeat, refusal_counted};
 use crate::slots::send_flow_event;
@@ -26,9 +27,7 @@ pub(crate) fn emit_for_sock(sk: *const u8, event_kind: u8, detail: i32, flags: u
     let (mut ttl, mut peer_ttl) = (0, 0);
     if event_kind == kind::RESET_RECEIVED {
         // The ingress program saw this RST a moment ago, before TCP processed it.
-        // SAFETY: the value is copied out at once.
-        ttl = unsafe { RST_TTL.get(&cookie) }.copied().unwrap_or(0);
-        let _ = RST_TTL.remove(&cookie);
+        ttl = rst_ttl(cookie);
         let peer = peer_key(tuple.family, &tuple.remote_addr);
         // SAFETY: the value is copied out at once.
         peer_ttl = unsafe { PEER_TTL.get(&peer) }.copied().unwrap_or(0);
@@ -97,10 +96,9 @@ pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> i32 {
     // checked first, before the socket is read, since a refusal storm is where this program
     // runs most. The mark goes once the socket is closed (the LRU table ages out the rest).
     let cookie = cookie_of(sk);
-    // SAFETY: the value is not kept.
-    if unsafe { COUNTED_ERRORS.get(&cookie) }.is_some() {
+    if counted(cookie) {
         if read::<u8>(sk, offset!(skc_state)) == tcp_state::CLOSE {
-            let _ = COUNTED_ERRORS.remove(&cookie);
+            clear_counted(cookie);
         }
         return 0;
     }

@@ -30,6 +30,9 @@ pub enum EventKind {
     FirstPayload,
     /// A quiet flow closed cleanly (its one record; see `tracer_ebpf::FlowSlot`).
     FlowSummary,
+    /// A flow ended without its CLOSE being seen (the kernel skipped the state program's run;
+    /// see `tracer_ebpf::kind::CLOSE_UNSEEN`): how it closed is not known.
+    CloseUnseen,
 }
 
 impl EventKind {
@@ -43,6 +46,7 @@ impl EventKind {
             kind::SOCKET_ERROR => Self::SocketError,
             kind::FIRST_PAYLOAD => Self::FirstPayload,
             kind::FLOW_SUMMARY => Self::FlowSummary,
+            kind::CLOSE_UNSEEN => Self::CloseUnseen,
             _ => return None,
         })
     }
@@ -58,6 +62,7 @@ impl EventKind {
             Self::SocketError => "socket_error",
             Self::FirstPayload => "first_payload",
             Self::FlowSummary => "flow_summary",
+            Self::CloseUnseen => "close_unseen",
         }
     }
 }
@@ -118,6 +123,8 @@ pub struct Event {
     pub answers_syn: bool,
     /// The error (`detail`) is a soft one: an ICMP error the kernel has not acted on yet.
     pub soft_error: bool,
+    /// `CloseUnseen`: nothing of the flow was sent before (it was quiet).
+    pub was_quiet: bool,
     /// first_payload: the segment was received (else sent); `detail` is its payload class.
     pub received: bool,
     /// For reset_received: TTL / hop limit of the RST, and of the peer's own packets.
@@ -164,6 +171,7 @@ pub fn sample_event(kind: EventKind, cookie: u64, boot_ns: u64) -> Event {
         no_socket: false,
         answers_syn: false,
         soft_error: false,
+        was_quiet: false,
         received: false,
         ttl: None,
         peer_ttl: None,
@@ -468,6 +476,7 @@ fn event_of(raw: &FlowEvent, kind: EventKind) -> Result<Event, DecodeError> {
         no_socket: raw.flags & flag::NO_SOCKET != 0,
         answers_syn: raw.flags & flag::ANSWERS_SYN != 0,
         soft_error: raw.flags & flag::SOFT_ERROR != 0,
+        was_quiet: raw.flags & flag::WAS_QUIET != 0,
         received: raw.flags & flag::RECEIVED != 0,
         ttl: (raw.ttl != 0).then_some(raw.ttl),
         peer_ttl: (raw.peer_ttl != 0).then_some(raw.peer_ttl),

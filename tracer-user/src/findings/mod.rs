@@ -302,7 +302,11 @@ impl Correlator {
             EventKind::StateChange if event.new_state == tcp_state::CLOSE && event.detail != 0 => {
                 self.socket_error(event, flow, out)
             }
-            EventKind::StateChange | EventKind::FirstPayload | EventKind::FlowSummary => {}
+            // How it closed is not known: nothing is said of it.
+            EventKind::StateChange
+            | EventKind::FirstPayload
+            | EventKind::FlowSummary
+            | EventKind::CloseUnseen => {}
         }
     }
 

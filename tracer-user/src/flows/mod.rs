@@ -188,6 +188,10 @@ impl<T: Default> FlowTable<T> {
             event.detail = flow.close_error;
         } else if event.kind == EventKind::SynackRetransmit {
             flow.state = tcp_state::NEW_SYN_RECV;
+        } else if event.kind == EventKind::CloseUnseen {
+            // Gone, its CLOSE unseen: it leaves the table like a closed flow (no error known).
+            flow.state = tcp_state::CLOSE;
+            flow.closed_ns = Some(event.boot_ns);
         }
         Some(flow)
     }

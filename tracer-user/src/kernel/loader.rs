@@ -88,7 +88,7 @@ pub fn await_loader_parse() {
 }
 
 /// Verification order: the costliest first, so two workers finish together.
-const VERIFY_ORDER: [&str; 9] = [
+const VERIFY_ORDER: [&str; 10] = [
     programs::CORE,
     INGRESS_PROGRAM,
     "inet_sk_error_report",
@@ -98,6 +98,7 @@ const VERIFY_ORDER: [&str; 9] = [
     "tcp_retransmit_skb",
     "kfree_skb",
     "tcp_retransmit_synack",
+    programs::TEARDOWN,
 ];
 
 /// Loads (verifies) every program this kernel needs on two threads: the kernel's verifier is
@@ -188,6 +189,14 @@ impl Missing {
             reason: format!("{why}; {}", spec.without),
         }
     }
+}
+
+/// The test hook `SHUFFLETRACE_TEST_SKIP_CLOSE` (any value): the state program skips every
+/// CLOSE as the kernel does when it would recurse, so the integration tests can check what
+/// happens then (see `tracer_ebpf`'s `programs::teardown`). Never set in use; when unset the
+/// verifier removes the check.
+fn test_skip_close() -> u32 {
+    u32::from(std::env::var_os("SHUFFLETRACE_TEST_SKIP_CLOSE").is_some())
 }
 
 /// Every knob of the kernel programs, set in one place before load: the read-only globals
@@ -320,6 +329,7 @@ impl KernelPrograms {
             .override_global("IDLE_MARK_NS", &idle_mark_ns, true)
             .override_global("REPEAT_WINDOW_NS", &repeat_window_ns, true)
             .override_global("FILTER_NETNS", &filter_netns, true)
+            .override_global("TEST_SKIP_CLOSE", &test_skip_close(), true)
             .map_max_entries("FLOWS", max_flows.max(1))
             .map_max_entries("ACTIVITY", max_flows.max(1))
             .load(TRACER_OBJECT)

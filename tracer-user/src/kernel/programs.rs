@@ -36,9 +36,11 @@ pub const OLDEST_KERNEL: &str = "Linux 5.10 with BTF (CONFIG_DEBUG_INFO_BTF=y)";
 
 pub const INGRESS: &str = "ingress_ttl";
 pub const EGRESS: &str = "egress_activity";
+/// The backstop for flows whose CLOSE the state program did not see.
+pub const TEARDOWN: &str = "tcp_destroy_sock";
 
 /// Every program, in attach order.
-pub const PROGRAMS: [ProgramSpec; 9] = [
+pub const PROGRAMS: [ProgramSpec; 10] = [
     ProgramSpec {
         name: CORE,
         attach: Attach::Tracepoint("inet_sock_set_state"),
@@ -87,6 +89,13 @@ pub const PROGRAMS: [ProgramSpec; 9] = [
         kinds: &[],
         without: "socket errors are read when the connection closes instead (nothing is lost \
                   but errors reported on a socket that stays open)",
+    },
+    ProgramSpec {
+        name: TEARDOWN,
+        attach: Attach::Tracepoint("tcp_destroy_sock"),
+        kinds: &[],
+        without: "a flow whose close the kernel skipped (see recursion_misses) is neither \
+                  reported nor released from the kernel's flow table, which it fills over time",
     },
     ProgramSpec {
         name: INGRESS,

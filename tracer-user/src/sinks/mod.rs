@@ -45,6 +45,8 @@ pub struct Totals {
     pub flow_evictions: u64,
     /// Refusals and RSTs the kernel counted instead of sending (in the findings' counts).
     pub repeats_counted: u64,
+    /// Flows that ended without their CLOSE being seen (`close_unseen` events).
+    pub closes_unseen: u64,
 }
 
 /// Writes lines to stdout (or any writer, for tests).
@@ -451,19 +453,22 @@ impl<W: Write> Output<W> {
             clean_flows_unattributed: summaries.unattributed(),
             clean_flows_by_port: summaries.rows(),
             repeats_counted: totals.repeats_counted,
+            closes_unseen: totals.closes_unseen,
         };
         let json = to_line(&line)?;
         let text = (self.format == Format::Text).then(|| {
             format!(
                 "--- stats {}: {} events, {} findings in {} lines; lost: {} events (ring buffer \
-                 full), {} program runs skipped (recursion), {} undecodable, {} trace write \
-                 errors; {} flows tracked, {} evicted; {} clean flows summarised\n",
+                 full), {} program runs skipped (recursion; {} flows ended with their close \
+                 unseen), {} undecodable, {} trace write errors; {} flows tracked, {} \
+                 evicted; {} clean flows summarised\n",
                 line.ts,
                 line.events,
                 line.findings,
                 line.finding_lines,
                 line.lost_events,
                 line.recursion_misses,
+                line.closes_unseen,
                 line.decode_errors,
                 line.trace_write_errors,
                 line.flows,

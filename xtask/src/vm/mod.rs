@@ -145,6 +145,11 @@ const SCENARIOS: &[Scenario] = &[
         "clean_connections_are_summarised_exactly",
     ),
     scenario(
+        "close-unseen",
+        "live",
+        "a_close_the_kernel_skipped_is_accounted_for_and_frees_its_slot",
+    ),
+    scenario(
         "connect-refused",
         "findings",
         "a_refused_connect_between_two_namespaces_is_one_finding_naming_both",
