@@ -260,30 +260,19 @@ fn clean_connections_are_summarised_exactly() {
     const PORT: u16 = 4040;
     let topo = Topology::new();
     let server_addr = SocketAddr::new(topo.server_v4, PORT);
-    let (ready_tx, ready_rx) = mpsc::channel();
     let tracer = Tracer::start("4040");
-    let server = topo.server.run("st-ui", move || {
-        let listener = TcpListener::bind(server_addr).expect("bind 4040");
-        ready_tx.send(()).unwrap();
-        // The server closes first, then the client reads the FIN and closes: clean.
-        for _ in 0..CLEAN {
-            drop(listener.accept().expect("accept"));
-        }
+    let server = serve(&topo, "st-ui", server_addr, move |listener| {
+        closing_first(&listener, CLEAN);
         let (mut conn, _) = listener.accept().expect("accept");
         let mut buf = [0u8; 4];
         conn.read_exact(&mut buf).unwrap();
         // An abortive close (SO_LINGER 0): a RST, which the talking flow must report.
         abort_on_close(&conn);
     });
-    ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
     let talker = topo
         .client
         .run("st-client", move || {
-            for _ in 0..CLEAN {
-                let mut stream = connect(server_addr).expect("connect to 4040");
-                let mut byte = [0u8; 1];
-                assert_eq!(stream.read(&mut byte).unwrap(), 0);
-            }
+            connect_until_closed(server_addr, CLEAN);
             let mut stream = connect(server_addr).expect("connect to 4040");
             stream.write_all(b"ping").unwrap();
             let local = stream.local_addr().unwrap();
@@ -410,26 +399,16 @@ fn a_close_the_kernel_skipped_is_accounted_for_and_frees_its_slot() {
     const PORT: u16 = 18080;
     let topo = Topology::new();
     let server_addr = SocketAddr::new(topo.server_v4, PORT);
-    let (ready_tx, ready_rx) = mpsc::channel();
     let tracer = Tracer::start_with_env(
         &["--ports", "18080", "--max-flows", "16", "--clean-flows"],
         &[("SHUFFLETRACE_TEST_SKIP_CLOSE", "1")],
     );
-    let server = topo.server.run("st-history", move || {
-        let listener = TcpListener::bind(server_addr).expect("bind 18080");
-        ready_tx.send(()).unwrap();
-        for _ in 0..CONNECTIONS {
-            drop(listener.accept().expect("accept"));
-        }
+    let server = serve(&topo, "st-history", server_addr, move |listener| {
+        closing_first(&listener, CONNECTIONS);
     });
-    ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
     topo.client
         .run("st-client", move || {
-            for _ in 0..CONNECTIONS {
-                let mut stream = connect(server_addr).expect("connect to 18080");
-                let mut byte = [0u8; 1];
-                assert_eq!(stream.read(&mut byte).unwrap(), 0);
-            }
+            connect_until_closed(server_addr, CONNECTIONS)
         })
         .join()
         .unwrap();
@@ -468,4 +447,39 @@ fn a_close_the_kernel_skipped_is_accounted_for_and_frees_its_slot() {
         "nothing is said of how they closed: {}",
         ctx()
     );
+}
+
+/// A listener on `addr` in the server namespace, served by `serving` on a thread named
+/// `thread`; returns once it listens.
+fn serve(
+    topo: &Topology,
+    thread: &'static str,
+    addr: SocketAddr,
+    serving: impl FnOnce(TcpListener) + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let server = topo.server.run(thread, move || {
+        let listener = TcpListener::bind(addr).expect("bind");
+        ready_tx.send(()).unwrap();
+        serving(listener);
+    });
+    ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    server
+}
+
+/// Accepts `count` connections and closes each at once: the server closes first, then the
+/// client reads the FIN and closes (see `connect_until_closed`): clean.
+fn closing_first(listener: &TcpListener, count: usize) {
+    for _ in 0..count {
+        drop(listener.accept().expect("accept"));
+    }
+}
+
+/// Makes `count` connections to `addr`, each closed once the server has closed it.
+fn connect_until_closed(addr: SocketAddr, count: usize) {
+    for _ in 0..count {
+        let mut stream = connect(addr).expect("connect");
+        let mut byte = [0u8; 1];
+        assert_eq!(stream.read(&mut byte).unwrap(), 0);
+    }
 }
