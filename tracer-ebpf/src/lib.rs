@@ -519,7 +519,8 @@ pub struct KernelOffsets {
     // struct sock_common (at the start of struct sock, request_sock and inet_timewait_sock)
     pub skc_family: u32,
     pub skc_state: u32,
-    /// `skc_dport` (be16) immediately followed by `skc_num` (host order): one 4-byte read.
+    /// `skc_dport` (be16) immediately followed by `skc_num` (host order), then `skc_family`
+    /// (userspace checks that layout): ports and family in one 8-byte read.
     pub skc_portpair: u32,
     /// `skc_daddr` followed by `skc_rcv_saddr`.
     pub skc_addrpair: u32,

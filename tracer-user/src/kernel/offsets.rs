@@ -22,6 +22,10 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets> {
     if skc_rcv_saddr != skc_daddr + 4 {
         bail!("unexpected struct sock_common layout: skc_rcv_saddr is not right after skc_daddr");
     }
+    // The ports and the family are read together (see `tracer_ebpf::KernelOffsets`).
+    if common("skc_family")? != skc_dport + 4 {
+        bail!("unexpected struct sock_common layout: skc_family is not right after skc_num");
+    }
     // Every program reads sockets as `struct sock *` through sock_common offsets.
     let sk_common = offset(btf, "sock", "__sk_common")?;
     if sk_common != 0 {
