@@ -39,22 +39,29 @@ fn arg<T: std::str::FromStr>(args: &[String], i: usize) -> T {
         .unwrap_or_else(|| usage())
 }
 
+/// A `serve` listener: its main acceptor thread and how many acceptor threads it runs.
+struct Server {
+    thread: thread::JoinHandle<()>,
+    acceptors: usize,
+}
+
 /// A listener that accepts connections until told to stop: drops them at once, or drains
-/// them (bulk). Blocking accept; `stop` is followed by one connection to wake it.
+/// them (bulk). Blocking accept; `stop` is followed by one connection per acceptor thread.
 fn serve(
     listener: TcpListener,
     drain: bool,
     hold: bool,
     echo_byte: bool,
     stop: Arc<AtomicBool>,
-) -> thread::JoinHandle<()> {
+) -> Server {
     use std::os::fd::AsRawFd as _;
     // A deep accept queue: std's default backlog overflows under churn (dropped SYNs are
     // retried after a second and would dominate the measurement).
     // SAFETY: listen(2) again on our listening socket only changes its backlog.
     unsafe { libc::listen(listener.as_raw_fd(), 4096) };
     // A second acceptor, so accepting keeps up with two connecting threads.
-    if !hold && !drain {
+    let second = !hold && !drain;
+    if second {
         let (listener, stop) = (listener.try_clone().expect("clone listener"), stop.clone());
         thread::spawn(move || {
             for conn in listener.incoming() {
@@ -65,7 +72,7 @@ fn serve(
             }
         });
     }
-    thread::spawn(move || {
+    let thread = thread::spawn(move || {
         let mut held = Vec::new();
         for conn in listener.incoming() {
             if stop.load(Ordering::Relaxed) {
@@ -88,15 +95,22 @@ fn serve(
             }
             // Otherwise dropped (closed) at once, so the 4-tuple is free for the next round.
         }
-    })
+    });
+    Server {
+        thread,
+        acceptors: 1 + usize::from(second),
+    }
 }
 
-/// Stops a `serve` thread; returns the wake-up connections that were made.
-fn stop_server(addr: SocketAddr, stop: &AtomicBool, server: thread::JoinHandle<()>) -> u64 {
+/// Stops a `serve` listener; returns the wake-up connections that were made. One per
+/// acceptor thread: a wake-up more would find the listener closing (refused, or accepted by
+/// the kernel and then reset: a flow the bench would count as a connection, or miss).
+fn stop_server(addr: SocketAddr, stop: &AtomicBool, server: Server) -> u64 {
     stop.store(true, Ordering::Relaxed);
-    // One wake-up per acceptor thread.
-    let made = (0..2).filter(|_| TcpStream::connect(addr).is_ok()).count() as u64;
-    server.join().unwrap();
+    let made = (0..server.acceptors)
+        .filter(|_| TcpStream::connect(addr).is_ok())
+        .count() as u64;
+    server.thread.join().unwrap();
     made
 }
 
