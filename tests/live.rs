@@ -282,9 +282,7 @@ fn clean_connections_are_summarised_exactly() {
         })
         .join()
         .unwrap();
-    server.join().unwrap();
-    settle();
-    let lines = tracer.stop();
+    let lines = stop_once_served(tracer, server);
     let ctx = || dump(&lines);
     let stats = last_stats(&lines);
     let row = |side| clean_flows(stats, PORT, Some(side));
@@ -397,12 +395,12 @@ fn a_close_the_kernel_skipped_is_accounted_for_and_frees_its_slot() {
     const CONNECTIONS: usize = 40;
     // The Spark history server's port: no other test in this file uses it.
     const PORT: u16 = 18080;
-    let topo = Topology::new();
-    let server_addr = SocketAddr::new(topo.server_v4, PORT);
     let tracer = Tracer::start_with_env(
         &["--ports", "18080", "--max-flows", "16", "--clean-flows"],
         &[("SHUFFLETRACE_TEST_SKIP_CLOSE", "1")],
     );
+    let topo = Topology::new();
+    let server_addr = SocketAddr::new(topo.server_v4, PORT);
     let server = serve(&topo, "st-history", server_addr, move |listener| {
         closing_first(&listener, CONNECTIONS);
     });
@@ -412,9 +410,7 @@ fn a_close_the_kernel_skipped_is_accounted_for_and_frees_its_slot() {
         })
         .join()
         .unwrap();
-    server.join().unwrap();
-    settle();
-    let lines = tracer.stop();
+    let lines = stop_once_served(tracer, server);
     let ctx = || dump(&lines);
     let stats = last_stats(&lines);
     let unseen = events(&lines, "close_unseen");
@@ -447,6 +443,13 @@ fn a_close_the_kernel_skipped_is_accounted_for_and_frees_its_slot() {
         "nothing is said of how they closed: {}",
         ctx()
     );
+}
+
+/// Waits for the server thread, lets the last events arrive, and stops the tracer: its lines.
+fn stop_once_served(tracer: Tracer, server: std::thread::JoinHandle<()>) -> Vec<Value> {
+    server.join().unwrap();
+    settle();
+    tracer.stop()
 }
 
 /// A listener on `addr` in the server namespace, served by `serving` on a thread named
