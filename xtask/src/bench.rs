@@ -712,6 +712,12 @@ pub fn run() -> Result<()> {
         })
     };
     let mib = |kib: u64| kib as f64 / 1024.0;
+    // Start-up on the matrix kernels: this kernel's, plus what their verifiers add.
+    let estimated_startup: Vec<(&str, f64)> = verification
+        .startup_delta_s
+        .iter()
+        .map(|(kernel, delta)| (kernel.as_str(), startup.0 + delta))
+        .collect();
     println!("\nbudget (issue 19):");
     for (goal, met) in [
         (
@@ -771,24 +777,17 @@ pub fn run() -> Result<()> {
         (
             format!(
                 "start-up <= 150 ms on 6.1 and 6.12 (estimated from the verifier's work: {})",
-                if verification.startup_delta_s.is_empty() {
+                if estimated_startup.is_empty() {
                     "no kernel matrix logs".to_owned()
                 } else {
-                    verification
-                        .startup_delta_s
+                    estimated_startup
                         .iter()
-                        .map(|(kernel, delta)| {
-                            format!("{kernel} {:.0} ms", (startup.0 + delta) * 1e3)
-                        })
+                        .map(|(kernel, s)| format!("{kernel} {:.0} ms", s * 1e3))
                         .collect::<Vec<_>>()
                         .join(", ")
                 }
             ),
-            !verification.startup_delta_s.is_empty()
-                && verification
-                    .startup_delta_s
-                    .iter()
-                    .all(|(_, delta)| startup.0 + delta <= 0.150),
+            !estimated_startup.is_empty() && estimated_startup.iter().all(|(_, s)| *s <= 0.150),
         ),
         (
             "shuffletrace lost no event (every round of every workload)".to_owned(),

@@ -18,9 +18,14 @@ const VERIFY_THREADS: f64 = 2.0;
 /// (program, instructions processed) from lines like
 /// `... inet_sock_set_state verified in 12.3ms (18695 instructions processed)`.
 pub fn parse(text: &str) -> BTreeMap<String, u64> {
-    parse_timed(text)
-        .into_iter()
-        .map(|(name, (count, _))| (name, count))
+    counts(&parse_timed(text))
+}
+
+/// The instruction counts of `parse_timed`'s result, without the times.
+fn counts(timed: &BTreeMap<String, (u64, f64)>) -> BTreeMap<String, u64> {
+    timed
+        .iter()
+        .map(|(name, (count, _))| (name.clone(), *count))
         .collect()
 }
 
@@ -77,10 +82,7 @@ pub struct Verification {
 pub fn report(root: &Path) -> Result<Verification> {
     let timed = host(&root.join("target/release/shuffletrace"))?;
     let verify_s: f64 = timed.values().map(|(_, took)| took).sum::<f64>() / VERIFY_THREADS;
-    let here: BTreeMap<String, u64> = timed
-        .iter()
-        .map(|(name, (count, _))| (name.clone(), *count))
-        .collect();
+    let here = counts(&timed);
     let mut startup_delta_s = Vec::new();
     let mut kernels = vec![("this kernel".to_owned(), here.clone())];
     for kernel in MATRIX {
