@@ -517,7 +517,6 @@ pub struct KernelOffsets {
     /// Non-zero once userspace has filled this in; programs do nothing until then.
     pub ready: u32,
     // struct sock_common (at the start of struct sock, request_sock and inet_timewait_sock)
-    pub skc_family: u32,
     pub skc_state: u32,
     /// `skc_dport` (be16) immediately followed by `skc_num` (host order), then `skc_family`
     /// (userspace checks that layout): ports and family in one 8-byte read.

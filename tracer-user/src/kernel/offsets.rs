@@ -35,7 +35,6 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets> {
     let net_ns_inum = offset(btf, "net", "ns.inum")?;
     Ok(KernelOffsets {
         ready: 1,
-        skc_family: common("skc_family")?,
         skc_state: common("skc_state")?,
         skc_portpair: skc_dport,
         skc_addrpair: skc_daddr,
