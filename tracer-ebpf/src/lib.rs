@@ -518,9 +518,10 @@ pub struct KernelOffsets {
     pub ready: u32,
     // struct sock_common (at the start of struct sock, request_sock and inet_timewait_sock)
     pub skc_state: u32,
-    /// `skc_dport` (be16) immediately followed by `skc_num` (host order), then `skc_family`
-    /// (userspace checks that layout): ports and family in one 8-byte read.
+    /// `skc_portpair`: `skc_dport` (be16) immediately followed by `skc_num` (host order)
+    /// (userspace checks that layout), both in one load.
     pub skc_portpair: u32,
+    pub skc_family: u32,
     /// `skc_daddr` followed by `skc_rcv_saddr`.
     pub skc_addrpair: u32,
     pub skc_v6_daddr: u32,

@@ -8,7 +8,7 @@ use core::ffi::c_void;
 use tracer_ebpf::{AF_INET, AF_INET6, payload_class};
 
 use crate::maps::{IPPROTO_TCP, is_watched, offset};
-use crate::sock::{Tuple, address_key, read, read_netns_of, v4_addr, words_addr};
+use crate::sock::{Tuple, address_key, field, read, read_netns_of, v4_addr, words_addr};
 
 pub(crate) const TCP_FLAG_RST: u8 = 0x04;
 pub(crate) const TCP_FLAG_SYN: u8 = 0x02;
@@ -141,9 +141,11 @@ pub(crate) fn received_segment(skb: *const u8) -> Option<(Tuple, u32, u8, u32)> 
     if skb.is_null() {
         return None;
     }
-    let head: *const u8 = read(skb, offset!(skb_head));
-    let network: u16 = read(skb, offset!(skb_network_header));
-    let transport: u16 = read(skb, offset!(skb_transport_header));
+    // The sk_buff's own fields are loaded directly; the headers they point at (packet
+    // memory, typed as plain bytes) go through the helper.
+    let head: *const u8 = field(skb, offset!(skb_head));
+    let network: u16 = field(skb, offset!(skb_network_header));
+    let transport: u16 = field(skb, offset!(skb_transport_header));
     // Ports and sequence number, then data offset and flags: one read (bytes little-endian in
     // each word; a TCP header has at least 20).
     let tcp: [u64; 2] = read(head, transport as usize);
@@ -184,8 +186,8 @@ pub(crate) fn received_segment(skb: *const u8) -> Option<(Tuple, u32, u8, u32)> 
     let tcp_flags = (tcp[1] >> 40) as u8;
     let seq = u32::from_be((tcp[0] >> 32) as u32);
     // A NULL device or net reads as netns 0.
-    let dev: *const u8 = read(skb, offset!(skb_dev));
-    let netns = read_netns_of(read(dev, offset!(dev_nd_net)));
+    let dev: *const u8 = field(skb, offset!(skb_dev));
+    let netns = read_netns_of(field(dev, offset!(dev_nd_net)));
     Some((tuple, netns, tcp_flags, seq))
 }
 

@@ -14,7 +14,7 @@ use crate::marks::{clear_counted, counted, rst_ttl};
 use crate::packet::{TCP_FLAG_ACK, TCP_FLAG_RST, TCP_FLAG_SYN, peer_key, received_segment};
 use crate::repeats::{counted_as_repeat, refusal_counted};
 use crate::slots::send_flow_event;
-use crate::sock::{cookie_of, is_tcp_sock, read, read_sock_netns, socket_error, watched_tuple};
+use crate::sock::{cookie_of, field, is_tcp_sock, read_sock_netns, socket_error, watched_tuple};
 
 /// Emits a non-state-change event for a full or minimal socket.
 #[inline(always)]
@@ -22,7 +22,7 @@ pub(crate) fn emit_for_sock(sk: *const u8, event_kind: u8, detail: i32, flags: u
     let Some(tuple) = watched_tuple(sk) else {
         return;
     };
-    let state: u8 = read(sk, offset!(skc_state));
+    let state: u8 = field(sk, offset!(skc_state));
     let cookie = cookie_of(sk);
     let (mut ttl, mut peer_ttl) = (0, 0);
     if event_kind == kind::RESET_RECEIVED {
@@ -69,7 +69,7 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
             (-err, 0)
         } else {
             // A SYN retried after an ICMP error carries that error: it is not a silent drop.
-            let soft: i32 = read(sk, offset!(sk_err_soft));
+            let soft: i32 = field(sk, offset!(sk_err_soft));
             (soft, if soft != 0 { flag::SOFT_ERROR } else { 0 })
         };
         emit_for_sock(sk, kind::RETRANSMIT, detail, flags);
@@ -97,7 +97,7 @@ pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> i32 {
     // runs most. The mark goes once the socket is closed (the LRU table ages out the rest).
     let cookie = cookie_of(sk);
     if counted(cookie) {
-        if read::<u8>(sk, offset!(skc_state)) == tcp_state::CLOSE {
+        if field::<u8>(sk, offset!(skc_state)) == tcp_state::CLOSE {
             clear_counted(cookie);
         }
         return 0;
@@ -148,7 +148,7 @@ pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
         0
     };
     if !sk.is_null() {
-        if read::<u8>(sk, offset!(skc_state)) == tcp_state::LISTEN {
+        if field::<u8>(sk, offset!(skc_state)) == tcp_state::LISTEN {
             reset_from_listener(ctx.arg(1), reason);
         } else {
             emit_for_sock(sk, kind::RESET_SENT, reason, 0);

@@ -14,17 +14,14 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets> {
     let common = |path: &str| offset(btf, "sock_common", path);
     let skc_dport = common("skc_dport")?;
     let skc_num = common("skc_num")?;
-    if skc_num != skc_dport + 2 {
-        bail!("unexpected struct sock_common layout: skc_num is not right after skc_dport");
+    let skc_portpair = common("skc_portpair")?;
+    if skc_num != skc_dport + 2 || skc_portpair != skc_dport {
+        bail!("unexpected struct sock_common layout: skc_portpair is not skc_dport then skc_num");
     }
     let skc_daddr = common("skc_daddr")?;
     let skc_rcv_saddr = common("skc_rcv_saddr")?;
     if skc_rcv_saddr != skc_daddr + 4 {
         bail!("unexpected struct sock_common layout: skc_rcv_saddr is not right after skc_daddr");
-    }
-    // The ports and the family are read together (see `tracer_ebpf::KernelOffsets`).
-    if common("skc_family")? != skc_dport + 4 {
-        bail!("unexpected struct sock_common layout: skc_family is not right after skc_num");
     }
     // Every program reads sockets as `struct sock *` through sock_common offsets.
     let sk_common = offset(btf, "sock", "__sk_common")?;
@@ -36,7 +33,8 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets> {
     Ok(KernelOffsets {
         ready: 1,
         skc_state: common("skc_state")?,
-        skc_portpair: skc_dport,
+        skc_portpair,
+        skc_family: common("skc_family")?,
         skc_addrpair: skc_daddr,
         skc_v6_daddr: common("skc_v6_daddr")?,
         skc_v6_rcv_saddr: common("skc_v6_rcv_saddr")?,
