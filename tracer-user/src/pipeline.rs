@@ -67,6 +67,8 @@ pub struct Pipeline<W: Write> {
     /// plus one record's): growing a new one for every drain was a tenth of the collector's
     /// time under connection churn.
     batch: Vec<Event>,
+    /// Scratch of the batch's time order (see `events::batch`), kept between drains.
+    order: Vec<(u64, u32)>,
     /// When set, every finding line is also kept here (`shuffletrace probe` reads them).
     captured: Option<Vec<Finding>>,
     pub metrics: Option<Metrics>,
@@ -125,6 +127,7 @@ impl<W: Write> Pipeline<W> {
             output_closed: false,
             found: Vec::new(),
             batch: Vec::new(),
+            order: Vec::new(),
             captured: None,
             metrics: None,
             attributor: None,
@@ -304,7 +307,7 @@ impl<W: Write> Pipeline<W> {
                 None => false,
             };
             if batch.len() >= DRAIN_BATCH || (!more && !batch.is_empty()) {
-                batch.sort_by_key(|event| event.boot_ns);
+                events::batch::sort_by_time(&mut batch, &mut self.order);
                 for mut event in batch.drain(..) {
                     event.cookie = self.flow_keys.shown(event.cookie);
                     self.process(event);

@@ -100,7 +100,7 @@ fn refused_connect_gives_one_finding() {
     assert_eq!(kinds(&found), vec![FindingKind::ConnectRefused]);
     let f = &found[0];
     assert_eq!(f.dst, "10.0.0.2:7337".parse().unwrap());
-    assert_eq!(f.owner.as_ref().unwrap().comm, "java");
+    assert_eq!(&*f.owner.as_ref().unwrap().comm, "java");
     assert!(f.remedy.contains("7337"));
     assert_eq!(f.evidence.len(), 2, "the connect and the RST");
     assert_eq!(f.first_ns, 0);

@@ -48,7 +48,7 @@ const ISTIO_PROXY_UID: u32 = 1337;
 
 fn is_sidecar(owner: Option<&Owner>) -> bool {
     owner.is_some_and(|o| {
-        o.uid == ISTIO_PROXY_UID || o.comm == "envoy" || o.process_name() == "envoy"
+        o.uid == ISTIO_PROXY_UID || &*o.comm == "envoy" || o.process_name() == "envoy"
     })
 }
 

@@ -117,11 +117,11 @@ pub(super) fn process_fields(owner: Option<&Owner>) -> ProcessFields<'_> {
     match &owner.process {
         Some(process) => ProcessFields {
             comm: Some(&process.name),
-            thread: (owner.comm != process.name).then_some(owner.comm.as_str()),
+            thread: (*owner.comm != *process.name).then_some(&*owner.comm),
             main_class: process.main_class.as_deref(),
         },
         None => ProcessFields {
-            comm: Some(&owner.comm),
+            comm: Some(&*owner.comm),
             ..ProcessFields::default()
         },
     }
