@@ -757,6 +757,42 @@ fn probe_reports_every_port_with_its_finding() {
     assert_eq!(code, Some(0), "all open: {}", dump(&lines));
 }
 
+/// Two threads refusing at full speed take socket cookies in step (each CPU from its own
+/// batch of 4,096), so anything the kernel keeps for a counted refusal in a table indexed by
+/// cookies' low bits collides. Every refusal is counted once, and every `connect_refused`
+/// names the process: an error report, sent when such a mark was overwritten, became a
+/// second, ownerless finding for a refusal already counted.
+#[test]
+fn a_refusal_storm_from_two_threads_at_full_speed_is_counted_exactly_once() {
+    let net = Routed::new();
+    let target = SocketAddr::new(net.server_ip, 7337);
+    let tracer = Tracer::start_with(&["--ports", "7337"]);
+    let per_thread = 50_000;
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            net.client.run("st-storm2", move || {
+                (0..per_thread).filter(|_| connect(target).is_err()).count()
+            })
+        })
+        .collect();
+    let refused: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(refused, 2 * per_thread);
+    settle();
+    let lines = tracer.stop();
+    let client: Vec<&Value> = findings(&lines, "connect_refused")
+        .into_iter()
+        .filter(|f| f["dst"] == target.to_string().as_str())
+        .collect();
+    let total: u64 = client.iter().map(|f| f["count"].as_u64().unwrap()).sum();
+    let ownerless: Vec<&&Value> = client
+        .iter()
+        .filter(|f| f["thread"] != "st-storm2")
+        .collect();
+    assert!(ownerless.is_empty(), "{ownerless:?}");
+    assert_eq!(total, refused as u64, "{}", dump(&lines));
+    assert_eq!(support::last_stats(&lines)["lost_events"], 0);
+}
+
 #[test]
 fn a_refusal_storm_is_counted_in_the_kernel_and_every_count_is_exact() {
     let net = Routed::new();

@@ -415,6 +415,9 @@ pub mod slot {
     /// The flow's events are sent as they happen.
     pub const SHIPPED: u8 = 1;
     /// A refused connect counted as a repeat (see `RepeatKey`): none of its events is sent.
+    /// Its error reports come after its CLOSE, so where both `inet_sk_error_report` and
+    /// `tcp_destroy_sock` run (`KernelOffsets::counted_until_destroy`) the slot stays until
+    /// the socket is destroyed: those reports are recognised by it.
     pub const COUNTED: u8 = 2;
 }
 
@@ -580,6 +583,11 @@ pub struct KernelOffsets {
     /// program keys flows by the socket's kernel address instead, which userspace turns into
     /// an opaque number before it shows one.
     pub flow_key_is_address: u32,
+    /// Non-zero when this kernel has both `inet_sk_error_report` and `tcp_destroy_sock`: a
+    /// refusal counted as a repeat keeps its slot (`slot::COUNTED`) past its CLOSE, until
+    /// the socket is destroyed, so the error reports that follow the CLOSE are known to be
+    /// counted already. 0: the slot goes at CLOSE (no error reports to recognise).
+    pub counted_until_destroy: u32,
 }
 
 // The ring-buffer record size is part of the contract with the decoder; keep it 8-aligned.

@@ -122,12 +122,7 @@ pub(crate) static ACTIVITY_SCRATCH: PerCpuArray<FlowActivity> = PerCpuArray::wit
 #[map]
 pub(crate) static REPEATS: HashMap<RepeatKey, RepeatCount> = HashMap::with_max_entries(4096, 0);
 
-/// Sockets whose refused connect was counted as a repeat: their error report, which TCP
-/// makes after the flow's slot is gone, is not sent either (see `marks`). Direct-mapped.
-#[map]
-pub(crate) static COUNTED_ERRORS: Array<u64> = Array::with_max_entries(MARK_SLOTS, 0);
-
-/// Slots of the direct-mapped mark tables (a power of two).
+/// Slots of the direct-mapped mark table (a power of two).
 pub(crate) const MARK_SLOTS: u32 = 4096;
 
 /// Per-CPU loss and overflow counters, indexed by `tracer_ebpf::counter`.

@@ -6,7 +6,6 @@ use aya_ebpf::helpers::bpf_ktime_get_boot_ns;
 use tracer_ebpf::{RepeatCount, RepeatKey, SockOwner, counter, kind, slot};
 
 use crate::maps::{BPF_NOEXIST, FLOWS, REPEAT_WINDOW_NS, REPEATS, count};
-use crate::marks::mark_counted;
 use crate::sock::Tuple;
 
 /// Counts an occurrence of `key` that repeats the one sent in full within the window
@@ -106,6 +105,5 @@ pub(crate) fn refusal_counted(
         return false;
     }
     flow.shipped = slot::COUNTED;
-    mark_counted(cookie);
     true
 }

@@ -254,6 +254,13 @@ pub(crate) fn request_unanswered(cookie: u64) -> bool {
             .is_some_and(|a| payload_class::request_unanswered(a.tx_class, a.rx_class))
 }
 
+/// Whether a flow is a refused connect counted as a repeat (see `slot::COUNTED`).
+#[inline(always)]
+pub(crate) fn is_counted(cookie: u64) -> bool {
+    // SAFETY: the field is read at once.
+    unsafe { FLOWS.get(&cookie) }.is_some_and(|flow| flow.shipped == slot::COUNTED)
+}
+
 /// Whether a flow is quiet: it has a slot and nothing of it was sent yet.
 #[inline(always)]
 pub(crate) fn is_quiet(cookie: u64) -> bool {
@@ -325,8 +332,7 @@ pub(crate) fn ship_quiet(cookie: u64, tuple: &Tuple) {
 /// copy per program.
 #[inline(never)]
 pub(crate) fn send_flow_event(record: &Record, tuple: &Tuple) {
-    // SAFETY: the field is read at once.
-    if unsafe { FLOWS.get(&record.cookie) }.is_some_and(|slot| slot.shipped == slot::COUNTED) {
+    if is_counted(record.cookie) {
         return;
     }
     ship_quiet(record.cookie, tuple);

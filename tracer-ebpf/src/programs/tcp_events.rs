@@ -10,10 +10,10 @@ use tracer_ebpf::{RepeatKey, flag, kind, tcp_state};
 use crate::emit::{NO_OWNER, Record, emit, emit_for_listener};
 use crate::isn::{note_request, note_sequence};
 use crate::maps::{PEER_TTL, offset, ready};
-use crate::marks::{clear_counted, counted, rst_ttl};
+use crate::marks::rst_ttl;
 use crate::packet::{TCP_FLAG_ACK, TCP_FLAG_RST, TCP_FLAG_SYN, peer_key, received_segment};
 use crate::repeats::{counted_as_repeat, refusal_counted};
-use crate::slots::send_flow_event;
+use crate::slots::{is_counted, send_flow_event};
 use crate::sock::{cookie_of, field, is_tcp_sock, read_sock_netns, socket_error, watched_tuple};
 
 /// Emits a non-state-change event for a full or minimal socket.
@@ -92,14 +92,11 @@ pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> i32 {
     if !ready() {
         return 0;
     }
-    // A refusal counted as a repeat reports its error too (twice per refusal in a storm):
-    // checked first, before the socket is read, since a refusal storm is where this program
-    // runs most. The mark goes once the socket is closed (the LRU table ages out the rest).
-    let cookie = cookie_of(sk);
-    if counted(cookie) {
-        if field::<u8>(sk, offset!(skc_state)) == tcp_state::CLOSE {
-            clear_counted(cookie);
-        }
+    // A refusal counted as a repeat reports its error too (twice per refusal in a storm,
+    // after its CLOSE): its slot says so until the socket is destroyed (see
+    // `slot::COUNTED`). Checked first, before the socket is read, since a refusal storm is
+    // where this program runs most.
+    if is_counted(cookie_of(sk)) {
         return 0;
     }
     if is_tcp_sock(sk) {

@@ -6,7 +6,7 @@ use aya_ebpf::programs::BtfTracePointContext;
 use tracer_ebpf::{SockOwner, counter, flag, kind, tcp_state};
 
 use crate::emit::{Record, emit, listener, listener_key};
-use crate::maps::{LISTENERS, TEST_SKIP_CLOSE, count, ready};
+use crate::maps::{LISTENERS, TEST_SKIP_CLOSE, count, offset, ready};
 use crate::slots::{
     Quiet, forget_flow, note_quiet, open_accepted, open_connect, remember_listener, ship_quiet,
 };
@@ -83,7 +83,9 @@ pub(crate) fn on_state_change(sk: *const u8, old_state: u8, new_state: u8) {
     match quiet {
         Quiet::Recorded => return,
         Quiet::Counted => {
-            if new_state == tcp_state::CLOSE {
+            // Kept, where error reports follow, until the socket is destroyed (see
+            // `slot::COUNTED`).
+            if new_state == tcp_state::CLOSE && offset!(counted_until_destroy) == 0 {
                 forget_flow(cookie);
             }
             return;

@@ -4,7 +4,9 @@
 //! leave the flow's slot in `FLOWS` for good (over months, enough to fill it) and the flow
 //! unaccounted for. This separate program is not skipped with it: it finds the slot still
 //! there, sends the flow's end as `CLOSE_UNSEEN` and removes it. In the common case (the
-//! CLOSE was seen) it costs a port read and, on a watched port, one lookup.
+//! CLOSE was seen) it costs a port read and, on a watched port, one lookup. It is also where
+//! a refused connect counted as a repeat loses its slot, kept past the CLOSE for the error
+//! reports that follow it (see `tracer_ebpf::slot::COUNTED`): removed, nothing sent.
 
 use aya_ebpf::macros::btf_tracepoint;
 use aya_ebpf::programs::BtfTracePointContext;

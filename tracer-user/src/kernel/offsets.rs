@@ -76,6 +76,10 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets> {
         tp_rcv_nxt: offset(btf, "tcp_sock", "rcv_nxt")?,
         treq_rcv_isn: offset(btf, "tcp_request_sock", "rcv_isn")?,
         treq_snt_isn: offset(btf, "tcp_request_sock", "snt_isn")?,
+        counted_until_destroy: u32::from(
+            btf.tracepoint_arg_count("inet_sk_error_report").is_some()
+                && btf.tracepoint_arg_count("tcp_destroy_sock").is_some(),
+        ),
         flow_key_is_address: u32::from(!tracing_has_socket_cookie(btf)),
     })
 }
