@@ -8,6 +8,7 @@ use core::ffi::c_void;
 use tracer_ebpf::{AF_INET, AF_INET6, FlowActivity, counter, flag, kind, payload_class, tcp_state};
 
 use crate::emit::{Record, emit, flow_owner, put};
+use crate::hints;
 use crate::maps::{
     ACTIVITY, ACTIVITY_HINT, ACTIVITY_HINT_SLOTS, ACTIVITY_SCRATCH, BPF_NOEXIST, IDLE_MARK_NS,
     count,
@@ -16,32 +17,16 @@ use crate::packet::{Segment, load_addr};
 use crate::slots::{is_quiet, ship_quiet};
 use crate::sock::{Tuple, read_keepalive, read_sock_netns};
 
-/// The flow's counter in `ACTIVITY_HINT` (cookies are handed out in consecutive runs, so
-/// their low bits spread them).
-#[inline(always)]
-fn hint(cookie: u64) -> Option<*mut u32> {
-    ACTIVITY_HINT.get_ptr_mut(cookie as u32 & (ACTIVITY_HINT_SLOTS - 1))
-}
-
-/// Adds `delta` to the flow's hint counter (atomic: other CPUs count into it too).
+/// Adds `delta` to the flow's counter in `ACTIVITY_HINT` (see `hints`).
 #[inline(always)]
 fn add_hint(cookie: u64, delta: u32) {
-    if let Some(counter) = hint(cookie) {
-        // SAFETY: an aligned u32 in a live map value; the intrinsic becomes the BPF atomic
-        // add instruction (no fetch: every kernel has it).
-        unsafe {
-            core::intrinsics::atomic_xadd::<u32, u32, { core::intrinsics::AtomicOrdering::Relaxed }>(
-                counter, delta,
-            )
-        };
-    }
+    hints::add(&ACTIVITY_HINT, ACTIVITY_HINT_SLOTS, cookie, delta);
 }
 
 /// Whether the flow may have an `ACTIVITY` entry (false: it certainly has none).
 #[inline(always)]
 pub(crate) fn may_have_activity(cookie: u64) -> bool {
-    // SAFETY: the value is read at once.
-    hint(cookie).is_some_and(|counter| unsafe { *counter } != 0)
+    hints::may_have(&ACTIVITY_HINT, ACTIVITY_HINT_SLOTS, cookie)
 }
 
 /// At TCP_CLOSE: the flow's activity record goes, and its hint with it.

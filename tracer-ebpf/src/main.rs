@@ -15,6 +15,7 @@
 
 mod activity;
 mod emit;
+mod hints;
 mod isn;
 mod maps;
 mod marks;

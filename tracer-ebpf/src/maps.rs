@@ -122,6 +122,17 @@ pub(crate) static ACTIVITY_SCRATCH: PerCpuArray<FlowActivity> = PerCpuArray::wit
 #[map]
 pub(crate) static REPEATS: HashMap<RepeatKey, RepeatCount> = HashMap::with_max_entries(4096, 0);
 
+/// How many refused connects counted as repeats (`slot::COUNTED`) each slot of cookies has
+/// in `FLOWS` (see `hints`): their slots outlive the CLOSE until the socket is destroyed, by
+/// when TCP has cleared the ports the destroy program finds watched flows by, so it finds
+/// these by the hint instead. A socket connect()ed again after its refusal leaves its count
+/// behind (its slot is overwritten): one lookup more for sockets of that slot, nothing else.
+#[map]
+pub(crate) static COUNTED_HINT: Array<u32> = Array::with_max_entries(COUNTED_HINT_SLOTS, 0);
+
+/// Slots of `COUNTED_HINT` (a power of two).
+pub(crate) const COUNTED_HINT_SLOTS: u32 = 4096;
+
 /// Slots of the direct-mapped mark table (a power of two).
 pub(crate) const MARK_SLOTS: u32 = 4096;
 

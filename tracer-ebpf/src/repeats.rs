@@ -5,7 +5,10 @@
 use aya_ebpf::helpers::bpf_ktime_get_boot_ns;
 use tracer_ebpf::{RepeatCount, RepeatKey, SockOwner, counter, kind, slot};
 
-use crate::maps::{BPF_NOEXIST, FLOWS, REPEAT_WINDOW_NS, REPEATS, count};
+use crate::hints;
+use crate::maps::{
+    BPF_NOEXIST, COUNTED_HINT, COUNTED_HINT_SLOTS, FLOWS, REPEAT_WINDOW_NS, REPEATS, count,
+};
 use crate::sock::Tuple;
 
 /// Counts an occurrence of `key` that repeats the one sent in full within the window
@@ -104,6 +107,8 @@ pub(crate) fn refusal_counted(
     if !counted_as_repeat(&key, &flow.owner, tuple.local_port) {
         return false;
     }
+    // Counted before anything can look for it (see `hints`).
+    hints::add(&COUNTED_HINT, COUNTED_HINT_SLOTS, cookie, 1);
     flow.shipped = slot::COUNTED;
     true
 }

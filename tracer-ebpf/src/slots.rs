@@ -13,8 +13,12 @@ use crate::emit::{
     NO_OWNER, Record, emit, flow_owner, listener, listener_key, put, set_current_owner,
     wakeup_flag, write_event,
 };
+use crate::hints;
 use crate::isn::{ISN_BOTH, established_isns, keep_isns, kept_isns, note_sequence};
-use crate::maps::{ACTIVITY, EVENTS, FLOWS, LISTENERS, SLOT_SCRATCH, count, netns_watched};
+use crate::maps::{
+    ACTIVITY, COUNTED_HINT, COUNTED_HINT_SLOTS, EVENTS, FLOWS, LISTENERS, SLOT_SCRATCH, count,
+    netns_watched,
+};
 use crate::sock::{Ports, Tuple, read_addrs, read_sock_netns, watched_tuple};
 
 /// At TCP_CLOSE: the flow's slot and activity record go.
@@ -22,6 +26,23 @@ use crate::sock::{Ports, Tuple, read_addrs, read_sock_netns, watched_tuple};
 pub(crate) fn forget_flow(cookie: u64) {
     forget_activity(cookie);
     let _ = FLOWS.remove(&cookie);
+}
+
+/// A refused connect counted as a repeat, done with (its socket destroyed, or closed where
+/// no error report follows): its slot goes, and its count in `COUNTED_HINT`.
+#[inline(always)]
+pub(crate) fn forget_counted(cookie: u64) {
+    forget_flow(cookie);
+    hints::add(&COUNTED_HINT, COUNTED_HINT_SLOTS, cookie, u32::MAX);
+}
+
+/// Where the destroy program finds no watched ports (TCP has cleared a refused connect's by
+/// then): the socket's slot, if it is a counted refusal's, goes.
+#[inline(always)]
+pub(crate) fn forget_if_counted(cookie: u64) {
+    if hints::may_have(&COUNTED_HINT, COUNTED_HINT_SLOTS, cookie) && is_counted(cookie) {
+        forget_counted(cookie);
+    }
 }
 
 /// listen(): remembers the current process as the owner of the sockets the listener on
@@ -382,5 +403,9 @@ pub(crate) fn close_unseen(cookie: u64, sk: *const u8, ports: &Ports) {
         };
         emit(&record, &tuple, &slot.owner);
     }
-    forget_flow(cookie);
+    if slot.shipped == slot::COUNTED {
+        forget_counted(cookie);
+    } else {
+        forget_flow(cookie);
+    }
 }

@@ -8,7 +8,8 @@ use tracer_ebpf::{SockOwner, counter, flag, kind, tcp_state};
 use crate::emit::{Record, emit, listener, listener_key};
 use crate::maps::{LISTENERS, TEST_SKIP_CLOSE, count, offset, ready};
 use crate::slots::{
-    Quiet, forget_flow, note_quiet, open_accepted, open_connect, remember_listener, ship_quiet,
+    Quiet, forget_counted, forget_flow, note_quiet, open_accepted, open_connect, remember_listener,
+    ship_quiet,
 };
 use crate::sock::{Tuple, cookie_of, is_tcp_sock, read_addrs, read_ports, socket_error};
 
@@ -86,7 +87,7 @@ pub(crate) fn on_state_change(sk: *const u8, old_state: u8, new_state: u8) {
             // Kept, where error reports follow, until the socket is destroyed (see
             // `slot::COUNTED`).
             if new_state == tcp_state::CLOSE && offset!(counted_until_destroy) == 0 {
-                forget_flow(cookie);
+                forget_counted(cookie);
             }
             return;
         }

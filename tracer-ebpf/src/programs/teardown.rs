@@ -11,8 +11,8 @@
 use aya_ebpf::macros::btf_tracepoint;
 use aya_ebpf::programs::BtfTracePointContext;
 
-use crate::maps::{FLOWS, ready};
-use crate::slots::close_unseen;
+use crate::maps::{FLOWS, offset, ready};
+use crate::slots::{close_unseen, forget_if_counted};
 use crate::sock::{cookie_of, read_ports};
 
 #[btf_tracepoint(function = "tcp_destroy_sock")]
@@ -22,6 +22,11 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let Some(ports) = read_ports(sk) else {
+        // A refused connect counted as a repeat: TCP has cleared its ports (tcp_disconnect
+        // after a blocking connect), but its slot waited for this (see `slot::COUNTED`).
+        if offset!(counted_until_destroy) != 0 {
+            forget_if_counted(cookie_of(sk));
+        }
         return 0;
     };
     let cookie = cookie_of(sk);
