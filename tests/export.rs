@@ -129,11 +129,7 @@ fn sigterm_right_after_a_burst_loses_no_finding() {
         .skip(1)
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let refused: u64 = lines
-        .iter()
-        .filter(|v| v["type"] == "finding" && v["kind"] == "connect_refused")
-        .map(|v| v["count"].as_u64().unwrap())
-        .sum();
+    let refused = support::total_count(&support::findings(&lines, "connect_refused"));
     assert_eq!(refused, burst as u64, "{}", dump(&lines));
     let stats = lines.last().unwrap();
     assert_eq!(stats["type"], "stats");

@@ -12,7 +12,10 @@ use std::{
 };
 
 use serde_json::Value;
-use support::{Routed, Tracer, abort_on_close, connect, dump, exec_in, findings, settle};
+use support::{
+    Routed, Tracer, abort_on_close, connect, dump, exec_in, findings, findings_at, settle,
+    total_count,
+};
 
 fn pid() -> u64 {
     u64::from(std::process::id())
@@ -791,11 +794,8 @@ fn a_refusal_storm_from_two_threads_at_full_speed_is_counted_exactly_once() {
     assert_eq!(refused, 2 * per_thread);
     settle();
     let lines = tracer.stop();
-    let client: Vec<&Value> = findings(&lines, "connect_refused")
-        .into_iter()
-        .filter(|f| f["dst"] == target.to_string().as_str())
-        .collect();
-    let total: u64 = client.iter().map(|f| f["count"].as_u64().unwrap()).sum();
+    let client = findings_at(&lines, "connect_refused", "dst", target);
+    let total = total_count(&client);
     let ownerless: Vec<&&Value> = client
         .iter()
         .filter(|f| f["thread"] != "st-storm2")
@@ -833,19 +833,11 @@ fn a_refusal_storm_is_counted_in_the_kernel_and_every_count_is_exact() {
     assert_eq!(refused, attempts);
     settle();
     let lines = tracer.stop();
-    let about = |kind: &str, field: &str| -> Vec<&Value> {
-        findings(&lines, kind)
-            .into_iter()
-            .filter(|f| f[field] == target.to_string().as_str())
-            .collect()
-    };
-    let total =
-        |found: &[&Value]| -> u64 { found.iter().map(|f| f["count"].as_u64().unwrap()).sum() };
-    let client: Vec<&Value> = about("connect_refused", "dst");
-    let server: Vec<&Value> = about("local_reset", "src");
-    assert_eq!(total(&client), attempts as u64, "{}", dump(&lines));
+    let client = findings_at(&lines, "connect_refused", "dst", target);
+    let server = findings_at(&lines, "local_reset", "src", target);
+    assert_eq!(total_count(&client), attempts as u64, "{}", dump(&lines));
     // Both ends are on this host: the server's RSTs are the same refusals, joined to them.
-    assert_eq!(total(&server), 0, "{}", dump(&lines));
+    assert_eq!(total_count(&server), 0, "{}", dump(&lines));
     // Folded: the first refusal of each window in full, the rest as counts.
     assert!(client.len() < attempts / 10, "{} lines", client.len());
     for finding in &client {

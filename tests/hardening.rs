@@ -58,17 +58,15 @@ fn trace_lines(dir: &Path) -> Vec<Value> {
 }
 
 fn refused_count(lines: &[Value], port: u16) -> u64 {
-    lines
-        .iter()
+    let to_port: Vec<&Value> = support::findings(lines, "connect_refused")
+        .into_iter()
         .filter(|v| {
-            v["type"] == "finding"
-                && v["kind"] == "connect_refused"
-                && v["dst"]
-                    .as_str()
-                    .is_some_and(|d| d.ends_with(&format!(":{port}")))
+            v["dst"]
+                .as_str()
+                .is_some_and(|d| d.ends_with(&format!(":{port}")))
         })
-        .map(|v| v["count"].as_u64().unwrap())
-        .sum()
+        .collect();
+    support::total_count(&to_port)
 }
 
 #[test]

@@ -432,6 +432,26 @@ pub fn findings<'a>(lines: &'a [Value], kind: &str) -> Vec<&'a Value> {
         .collect()
 }
 
+/// Findings of `kind` whose `field` (`src` or `dst`) is `addr`.
+pub fn findings_at<'a>(
+    lines: &'a [Value],
+    kind: &str,
+    field: &str,
+    addr: SocketAddr,
+) -> Vec<&'a Value> {
+    let addr = addr.to_string();
+    findings(lines, kind)
+        .into_iter()
+        .filter(|f| f[field] == addr.as_str())
+        .collect()
+}
+
+/// What finding lines count together: their `count`s summed (a folded line carries its
+/// repeats).
+pub fn total_count(found: &[&Value]) -> u64 {
+    found.iter().map(|f| f["count"].as_u64().unwrap()).sum()
+}
+
 /// `count` connects from the client namespace to `port` of the server, each refused.
 pub fn refused_burst(topo: &Topology, port: u16, count: usize) {
     let target = SocketAddr::new(topo.server_v4, port);

@@ -2,8 +2,9 @@
 //! (instructions processed) on this kernel, next to what the last kernel matrix run
 //! (`cargo xtask vm-test`, logs in target/vm/logs) recorded for 6.1 and 6.12. Under TCG a
 //! guest's wall-clock start-up says nothing about a real node; the verifier's work does, as
-//! it is the part of start-up that differs between kernels. The start-up on those kernels is estimated from it: this kernel's
-//! start-up plus its verification time scaled by the other kernel's instructions.
+//! it is the part of start-up that differs between kernels. The start-up on those kernels is
+//! estimated from it: this kernel's start-up plus its verification time scaled by the other
+//! kernel's instructions.
 
 use std::{collections::BTreeMap, path::Path, process::Command};
 
