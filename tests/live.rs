@@ -445,6 +445,58 @@ fn a_close_the_kernel_skipped_is_accounted_for_and_frees_its_slot() {
     );
 }
 
+/// The kernel has been seen (about once in a million connections under churn) to run none of
+/// a socket's last programs, its CLOSE nor its destroy, and to count no miss: the flow's slot
+/// would stay in the kernel's table for good. The collector's sweep drops such slots (quiet,
+/// last seen closing, silent for longer than the age) and counts them. The test hook skips
+/// every CLOSE and every destroy, and shortens the age and period to 500 ms. Three batches
+/// of 10 connections (20 slots each) a sweep apart fit `--max-flows 32` only if the sweep
+/// frees each batch's slots: a table that kept them would be full during the second.
+#[test]
+fn slots_whose_end_the_kernel_never_reported_are_dropped_and_counted() {
+    const BATCH: usize = 10;
+    const BATCHES: usize = 3;
+    // The Hive metastore's port: no other test in this file uses it.
+    const PORT: u16 = 9083;
+    let tracer = Tracer::start_with_env(
+        &["--ports", "9083", "--max-flows", "32", "--clean-flows"],
+        &[
+            ("SHUFFLETRACE_TEST_SKIP_CLOSE", "destroy"),
+            ("SHUFFLETRACE_TEST_SLOT_MAX_AGE_MS", "500"),
+        ],
+    );
+    let topo = Topology::new();
+    let server_addr = SocketAddr::new(topo.server_v4, PORT);
+    let server = serve(&topo, "st-metastore", server_addr, move |listener| {
+        closing_first(&listener, BATCH * BATCHES);
+    });
+    topo.client
+        .run("st-client", move || {
+            for _ in 0..BATCHES {
+                connect_until_closed(server_addr, BATCH);
+                // Long enough for a sweep to find the batch's slots older than 500 ms.
+                std::thread::sleep(std::time::Duration::from_millis(1500));
+            }
+        })
+        .join()
+        .unwrap();
+    let lines = stop_once_served(tracer, server);
+    let ctx = || dump(&lines);
+    let stats = last_stats(&lines);
+    assert_eq!(
+        stats["slots_expired"],
+        (2 * BATCH * BATCHES) as u64,
+        "{}",
+        ctx()
+    );
+    assert_eq!(stats["owner_table_full"], 0, "slots freed: {}", ctx());
+    // Nothing is said of how they ended: no close_unseen, no clean flow, no finding.
+    assert_eq!(stats["closes_unseen"], 0, "{}", ctx());
+    assert!(events(&lines, "close_unseen").is_empty(), "{}", ctx());
+    assert_eq!(clean_flows(stats, PORT, None), 0, "{}", ctx());
+    assert!(!lines.iter().any(|v| v["type"] == "finding"), "{}", ctx());
+}
+
 /// Waits for the server thread, lets the last events arrive, and stops the tracer: its lines.
 fn stop_once_served(tracer: Tracer, server: std::thread::JoinHandle<()>) -> Vec<Value> {
     server.join().unwrap();

@@ -38,7 +38,9 @@ pub(crate) static IDLE_MARK_NS: u64 = 0;
 pub(crate) static REPEAT_WINDOW_NS: u64 = 0;
 
 /// Test hook (see the collector's kernel loader): non-zero, the state program ignores every
-/// CLOSE, as the kernel skips a run that would recurse. 0 in use: the check is pruned.
+/// CLOSE, as the kernel skips a run that would recurse; 2, the destroy program ignores every
+/// socket too, as the kernel has been seen to skip all of a socket's last runs without
+/// counting a miss (see the collector's `kernel::stale`). 0 in use: the checks are pruned.
 #[unsafe(no_mangle)]
 pub(crate) static TEST_SKIP_CLOSE: u32 = 0;
 

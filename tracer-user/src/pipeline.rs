@@ -12,7 +12,7 @@ use crate::{
     events::keepalive::KeepaliveSettings,
     events::procs::ProcessNames,
     events::repeats::Repeats,
-    events::sources::{ActivitySource, RepeatSource},
+    events::sources::{ActivitySource, RepeatSource, SlotSource},
     events::{self, Event, EventKind, KernelFacts},
     findings::idle::{self, Check},
     findings::{Aggregator, Correlator, Finding, Flow, FlowTable, Joiner},
@@ -94,6 +94,10 @@ pub struct Pipeline<W: Write> {
     metered: Metered,
     /// What was reported of the kernel's counted repeats.
     pub repeats: Repeats,
+    /// The sweep of kernel slots whose end was never reported: age and period (see
+    /// `crate::kernel::stale`), and when it runs next.
+    slot_policy: (std::time::Duration, std::time::Duration),
+    next_slot_sweep_ns: u64,
 }
 
 #[derive(Default)]
@@ -102,6 +106,7 @@ struct Metered {
     evictions: u64,
     trace_bytes: u64,
     trace_errors: u64,
+    slots_expired: u64,
 }
 
 impl<W: Write> Pipeline<W> {
@@ -135,6 +140,9 @@ impl<W: Write> Pipeline<W> {
             stats_interval_ns: 60_000_000_000,
             flow_keys: FlowKeys::COOKIES,
             last_stats_ns: BootClock::now_boot_ns(),
+            slot_policy: crate::kernel::stale::policy(),
+            next_slot_sweep_ns: BootClock::now_boot_ns()
+                + crate::kernel::stale::policy().1.as_nanos() as u64,
             metered: Metered::default(),
             idle_reported: HashMap::new(),
             idle_gone: HashMap::new(),
@@ -466,7 +474,7 @@ impl<W: Write> Pipeline<W> {
 
     /// Loss counters, idle scan, counted repeats, owed updates, aged-out flows, closed
     /// aggregation windows, metrics and the periodic stats line.
-    pub fn housekeeping<K: ActivitySource + RepeatSource>(
+    pub fn housekeeping<K: ActivitySource + RepeatSource + SlotSource>(
         &mut self,
         counters: KernelCounters,
         kernel: &mut K,
@@ -483,6 +491,11 @@ impl<W: Write> Pipeline<W> {
         }
         self.reported = counters;
         let now = BootClock::now_boot_ns();
+        if now >= self.next_slot_sweep_ns {
+            let (max_age, every) = self.slot_policy;
+            self.totals.slots_expired += kernel.expire_slots(now, max_age);
+            self.next_slot_sweep_ns = now + every.as_nanos() as u64;
+        }
         self.idle_scan(now, &*kernel);
         // Before the aggregation windows close: what the kernel counted within a window
         // joins that window's line.
@@ -527,7 +540,7 @@ impl<W: Write> Pipeline<W> {
         };
         // Every loss series is served from the first call, at 0 until something is lost: a
         // dashboard or alert then tells "nothing lost" from "not scraped" (Prometheus's advice
-        // for labels with known values), and the series bound stays the README's 7.
+        // for labels with known values), and the series bound stays the README's 8.
         for ((reason, now, _), (_, then, _)) in counters
             .losses()
             .into_iter()
@@ -550,12 +563,19 @@ impl<W: Write> Pipeline<W> {
             "trace_write_error",
             trace_errors.saturating_sub(self.metered.trace_errors),
         );
+        // Flows whose end the kernel never reported (see `crate::kernel::stale`).
+        let slots_expired = self.totals.slots_expired;
+        metrics.lost(
+            "slot_expired",
+            slots_expired.saturating_sub(self.metered.slots_expired),
+        );
         metrics.heartbeat();
         self.metered = Metered {
             kernel: counters,
             evictions,
             trace_bytes,
             trace_errors,
+            slots_expired,
         };
     }
 

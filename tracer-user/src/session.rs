@@ -322,7 +322,8 @@ impl<W: Write> Session<W> {
         info!(
             "{} events ({} clean flows summarised), {} findings in {} lines, {} lost (ring \
              buffer full), {} undecodable, {} program runs skipped ({} flows ended with their \
-             close unseen), {} flows tracked, {} evicted",
+             close unseen), {} flows whose end the kernel never reported, {} flows tracked, {} \
+             evicted",
             totals.events,
             self.pipeline.summaries.total(),
             totals.findings,
@@ -331,6 +332,7 @@ impl<W: Write> Session<W> {
             totals.decode_errors,
             counters.recursion_misses,
             totals.closes_unseen,
+            totals.slots_expired,
             totals.flows,
             totals.flow_evictions
         );

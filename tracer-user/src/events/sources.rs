@@ -19,3 +19,10 @@ pub trait RepeatSource {
     /// Removes an entry whose window is over.
     fn forget(&mut self, key: &RepeatKey);
 }
+
+/// The kernel's flow slots, for the sweep of slots whose end it never reported (see
+/// `kernel::stale`).
+pub trait SlotSource {
+    /// Removes the stale slots and their activity records; returns how many slots went.
+    fn expire_slots(&mut self, now_ns: u64, max_age: std::time::Duration) -> u64;
+}

@@ -191,12 +191,17 @@ impl Missing {
     }
 }
 
-/// The test hook `SHUFFLETRACE_TEST_SKIP_CLOSE` (any value): the state program skips every
-/// CLOSE as the kernel does when it would recurse, so the integration tests can check what
-/// happens then (see `tracer_ebpf`'s `programs::teardown`). Never set in use; when unset the
-/// verifier removes the check.
+/// The test hook `SHUFFLETRACE_TEST_SKIP_CLOSE`: the state program skips every CLOSE as the
+/// kernel does when it would recurse, so the integration tests can check what happens then
+/// (see `tracer_ebpf`'s `programs::teardown`); `destroy` too, the destroy program skips every
+/// socket (see `kernel::stale`). Never set in use; when unset the verifier removes the checks.
 fn test_skip_close() -> u32 {
-    u32::from(std::env::var_os("SHUFFLETRACE_TEST_SKIP_CLOSE").is_some())
+    match std::env::var("SHUFFLETRACE_TEST_SKIP_CLOSE").as_deref() {
+        Ok("destroy") => 2,
+        Ok(_) => 1,
+        Err(std::env::VarError::NotUnicode(_)) => 1,
+        Err(std::env::VarError::NotPresent) => 0,
+    }
 }
 
 /// Every knob of the kernel programs, set in one place before load: the read-only globals
@@ -251,6 +256,61 @@ impl crate::events::sources::ActivitySource for KernelPrograms {
         let map = self.ebpf.map("FLOWS")?;
         let slots = aya::maps::HashMap::<_, u64, FlowSlot>::try_from(map).ok()?;
         slots.get(&self.flow_keys.kernel(cookie), 0).ok()
+    }
+}
+
+impl crate::events::sources::SlotSource for KernelPrograms {
+    fn expire_slots(&mut self, now_ns: u64, max_age: std::time::Duration) -> u64 {
+        let mut candidates = Vec::new();
+        self.scan_hash::<u64, FlowSlot>("FLOWS", &mut |key, slot| {
+            if crate::kernel::stale::is_stale(slot, None, now_ns, max_age) {
+                candidates.push(*key);
+            }
+        });
+        if candidates.is_empty() {
+            return 0;
+        }
+        // Each candidate's last packet, from its activity record (a flow that carried data).
+        let stale: Vec<(u64, Option<u64>)> = {
+            let activity = self
+                .ebpf
+                .map("ACTIVITY")
+                .and_then(|map| aya::maps::HashMap::<_, u64, FlowActivity>::try_from(map).ok());
+            candidates
+                .into_iter()
+                .map(|key| {
+                    let last_packet = activity
+                        .as_ref()
+                        .and_then(|table| table.get(&key, 0).ok())
+                        .map(|a| a.last_packet_ns);
+                    (key, last_packet)
+                })
+                .collect()
+        };
+        let mut expired = 0;
+        for (key, last_packet) in stale {
+            let Some(map) = self.ebpf.map_mut("FLOWS") else {
+                break;
+            };
+            let Ok(mut slots) = aya::maps::HashMap::<_, u64, FlowSlot>::try_from(map) else {
+                break;
+            };
+            // Read again: the flow may have moved on since the scan.
+            let still = slots.get(&key, 0).is_ok_and(|slot| {
+                crate::kernel::stale::is_stale(&slot, last_packet, now_ns, max_age)
+            });
+            if still && slots.remove(&key).is_ok() {
+                expired += 1;
+                if let Some(map) = self.ebpf.map_mut("ACTIVITY")
+                    && let Ok(mut records) =
+                        aya::maps::HashMap::<_, u64, FlowActivity>::try_from(map)
+                {
+                    // Its hint stays counted: a hint only ever says "maybe".
+                    let _ = records.remove(&key);
+                }
+            }
+        }
+        expired
     }
 }
 

@@ -209,6 +209,7 @@ pub(super) struct StatsLine<'a> {
     pub(super) clean_flows_by_port: Vec<crate::flows::summaries::PortSummary>,
     pub(super) repeats_counted: u64,
     pub(super) closes_unseen: u64,
+    pub(super) slots_expired: u64,
 }
 
 #[derive(Serialize)]

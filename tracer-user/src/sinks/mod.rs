@@ -47,6 +47,9 @@ pub struct Totals {
     pub repeats_counted: u64,
     /// Flows that ended without their CLOSE being seen (`close_unseen` events).
     pub closes_unseen: u64,
+    /// Kernel slots dropped because the kernel never reported their flow's end (see
+    /// `crate::kernel::stale`).
+    pub slots_expired: u64,
 }
 
 /// Writes lines to stdout (or any writer, for tests).
@@ -454,13 +457,14 @@ impl<W: Write> Output<W> {
             clean_flows_by_port: summaries.rows(),
             repeats_counted: totals.repeats_counted,
             closes_unseen: totals.closes_unseen,
+            slots_expired: totals.slots_expired,
         };
         let json = to_line(&line)?;
         let text = (self.format == Format::Text).then(|| {
             format!(
                 "--- stats {}: {} events, {} findings in {} lines; lost: {} events (ring buffer \
                  full), {} program runs skipped (recursion; {} flows ended with their close \
-                 unseen), {} undecodable, {} trace write errors; {} flows tracked, {} \
+                 unseen), {} flows whose end the kernel never reported, {} undecodable, {} trace write errors; {} flows tracked, {} \
                  evicted; {} clean flows summarised\n",
                 line.ts,
                 line.events,
@@ -469,6 +473,7 @@ impl<W: Write> Output<W> {
                 line.lost_events,
                 line.recursion_misses,
                 line.closes_unseen,
+                line.slots_expired,
                 line.decode_errors,
                 line.trace_write_errors,
                 line.flows,
