@@ -474,8 +474,9 @@ fn slots_whose_end_the_kernel_never_reported_are_dropped_and_counted() {
         .run("st-client", move || {
             for _ in 0..BATCHES {
                 connect_until_closed(server_addr, BATCH);
-                // Long enough for a sweep to find the batch's slots older than 500 ms.
-                std::thread::sleep(std::time::Duration::from_millis(1500));
+                // Long enough for a sweep (at a housekeeping tick, at most 1 s apart) to
+                // find the batch's slots older than 500 ms, also under emulation.
+                std::thread::sleep(std::time::Duration::from_millis(2500));
             }
         })
         .join()

@@ -150,6 +150,11 @@ const SCENARIOS: &[Scenario] = &[
         "a_close_the_kernel_skipped_is_accounted_for_and_frees_its_slot",
     ),
     scenario(
+        "slot-expired",
+        "live",
+        "slots_whose_end_the_kernel_never_reported_are_dropped_and_counted",
+    ),
+    scenario(
         "connect-refused",
         "findings",
         "a_refused_connect_between_two_namespaces_is_one_finding_naming_both",
