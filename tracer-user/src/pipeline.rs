@@ -116,6 +116,7 @@ impl<W: Write> Pipeline<W> {
         facts: KernelFacts,
         max_flows: usize,
     ) -> Self {
+        let slot_policy = crate::kernel::stale::policy();
         Self {
             config,
             hz: facts.hz,
@@ -140,9 +141,8 @@ impl<W: Write> Pipeline<W> {
             stats_interval_ns: 60_000_000_000,
             flow_keys: FlowKeys::COOKIES,
             last_stats_ns: BootClock::now_boot_ns(),
-            slot_policy: crate::kernel::stale::policy(),
-            next_slot_sweep_ns: BootClock::now_boot_ns()
-                + crate::kernel::stale::policy().1.as_nanos() as u64,
+            slot_policy,
+            next_slot_sweep_ns: BootClock::now_boot_ns() + slot_policy.1.as_nanos() as u64,
             metered: Metered::default(),
             idle_reported: HashMap::new(),
             idle_gone: HashMap::new(),
@@ -472,8 +472,9 @@ impl<W: Write> Pipeline<W> {
         self.publish(0);
     }
 
-    /// Loss counters, idle scan, counted repeats, owed updates, aged-out flows, closed
-    /// aggregation windows, metrics and the periodic stats line.
+    /// Loss counters, the sweep of stale kernel slots (when due), idle scan, counted repeats,
+    /// owed updates, aged-out flows, closed aggregation windows, metrics and the periodic
+    /// stats line.
     pub fn housekeeping<K: ActivitySource + RepeatSource + SlotSource>(
         &mut self,
         counters: KernelCounters,
