@@ -196,11 +196,10 @@ impl Missing {
 /// (see `tracer_ebpf`'s `programs::teardown`); `destroy` too, the destroy program skips every
 /// socket (see `kernel::stale`). Never set in use; when unset the verifier removes the checks.
 fn test_skip_close() -> u32 {
-    match std::env::var("SHUFFLETRACE_TEST_SKIP_CLOSE").as_deref() {
-        Ok("destroy") => 2,
-        Ok(_) => 1,
-        Err(std::env::VarError::NotUnicode(_)) => 1,
-        Err(std::env::VarError::NotPresent) => 0,
+    match std::env::var_os("SHUFFLETRACE_TEST_SKIP_CLOSE") {
+        None => 0,
+        Some(value) if value == "destroy" => 2,
+        Some(_) => 1,
     }
 }
 
@@ -287,30 +286,29 @@ impl crate::events::sources::SlotSource for KernelPrograms {
                 })
                 .collect()
         };
-        let mut expired = 0;
-        for (key, last_packet) in stale {
-            let Some(map) = self.ebpf.map_mut("FLOWS") else {
-                break;
-            };
-            let Ok(mut slots) = aya::maps::HashMap::<_, u64, FlowSlot>::try_from(map) else {
-                break;
-            };
-            // Read again: the flow may have moved on since the scan.
-            let still = slots.get(&key, 0).is_ok_and(|slot| {
-                crate::kernel::stale::is_stale(&slot, last_packet, now_ns, max_age)
-            });
-            if still && slots.remove(&key).is_ok() {
-                expired += 1;
-                if let Some(map) = self.ebpf.map_mut("ACTIVITY")
-                    && let Ok(mut records) =
-                        aya::maps::HashMap::<_, u64, FlowActivity>::try_from(map)
-                {
-                    // Its hint stays counted: a hint only ever says "maybe".
-                    let _ = records.remove(&key);
+        // Read again before removing: the flow may have moved on since the scan.
+        let mut expired = Vec::new();
+        if let Some(map) = self.ebpf.map_mut("FLOWS")
+            && let Ok(mut slots) = aya::maps::HashMap::<_, u64, FlowSlot>::try_from(map)
+        {
+            for (key, last_packet) in stale {
+                let still = slots.get(&key, 0).is_ok_and(|slot| {
+                    crate::kernel::stale::is_stale(&slot, last_packet, now_ns, max_age)
+                });
+                if still && slots.remove(&key).is_ok() {
+                    expired.push(key);
                 }
             }
         }
-        expired
+        // Their activity records go too; their hints stay counted (a hint only says "maybe").
+        if let Some(map) = self.ebpf.map_mut("ACTIVITY")
+            && let Ok(mut records) = aya::maps::HashMap::<_, u64, FlowActivity>::try_from(map)
+        {
+            for key in &expired {
+                let _ = records.remove(key);
+            }
+        }
+        expired.len() as u64
     }
 }
 

@@ -1,6 +1,7 @@
 //! The kernel side, seen from userspace: loading and attaching the programs (`loader`), the
 //! running kernel's BTF and the offsets the programs read through, batched table reads, the
-//! program table, the sweep of slots the kernel never closed (`stale`), and how flow keys are shown. Nothing above this module touches aya.
+//! program table, the sweep of slots the kernel never closed (`stale`), and how flow keys are
+//! shown. Nothing above this module touches aya.
 
 pub mod attach_btf;
 pub mod btf;

@@ -464,8 +464,8 @@ impl<W: Write> Output<W> {
             format!(
                 "--- stats {}: {} events, {} findings in {} lines; lost: {} events (ring buffer \
                  full), {} program runs skipped (recursion; {} flows ended with their close \
-                 unseen), {} flows whose end the kernel never reported, {} undecodable, {} trace write errors; {} flows tracked, {} \
-                 evicted; {} clean flows summarised\n",
+                 unseen), {} flows whose end the kernel never reported, {} undecodable, {} trace \
+                 write errors; {} flows tracked, {} evicted; {} clean flows summarised\n",
                 line.ts,
                 line.events,
                 line.findings,
