@@ -40,9 +40,18 @@ pub(crate) static REPEAT_WINDOW_NS: u64 = 0;
 /// Test hook (see the collector's kernel loader): non-zero, the state program ignores every
 /// CLOSE, as the kernel skips a run that would recurse; 2, the destroy program ignores every
 /// socket too, as the kernel has been seen to skip all of a socket's last runs without
-/// counting a miss (see the collector's `kernel::stale`). 0 in use: the checks are pruned.
+/// counting a miss (see the collector's `kernel::stale`); 3, the state program also ignores
+/// every change after a flow is established (its slot stays as it was then). 0 in use: the
+/// checks are pruned.
 #[unsafe(no_mangle)]
 pub(crate) static TEST_SKIP_CLOSE: u32 = 0;
+
+/// Bench hook (`cargo xtask bench`'s "hooks" column, see the collector's kernel loader):
+/// non-zero, every program returns as soon as it runs, so a load measures what the hooks
+/// themselves cost (the kernel calling nine programs), the floor of this design. 0 in use:
+/// the checks are pruned.
+#[unsafe(no_mangle)]
+pub(crate) static BENCH_HOOKS_ONLY: u32 = 0;
 
 /// Non-zero when tracing is restricted to the network namespaces in `NETNS_FILTER`
 /// (`--netns`); 0: every namespace is watched.
@@ -173,7 +182,17 @@ pub(crate) fn netns_watched(netns: u32) -> bool {
     !filtered || unsafe { NETNS_FILTER.get(&netns) }.is_some()
 }
 
+/// Whether the programs may run: the offsets were filled in, and this is not the bench's
+/// hooks-only run (see `BENCH_HOOKS_ONLY`).
 #[inline(always)]
 pub(crate) fn ready() -> bool {
-    offset!(ready) != 0
+    offset!(ready) != 0 && !hooks_only()
+}
+
+/// The bench's hooks-only run (see `BENCH_HOOKS_ONLY`).
+#[inline(always)]
+pub(crate) fn hooks_only() -> bool {
+    // SAFETY: reading our own read-only global.
+    let hooks_only = unsafe { core::ptr::read_volatile(&raw const BENCH_HOOKS_ONLY) };
+    hooks_only != 0
 }

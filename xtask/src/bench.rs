@@ -224,6 +224,16 @@ impl Tracer {
         Self::start(command, "\"type\":\"start\"", "shuffletrace")
     }
 
+    /// shuffletrace attached with its programs returning at once (`tracepoints`: without the
+    /// cgroup_skb ones): what the hooks alone cost, the floor of this design.
+    fn hooks(mode: &str) -> Result<Self> {
+        let mut command = Command::new(root().join("target/release/shuffletrace"));
+        command
+            .args(["--format", "json", "--ports", PORTS])
+            .env("SHUFFLETRACE_BENCH_HOOKS_ONLY", mode);
+        Self::start(command, "\"type\":\"start\"", "hooks")
+    }
+
     fn bpftrace() -> Result<Self> {
         let mut command = Command::new("bpftrace");
         // Line-buffered: its BEGIN line, printed once every probe is attached, must reach us
@@ -388,6 +398,10 @@ struct Row {
     bpftrace: Option<f64>,
     /// The floor (see `FLOOR_SCRIPT`).
     floor: Option<f64>,
+    /// shuffletrace's hooks alone: all nine programs returning at once (see `Tracer::hooks`).
+    hooks: f64,
+    /// The same, the tracepoints only (no cgroup_skb program attached).
+    tracepoint_hooks: f64,
     /// Events lost in any shuffletrace round.
     lost: u64,
     /// Whether every round accounted for every connection (see `Accounting`).
@@ -408,8 +422,8 @@ enum Accounting {
     Findings(&'static str),
 }
 
-/// Interleaved rounds of one workload: untraced, shuffletrace, bpftrace and the floor (if
-/// available).
+/// Interleaved rounds of one workload: untraced, shuffletrace, its hooks alone (all, then
+/// the tracepoints only), bpftrace and the floor (if available).
 fn compare(
     name: &str,
     load: &[String],
@@ -419,6 +433,7 @@ fn compare(
 ) -> Result<Row> {
     let (mut plain, mut traced, mut peer, mut floor) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut hooks, mut tracepoint_hooks) = (Vec::new(), Vec::new());
     let ops: u64 = load.get(2).and_then(|n| n.parse().ok()).unwrap_or(0);
     let (mut all_lost, mut accounted, mut peak_kib) = (0, true, 0);
     for round in 0..ROUNDS {
@@ -488,6 +503,15 @@ fn compare(
                 },
             ));
         }
+        for (mode, rates) in [("1", &mut hooks), ("tracepoints", &mut tracepoint_hooks)] {
+            let tracer = Tracer::hooks(mode)?;
+            rates.push(stload(load)?.rate);
+            tracer.stop()?;
+            eprintln!(
+                "xtask bench: {name} round {round}: hooks only ({mode}) {:.0}",
+                rates[round]
+            );
+        }
         if with_peer {
             let tracer = Tracer::bpftrace()?;
             peer.push(stload(load)?.rate);
@@ -517,6 +541,8 @@ fn compare(
         shuffletrace: median(&mut traced),
         bpftrace: with_peer.then(|| median(&mut peer)),
         floor: with_peer.then(|| median(&mut floor)),
+        hooks: median(&mut hooks),
+        tracepoint_hooks: median(&mut tracepoint_hooks),
         lost: all_lost,
         accounted,
         peak_kib,
@@ -644,16 +670,20 @@ pub fn run() -> Result<()> {
     let verification = crate::bench_verifier::report(&root())?;
 
     println!(
-        "\n{:<36} {:>9} {:>12} {:>6} {:>9} {:>6} {:>9} {:>6} {:>9}",
+        "\n{:<36} {:>9} {:>12} {:>6} {:>9} {:>6} {:>6} {:>9} {:>6} {:>9} {:>6} {:>9} {:>9}",
         "workload",
         "untraced",
         "shuffletrace",
         "ratio",
+        "hooks",
+        "ratio",
+        "tp",
         "floor",
         "ratio",
         "bpftrace",
         "ratio",
-        "vs floor"
+        "vs floor",
+        "vs hooks"
     );
     for row in &rows {
         let cells = |value: Option<f64>| match value {
@@ -661,15 +691,18 @@ pub fn run() -> Result<()> {
             None => format!("{:>9} {:>6}", "-", "-"),
         };
         println!(
-            "{:<36} {:>9.0} {:>12.0} {:>6.2} {} {} {:>9}",
+            "{:<36} {:>9.0} {:>12.0} {:>6.2} {} {:>6.2} {} {} {:>9} {:>9.2}",
             row.name,
             row.untraced,
             row.shuffletrace,
             row.shuffletrace / row.untraced,
+            cells(Some(row.hooks)),
+            row.tracepoint_hooks / row.untraced,
             cells(row.floor),
             cells(row.bpftrace),
             row.floor
-                .map_or("-".to_owned(), |f| format!("{:.2}", row.shuffletrace / f))
+                .map_or("-".to_owned(), |f| format!("{:.2}", row.shuffletrace / f)),
+            row.shuffletrace / row.hooks
         );
     }
     println!(
@@ -707,9 +740,13 @@ pub fn run() -> Result<()> {
     // The floor's own ratio in the same rounds, for context: what any tracer of the same
     // tracepoints cost at least in this run.
     let floor = |i: usize| {
-        rows[i].floor.map_or_else(String::new, |f| {
+        let bpftrace = rows[i].floor.map_or_else(String::new, |f| {
             format!("; the floor {:.3}", f / rows[i].untraced)
-        })
+        });
+        format!(
+            "; the hooks alone {:.3}{bpftrace}",
+            rows[i].hooks / rows[i].untraced
+        )
     };
     let mib = |kib: u64| kib as f64 / 1024.0;
     // Start-up on the matrix kernels: this kernel's, plus what their verifiers add.
@@ -746,9 +783,11 @@ pub fn run() -> Result<()> {
         ),
         (
             format!(
-                "bulk throughput ratio >= 0.98, watched and unwatched (measured {:.3} / {:.3})",
+                "bulk throughput ratio >= 0.98, watched and unwatched (measured {:.3} / {:.3}; the hooks alone {:.3} / {:.3})",
                 ratio(3),
-                ratio(4)
+                ratio(4),
+                rows[3].hooks / rows[3].untraced,
+                rows[4].hooks / rows[4].untraced
             ),
             ratio(3) >= 0.98 && ratio(4) >= 0.98,
         ),
@@ -806,11 +845,14 @@ pub fn run() -> Result<()> {
         "{{\n  \"rows\": [{}],\n  \"startup_s\": {{\"shuffletrace\": {:.4}, \"bpftrace\": {}}},\n  \"memory_100k_flows_mib\": {{\"data\": {{\"peak\": {:.1}, \"after_close\": {:.1}}}, \"quiet\": {{\"peak\": {:.1}, \"after_close\": {:.1}}}}},\n  \"delivery\": [{}]\n}}\n",
         rows.iter()
             .map(|r| format!(
-                "\n    {{\"workload\": \"{}\", \"untraced\": {:.1}, \"shuffletrace\": {:.1}, \"ratio\": {:.3}, \"floor\": {}, \"floor_ratio\": {}, \"bpftrace\": {}, \"bpftrace_ratio\": {}, \"accounted\": {}, \"lost\": {}, \"peak_rss_mib\": {:.1}}}",
+                "\n    {{\"workload\": \"{}\", \"untraced\": {:.1}, \"shuffletrace\": {:.1}, \"ratio\": {:.3}, \"hooks\": {:.1}, \"hooks_ratio\": {:.3}, \"tracepoint_hooks_ratio\": {:.3}, \"floor\": {}, \"floor_ratio\": {}, \"bpftrace\": {}, \"bpftrace_ratio\": {}, \"accounted\": {}, \"lost\": {}, \"peak_rss_mib\": {:.1}}}",
                 r.name,
                 r.untraced,
                 r.shuffletrace,
                 r.shuffletrace / r.untraced,
+                r.hooks,
+                r.hooks / r.untraced,
+                r.tracepoint_hooks / r.untraced,
                 r.floor.map_or("null".into(), |p| format!("{p:.1}")),
                 r.floor.map_or("null".into(), |p| format!("{:.3}", p / r.untraced)),
                 r.bpftrace.map_or("null".into(), |p| format!("{p:.1}")),

@@ -9,7 +9,7 @@ use core::ffi::c_void;
 use tracer_ebpf::payload_class;
 
 use crate::activity::{note_segment, report_first_payload};
-use crate::maps::PEER_TTL;
+use crate::maps::{PEER_TTL, hooks_only};
 use crate::marks::mark_rst_ttl;
 use crate::packet::{
     TCP_FLAG_RST, TCP_FLAG_SYN, classify_payload, load_addr, parse_segment, skb_cookie,
@@ -23,7 +23,9 @@ use crate::sock::read_keepalive;
 /// few packet loads and one array lookup.
 #[cgroup_skb(ingress)]
 pub fn ingress_ttl(ctx: SkBuffContext) -> i32 {
-    let _ = observe_ingress(&ctx);
+    if !hooks_only() {
+        let _ = observe_ingress(&ctx);
+    }
     1
 }
 
@@ -69,7 +71,9 @@ pub(crate) fn observe_ingress(ctx: &SkBuffContext) -> Option<()> {
 /// settings (an application may set SO_KEEPALIVE after connect()). Never drops anything.
 #[cgroup_skb(egress)]
 pub fn egress_activity(ctx: SkBuffContext) -> i32 {
-    let _ = observe_egress(&ctx);
+    if !hooks_only() {
+        let _ = observe_egress(&ctx);
+    }
     1
 }
 

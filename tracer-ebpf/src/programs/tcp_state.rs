@@ -19,8 +19,15 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     let old_state: i32 = ctx.arg(1);
     let new_state: i32 = ctx.arg(2);
     // SAFETY: reading our own read-only global.
-    let skip = unsafe { core::ptr::read_volatile(&raw const TEST_SKIP_CLOSE) } != 0;
-    if ready() && !(skip && new_state as u8 == tcp_state::CLOSE) {
+    let skip = match unsafe { core::ptr::read_volatile(&raw const TEST_SKIP_CLOSE) } {
+        0 => false,
+        3 => !matches!(
+            old_state as u8,
+            tcp_state::SYN_SENT | tcp_state::SYN_RECV | tcp_state::CLOSE | tcp_state::LISTEN
+        ),
+        _ => new_state as u8 == tcp_state::CLOSE,
+    };
+    if ready() && !skip {
         on_state_change(sk, old_state as u8, new_state as u8);
     }
     0

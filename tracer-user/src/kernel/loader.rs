@@ -194,12 +194,47 @@ impl Missing {
 /// The test hook `SHUFFLETRACE_TEST_SKIP_CLOSE`: the state program skips every CLOSE as the
 /// kernel does when it would recurse, so the integration tests can check what happens then
 /// (see `tracer_ebpf`'s `programs::teardown`); `destroy` too, the destroy program skips every
-/// socket (see `kernel::stale`). Never set in use; when unset the verifier removes the checks.
+/// socket (see `kernel::stale`); `established`, the state program also skips every change
+/// after a flow is established (a silent slot whose socket is gone). Never set in use; when
+/// unset the verifier removes the checks.
 fn test_skip_close() -> u32 {
     match std::env::var_os("SHUFFLETRACE_TEST_SKIP_CLOSE") {
         None => 0,
         Some(value) if value == "destroy" => 2,
+        Some(value) if value == "established" => 3,
         Some(_) => 1,
+    }
+}
+
+/// The bench hook `SHUFFLETRACE_BENCH_HOOKS_ONLY`, for `cargo xtask bench`'s floor of this
+/// design: `1`, every program returns as soon as it runs (nothing is traced), so a load
+/// measures what the hooks alone cost; `tracepoints`, the same without the cgroup_skb
+/// programs attached (what the per-packet hooks add). Never set in use; when unset the
+/// verifier removes the checks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BenchHooks {
+    Off,
+    All,
+    Tracepoints,
+}
+
+impl BenchHooks {
+    fn from_env() -> Self {
+        match std::env::var_os("SHUFFLETRACE_BENCH_HOOKS_ONLY") {
+            Some(value) if value == "1" => Self::All,
+            Some(value) if value == "tracepoints" => Self::Tracepoints,
+            _ => Self::Off,
+        }
+    }
+
+    /// The value of the programs' `BENCH_HOOKS_ONLY`.
+    fn global(self) -> u32 {
+        u32::from(self != Self::Off)
+    }
+
+    /// Whether this program stays unattached.
+    fn skips(self, spec: &ProgramSpec) -> bool {
+        self == Self::Tracepoints && !matches!(spec.attach, Attach::Tracepoint(_))
     }
 }
 
@@ -238,6 +273,9 @@ pub struct KernelPrograms {
     /// `--netns` (empty: all): the kernel sends no event of other namespaces, and the scans
     /// of its tables (idle flows, counted repeats) skip their entries too.
     netns: std::collections::BTreeSet<u32>,
+    /// `--host-root`: where the slot sweep finds a flow's network namespace (the host's
+    /// `/proc`, `/run/netns`) to ask which sockets still exist.
+    host_root: PathBuf,
 }
 
 impl crate::events::sources::ActivitySource for KernelPrograms {
@@ -260,43 +298,51 @@ impl crate::events::sources::ActivitySource for KernelPrograms {
 
 impl crate::events::sources::SlotSource for KernelPrograms {
     fn expire_slots(&mut self, now_ns: u64, max_age: std::time::Duration) -> u64 {
+        use crate::kernel::stale::{Verdict, drops, judge};
+        // Candidates: silent slots (their activity records read below).
         let mut candidates = Vec::new();
         self.scan_hash::<u64, FlowSlot>("FLOWS", &mut |key, slot| {
-            if crate::kernel::stale::is_stale(slot, None, now_ns, max_age) {
-                candidates.push(*key);
+            if judge(slot, None, now_ns, max_age) != Verdict::Keep {
+                candidates.push((*key, slot.netns, (slot.owner.pid, slot.owner.tid)));
             }
         });
         if candidates.is_empty() {
             return 0;
         }
         // Each candidate's last packet, from its activity record (a flow that carried data).
-        let stale: Vec<(u64, Option<u64>)> = {
+        let last_packets: Vec<Option<u64>> = {
             let activity = self
                 .ebpf
                 .map("ACTIVITY")
                 .and_then(|map| aya::maps::HashMap::<_, u64, FlowActivity>::try_from(map).ok());
             candidates
-                .into_iter()
-                .map(|key| {
-                    let last_packet = activity
+                .iter()
+                .map(|(key, _, _)| {
+                    activity
                         .as_ref()
-                        .and_then(|table| table.get(&key, 0).ok())
-                        .map(|a| a.last_packet_ns);
-                    (key, last_packet)
+                        .and_then(|table| table.get(key, 0).ok())
+                        .map(|a| a.last_packet_ns)
                 })
                 .collect()
+        };
+        // Whether their sockets still exist, asked per namespace (flows keyed by cookie only).
+        let alive = if self.flow_keys == FlowKeys::COOKIES {
+            live_sockets(&self.host_root, &candidates)
+        } else {
+            HashMap::new()
         };
         // Read again before removing: the flow may have moved on since the scan.
         let mut expired = Vec::new();
         if let Some(map) = self.ebpf.map_mut("FLOWS")
             && let Ok(mut slots) = aya::maps::HashMap::<_, u64, FlowSlot>::try_from(map)
         {
-            for (key, last_packet) in stale {
-                let still = slots.get(&key, 0).is_ok_and(|slot| {
-                    crate::kernel::stale::is_stale(&slot, last_packet, now_ns, max_age)
-                });
-                if still && slots.remove(&key).is_ok() {
-                    expired.push(key);
+            for ((key, netns, _), last_packet) in candidates.iter().zip(last_packets) {
+                let alive = alive.get(netns).map(|cookies| cookies.contains(key));
+                let goes = slots
+                    .get(key, 0)
+                    .is_ok_and(|slot| drops(judge(&slot, last_packet, now_ns, max_age), alive));
+                if goes && slots.remove(key).is_ok() {
+                    expired.push(*key);
                 }
             }
         }
@@ -310,6 +356,43 @@ impl crate::events::sources::SlotSource for KernelPrograms {
         }
         expired.len() as u64
     }
+}
+
+/// Most namespaces the kernel is asked about in one sweep (the ones with the most
+/// candidates first); the others wait for the next sweep, judged by time alone meanwhile.
+const MAX_NAMESPACES_ASKED: usize = 64;
+
+/// The live socket cookies of each candidate's namespace that could be asked (see
+/// `kernel::sockdiag`); a namespace missing from the answer could not be (no process is in
+/// it, or sock_diag failed: logged).
+fn live_sockets(
+    host_root: &Path,
+    candidates: &[(u64, u32, (u32, u32))],
+) -> HashMap<u32, std::collections::HashSet<u64>> {
+    let mut by_netns: std::collections::BTreeMap<u32, Vec<(u32, u32)>> = Default::default();
+    for (_, netns, owner) in candidates {
+        by_netns.entry(*netns).or_default().push(*owner);
+    }
+    let mut namespaces: Vec<(u32, Vec<(u32, u32)>)> = by_netns.into_iter().collect();
+    namespaces.sort_by_key(|(_, owners)| std::cmp::Reverse(owners.len()));
+    let mut alive = HashMap::new();
+    for (netns, mut owners) in namespaces.into_iter().take(MAX_NAMESPACES_ASKED) {
+        owners.sort_unstable();
+        owners.dedup();
+        let Some(file) = crate::kernel::sockdiag::namespace_file(host_root, netns, &owners) else {
+            continue;
+        };
+        match crate::kernel::sockdiag::live_cookies(&file) {
+            Ok(cookies) => {
+                alive.insert(netns, cookies);
+            }
+            Err(e) => tracing::warn!(
+                "slot sweep: could not list the sockets of network namespace {netns}: {e}; \
+                 its silent slots are judged by time alone"
+            ),
+        }
+    }
+    alive
 }
 
 impl crate::events::sources::RepeatSource for KernelPrograms {
@@ -378,6 +461,13 @@ impl KernelPrograms {
             "attach targets' BTF for aya ready after {:?}",
             started.elapsed()
         );
+        let bench_hooks = BenchHooks::from_env();
+        if bench_hooks != BenchHooks::Off {
+            tracing::warn!(
+                "SHUFFLETRACE_BENCH_HOOKS_ONLY is set: the programs return at once, nothing is \
+                 traced"
+            );
+        }
         let mut loader = LOADER.take().unwrap_or_default();
         let mut ebpf = loader
             // The object has no CO-RE relocations: the loader needs no BTF of its own.
@@ -388,6 +478,7 @@ impl KernelPrograms {
             .override_global("REPEAT_WINDOW_NS", &repeat_window_ns, true)
             .override_global("FILTER_NETNS", &filter_netns, true)
             .override_global("TEST_SKIP_CLOSE", &test_skip_close(), true)
+            .override_global("BENCH_HOOKS_ONLY", &bench_hooks.global(), true)
             .map_max_entries("FLOWS", max_flows.max(1))
             .map_max_entries("ACTIVITY", max_flows.max(1))
             .load(TRACER_OBJECT)
@@ -422,6 +513,9 @@ impl KernelPrograms {
         let mut attached = Vec::new();
         let mut missing = Vec::new();
         for spec in &programs::PROGRAMS {
+            if bench_hooks.skips(spec) {
+                continue;
+            }
             if !programs::needed(spec.name, &offsets) {
                 if let Some(why) = programs::not_applicable(spec.name, &offsets) {
                     missing.push(Missing::new(spec, why));
@@ -460,6 +554,7 @@ impl KernelPrograms {
             unavailable,
             recursion_misses_at_detach: 0,
             netns: netns.clone(),
+            host_root: host_root.to_path_buf(),
             flow_keys: if offsets.flow_key_is_address != 0 {
                 FlowKeys::addresses()
             } else {

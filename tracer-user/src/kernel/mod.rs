@@ -15,6 +15,7 @@ pub mod offsets;
 pub mod prefetch;
 pub mod privileges;
 pub mod programs;
+pub mod sockdiag;
 pub mod stale;
 
 /// The running kernel's release (`uname -r`); empty when it cannot be read.

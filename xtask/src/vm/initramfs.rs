@@ -22,7 +22,8 @@ pub(super) const GUEST_INIT: &str = include_str!("../../vm/init");
 
 /// Kernel modules the tests need (veth pairs, iptables-legacy filter and nat tables with the
 /// matches and targets the tests use, conntrack for MASQUERADE / REDIRECT / SO_ORIGINAL_DST,
-/// netem). Each must be a module of the kernel or built into it.
+/// netem, and sock_diag's TCP sockets for the slot sweep). Each must be a module of the kernel
+/// or built into it.
 pub(super) const MODULES: &[&str] = &[
     // libcrc32c's soft dependency (nf_conntrack needs libcrc32c): built in on the cloud
     // flavours, a module on the generic ones. modules.dep does not list soft dependencies.
@@ -47,6 +48,8 @@ pub(super) const MODULES: &[&str] = &[
     "xt_owner",
     "xt_statistic",
     "sch_netem",
+    "inet_diag",
+    "tcp_diag",
 ];
 
 /// Host packages the harness runs (qemu, cpio, depmod, objcopy) or copies into the guest.

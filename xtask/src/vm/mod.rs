@@ -155,6 +155,11 @@ const SCENARIOS: &[Scenario] = &[
         "slots_whose_end_the_kernel_never_reported_are_dropped_and_counted",
     ),
     scenario(
+        "slot-gone",
+        "live",
+        "a_silent_slot_goes_once_the_kernel_says_its_socket_is_gone_and_not_before",
+    ),
+    scenario(
         "connect-refused",
         "findings",
         "a_refused_connect_between_two_namespaces_is_one_finding_naming_both",
