@@ -362,29 +362,33 @@ impl crate::events::sources::SlotSource for KernelPrograms {
 /// candidates first); the others wait for the next sweep, judged by time alone meanwhile.
 const MAX_NAMESPACES_ASKED: usize = 64;
 
-/// The live socket cookies of each candidate's namespace that could be asked (see
-/// `kernel::sockdiag`); a namespace missing from the answer could not be (no process is in
-/// it, or sock_diag failed: logged).
+/// The candidates whose sockets are still there (`candidates`: key, netns, owner pid and
+/// thread), per namespace that could be asked (see `kernel::sockdiag`); a namespace missing
+/// from the answer could not be (no process is in it, or sock_diag failed: logged).
 fn live_sockets(
     host_root: &Path,
     candidates: &[(u64, u32, (u32, u32))],
 ) -> HashMap<u32, std::collections::HashSet<u64>> {
-    let mut by_netns: std::collections::BTreeMap<u32, Vec<(u32, u32)>> = Default::default();
-    for (_, netns, owner) in candidates {
-        by_netns.entry(*netns).or_default().push(*owner);
+    type Wanted = (Vec<(u32, u32)>, std::collections::HashSet<u64>);
+    let mut by_netns: std::collections::BTreeMap<u32, Wanted> = Default::default();
+    for (key, netns, owner) in candidates {
+        let (owners, keys) = by_netns.entry(*netns).or_default();
+        owners.push(*owner);
+        keys.insert(*key);
     }
-    let mut namespaces: Vec<(u32, Vec<(u32, u32)>)> = by_netns.into_iter().collect();
-    namespaces.sort_by_key(|(_, owners)| std::cmp::Reverse(owners.len()));
+    let mut namespaces: Vec<(u32, Wanted)> = by_netns.into_iter().collect();
+    namespaces.sort_by_key(|(_, (_, keys))| std::cmp::Reverse(keys.len()));
     let mut alive = HashMap::new();
-    for (netns, mut owners) in namespaces.into_iter().take(MAX_NAMESPACES_ASKED) {
+    let mut finder = crate::kernel::sockdiag::NamespaceFinder::new(host_root);
+    for (netns, (mut owners, keys)) in namespaces.into_iter().take(MAX_NAMESPACES_ASKED) {
         owners.sort_unstable();
         owners.dedup();
-        let Some(file) = crate::kernel::sockdiag::namespace_file(host_root, netns, &owners) else {
+        let Some(file) = finder.find(netns, &owners) else {
             continue;
         };
-        match crate::kernel::sockdiag::live_cookies(&file) {
-            Ok(cookies) => {
-                alive.insert(netns, cookies);
+        match crate::kernel::sockdiag::live_cookies(&file, &keys) {
+            Ok(live) => {
+                alive.insert(netns, live);
             }
             Err(e) => tracing::warn!(
                 "slot sweep: could not list the sockets of network namespace {netns}: {e}; \

@@ -6,7 +6,7 @@
 //! only the calling thread), so the collector's own threads never leave the host's.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     fs::File,
     os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
@@ -35,9 +35,10 @@ const REQUEST: usize = 56;
 /// `struct inet_diag_msg` up to and including the socket id's cookie.
 const MSG_COOKIE_END: usize = 4 + 48;
 
-/// The cookies of the TCP sockets (IPv4 and IPv6) of the namespace `netns_file` opens, or
-/// why they could not be read.
-pub fn live_cookies(netns_file: &Path) -> Result<HashSet<u64>, String> {
+/// Which of the cookies `wanted` are TCP sockets (IPv4 or IPv6) of the namespace
+/// `netns_file` opens, or why that could not be read. Only those are kept: the memory is the
+/// candidates', not the namespace's sockets'.
+pub fn live_cookies(netns_file: &Path, wanted: &HashSet<u64>) -> Result<HashSet<u64>, String> {
     let file = File::open(netns_file).map_err(|e| format!("{}: {e}", netns_file.display()))?;
     std::thread::scope(|scope| {
         scope
@@ -54,50 +55,94 @@ pub fn live_cookies(netns_file: &Path) -> Result<HashSet<u64>, String> {
                         std::io::Error::last_os_error()
                     ));
                 }
-                let mut cookies = HashSet::new();
+                let (mut live, mut seen) = (HashSet::new(), 0usize);
                 for family in [libc::AF_INET, libc::AF_INET6] {
-                    dump(family as u8, &mut cookies)?;
+                    dump(family as u8, &mut |cookie| {
+                        seen += 1;
+                        if wanted.contains(&cookie) {
+                            live.insert(cookie);
+                        }
+                    })?;
+                    if seen > MAX_SOCKETS {
+                        return Err(format!("more than {MAX_SOCKETS} sockets"));
+                    }
                 }
-                Ok(cookies)
+                Ok(live)
             })
             .join()
             .unwrap_or_else(|_| Err("the sock_diag thread failed".to_owned()))
     })
 }
 
-/// A file of the network namespace `inode`: the host's own; the thread or process of one of
-/// `owners` (its flows' owners, pid and thread id: the likeliest); a namespace mounted under
-/// `/run/netns` or `/var/run/netns` (`ip netns`, CNI plugins); or any process's, under
-/// `host_root`. None when none is found (a namespace kept only by its sockets).
-pub fn namespace_file(host_root: &Path, inode: u32, owners: &[(u32, u32)]) -> Option<PathBuf> {
-    let matches =
-        |path: &Path| std::fs::metadata(path).is_ok_and(|meta| meta.ino() == u64::from(inode));
-    let proc_root = host_root.join("proc");
-    let owned = owners.iter().flat_map(|&(pid, tid)| {
-        let process = proc_root.join(pid.to_string());
-        [
-            process.join(format!("task/{tid}/ns/net")),
-            process.join("ns/net"),
-        ]
-    });
+/// Finds a file of a network namespace by its inode: the host's own; the thread or process
+/// of one of its flows' owners (the likeliest); a namespace mounted under `/run/netns` or
+/// `/var/run/netns` (`ip netns`, CNI plugins); or any process's, under `host_root` (that
+/// list is read at most once per finder: one finder per sweep).
+pub struct NamespaceFinder {
+    host_root: PathBuf,
+    /// Inode -> a file of it, for every mounted namespace and every process; read on the
+    /// first namespace the owners do not lead to.
+    index: Option<HashMap<u64, PathBuf>>,
+}
+
+impl NamespaceFinder {
+    pub fn new(host_root: &Path) -> Self {
+        Self {
+            host_root: host_root.to_path_buf(),
+            index: None,
+        }
+    }
+
+    /// A file of the namespace `inode`, whose flows `owners` (pid, thread id) opened. None
+    /// when none is found (a namespace kept only by its sockets).
+    pub fn find(&mut self, inode: u32, owners: &[(u32, u32)]) -> Option<PathBuf> {
+        let inode = u64::from(inode);
+        let matches = |path: &Path| std::fs::metadata(path).is_ok_and(|meta| meta.ino() == inode);
+        let proc_root = self.host_root.join("proc");
+        let owned = owners.iter().flat_map(|&(pid, tid)| {
+            let process = proc_root.join(pid.to_string());
+            [
+                process.join(format!("task/{tid}/ns/net")),
+                process.join("ns/net"),
+            ]
+        });
+        if let Some(path) = std::iter::once(PathBuf::from("/proc/thread-self/ns/net"))
+            .chain(owned)
+            .find(|path| matches(path))
+        {
+            return Some(path);
+        }
+        let host_root = &self.host_root;
+        self.index
+            .get_or_insert_with(|| index(host_root))
+            .get(&inode)
+            .cloned()
+    }
+}
+
+/// Every mounted namespace's and every process's namespace file, by inode (the first found
+/// of each).
+fn index(host_root: &Path) -> HashMap<u64, PathBuf> {
     let mounted = ["run/netns", "var/run/netns"]
         .into_iter()
         .filter_map(|dir| std::fs::read_dir(host_root.join(dir)).ok())
         .flat_map(|entries| entries.flatten().map(|entry| entry.path()));
-    let processes = std::fs::read_dir(&proc_root)
+    let processes = std::fs::read_dir(host_root.join("proc"))
         .into_iter()
         .flat_map(|entries| entries.flatten())
         .filter(|entry| entry.file_name().as_encoded_bytes()[0].is_ascii_digit())
         .map(|entry| entry.path().join("ns/net"));
-    std::iter::once(PathBuf::from("/proc/thread-self/ns/net"))
-        .chain(owned)
-        .chain(mounted)
-        .chain(processes)
-        .find(|path| matches(path))
+    let mut index = HashMap::new();
+    for path in mounted.chain(processes) {
+        if let Ok(meta) = std::fs::metadata(&path) {
+            index.entry(meta.ino()).or_insert(path);
+        }
+    }
+    index
 }
 
-/// One dump of `family`'s TCP sockets into `cookies`.
-fn dump(family: u8, cookies: &mut HashSet<u64>) -> Result<(), String> {
+/// One dump of `family`'s TCP sockets: `each` gets every socket's cookie.
+fn dump(family: u8, each: &mut dyn FnMut(u64)) -> Result<(), String> {
     // SAFETY: plain socket(2); the descriptor is owned below.
     let fd = unsafe {
         libc::socket(
@@ -148,12 +193,8 @@ fn dump(family: u8, cookies: &mut HashSet<u64>) -> Result<(), String> {
             }
             return Err(format!("reading sock_diag: {error}"));
         }
-        match parse(&buffer[..n as usize], cookies)? {
-            Parsed::More if cookies.len() > MAX_SOCKETS => {
-                return Err(format!("more than {MAX_SOCKETS} sockets"));
-            }
-            Parsed::More => {}
-            Parsed::Done => return Ok(()),
+        if parse(&buffer[..n as usize], each)? == Parsed::Done {
+            return Ok(());
         }
     }
 }
@@ -178,8 +219,8 @@ enum Parsed {
     Done,
 }
 
-/// One datagram of the answer: its sockets' cookies go into `cookies`.
-fn parse(mut data: &[u8], cookies: &mut HashSet<u64>) -> Result<Parsed, String> {
+/// One datagram of the answer: `each` gets its sockets' cookies.
+fn parse(mut data: &[u8], each: &mut dyn FnMut(u64)) -> Result<Parsed, String> {
     while data.len() >= NLMSG_HEADER {
         let word = |at: usize| u32::from_ne_bytes(data[at..at + 4].try_into().unwrap());
         let length = word(0) as usize;
@@ -207,7 +248,7 @@ fn parse(mut data: &[u8], cookies: &mut HashSet<u64>) -> Result<Parsed, String> 
                 }
                 let low = u32::from_ne_bytes(body[44..48].try_into().unwrap());
                 let high = u32::from_ne_bytes(body[48..52].try_into().unwrap());
-                cookies.insert(u64::from(low) | (u64::from(high) << 32));
+                each(u64::from(low) | (u64::from(high) << 32));
             }
             _ => {}
         }
@@ -245,21 +286,21 @@ mod tests {
     fn the_cookies_of_every_socket_in_a_datagram_are_read_until_done() {
         let mut data = message(SOCK_DIAG_BY_FAMILY, &socket(7));
         data.extend(message(SOCK_DIAG_BY_FAMILY, &socket(0x1_0000_0002)));
-        let mut cookies = HashSet::new();
-        assert_eq!(parse(&data, &mut cookies), Ok(Parsed::More));
+        let mut cookies = Vec::new();
+        assert_eq!(parse(&data, &mut |c| cookies.push(c)), Ok(Parsed::More));
         data = message(libc::NLMSG_DONE as u16, &[0; 4]);
-        assert_eq!(parse(&data, &mut cookies), Ok(Parsed::Done));
-        assert_eq!(cookies, HashSet::from([7, 0x1_0000_0002]));
+        assert_eq!(parse(&data, &mut |c| cookies.push(c)), Ok(Parsed::Done));
+        assert_eq!(cookies, [7, 0x1_0000_0002]);
     }
 
     #[test]
     fn an_error_or_a_cut_message_is_an_error_not_an_empty_namespace() {
-        let mut cookies = HashSet::new();
+        let mut cookies = Vec::new();
         let error = message(libc::NLMSG_ERROR as u16, &(-libc::EPERM).to_ne_bytes());
-        assert!(parse(&error, &mut cookies).is_err());
+        assert!(parse(&error, &mut |c| cookies.push(c)).is_err());
         let mut cut = message(SOCK_DIAG_BY_FAMILY, &socket(7));
         cut.truncate(40);
-        assert!(parse(&cut, &mut cookies).is_err());
+        assert!(parse(&cut, &mut |c| cookies.push(c)).is_err());
         assert!(cookies.is_empty());
     }
 
@@ -291,16 +332,16 @@ mod tests {
         let (server, _) = listener.accept().unwrap();
         let (client_cookie, server_cookie) = (cookie_of(&client), cookie_of(&server));
         let own = Path::new("/proc/thread-self/ns/net");
-        let cookies = live_cookies(own).unwrap();
-        assert!(cookies.contains(&client_cookie) && cookies.contains(&server_cookie));
+        let wanted = HashSet::from([client_cookie, server_cookie, u64::MAX]);
+        let live = live_cookies(own, &wanted).unwrap();
+        assert_eq!(live, HashSet::from([client_cookie, server_cookie]));
         // Both closed: the server (first) ends in TIME_WAIT, a mini socket not listed, and the
         // client's socket is freed once its FIN is acknowledged.
         drop(server);
         drop(client);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         loop {
-            let cookies = live_cookies(own).unwrap();
-            if !cookies.contains(&client_cookie) && !cookies.contains(&server_cookie) {
+            if live_cookies(own, &wanted).unwrap().is_empty() {
                 break;
             }
             assert!(
@@ -309,6 +350,18 @@ mod tests {
             );
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
+    }
+
+    #[test]
+    fn a_namespace_is_found_by_its_inode_and_an_unknown_one_is_not() {
+        let own = std::fs::metadata("/proc/self/ns/net").unwrap().ino() as u32;
+        let mut finder = NamespaceFinder::new(Path::new("/"));
+        let found = finder.find(own, &[]).unwrap();
+        assert_eq!(std::fs::metadata(found).unwrap().ino(), u64::from(own));
+        // The index of every process has ours.
+        let ours = index(Path::new("/"));
+        assert!(ours.contains_key(&u64::from(own)));
+        assert_eq!(finder.find(1, &[(u32::MAX, u32::MAX)]), None);
     }
 
     #[test]
