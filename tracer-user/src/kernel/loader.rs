@@ -327,7 +327,7 @@ impl crate::events::sources::SlotSource for KernelPrograms {
         };
         // Whether their sockets still exist, asked per namespace (flows keyed by cookie only).
         let alive = if self.flow_keys == FlowKeys::COOKIES {
-            live_sockets(&self.host_root, &candidates)
+            crate::kernel::sockdiag::live_sockets(&self.host_root, &candidates)
         } else {
             HashMap::new()
         };
@@ -356,47 +356,6 @@ impl crate::events::sources::SlotSource for KernelPrograms {
         }
         expired.len() as u64
     }
-}
-
-/// Most namespaces the kernel is asked about in one sweep (the ones with the most
-/// candidates first); the others wait for the next sweep, judged by time alone meanwhile.
-const MAX_NAMESPACES_ASKED: usize = 64;
-
-/// The candidates whose sockets are still there (`candidates`: key, netns, owner pid and
-/// thread), per namespace that could be asked (see `kernel::sockdiag`); a namespace missing
-/// from the answer could not be (no process is in it, or sock_diag failed: logged).
-fn live_sockets(
-    host_root: &Path,
-    candidates: &[(u64, u32, (u32, u32))],
-) -> HashMap<u32, std::collections::HashSet<u64>> {
-    type Wanted = (Vec<(u32, u32)>, std::collections::HashSet<u64>);
-    let mut by_netns: std::collections::BTreeMap<u32, Wanted> = Default::default();
-    for (key, netns, owner) in candidates {
-        let (owners, keys) = by_netns.entry(*netns).or_default();
-        owners.push(*owner);
-        keys.insert(*key);
-    }
-    let mut namespaces: Vec<(u32, Wanted)> = by_netns.into_iter().collect();
-    namespaces.sort_by_key(|(_, (_, keys))| std::cmp::Reverse(keys.len()));
-    let mut alive = HashMap::new();
-    let mut finder = crate::kernel::sockdiag::NamespaceFinder::new(host_root);
-    for (netns, (mut owners, keys)) in namespaces.into_iter().take(MAX_NAMESPACES_ASKED) {
-        owners.sort_unstable();
-        owners.dedup();
-        let Some(file) = finder.find(netns, &owners) else {
-            continue;
-        };
-        match crate::kernel::sockdiag::live_cookies(&file, &keys) {
-            Ok(live) => {
-                alive.insert(netns, live);
-            }
-            Err(e) => tracing::warn!(
-                "slot sweep: could not list the sockets of network namespace {netns}: {e}; \
-                 its silent slots are judged by time alone"
-            ),
-        }
-    }
-    alive
 }
 
 impl crate::events::sources::RepeatSource for KernelPrograms {

@@ -6,7 +6,7 @@
 //! only the calling thread), so the collector's own threads never leave the host's.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     fs::File,
     os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
@@ -34,6 +34,47 @@ const NLMSG_HEADER: usize = 16;
 const REQUEST: usize = 56;
 /// `struct inet_diag_msg` up to and including the socket id's cookie.
 const MSG_COOKIE_END: usize = 4 + 48;
+
+/// Most namespaces the kernel is asked about in one sweep (the ones with the most
+/// candidates first); the others wait for the next sweep, judged by time alone meanwhile.
+const MAX_NAMESPACES_ASKED: usize = 64;
+
+/// The candidates whose sockets are still there (`candidates`: key, netns, owner pid and
+/// thread), per namespace that could be asked (`live_cookies`); a namespace missing
+/// from the answer could not be (no process is in it, or sock_diag failed: logged).
+pub fn live_sockets(
+    host_root: &Path,
+    candidates: &[(u64, u32, (u32, u32))],
+) -> HashMap<u32, HashSet<u64>> {
+    type Wanted = (Vec<(u32, u32)>, HashSet<u64>);
+    let mut by_netns: BTreeMap<u32, Wanted> = BTreeMap::new();
+    for (key, netns, owner) in candidates {
+        let (owners, keys) = by_netns.entry(*netns).or_default();
+        owners.push(*owner);
+        keys.insert(*key);
+    }
+    let mut namespaces: Vec<(u32, Wanted)> = by_netns.into_iter().collect();
+    namespaces.sort_by_key(|(_, (_, keys))| std::cmp::Reverse(keys.len()));
+    let mut alive = HashMap::new();
+    let mut finder = NamespaceFinder::new(host_root);
+    for (netns, (mut owners, keys)) in namespaces.into_iter().take(MAX_NAMESPACES_ASKED) {
+        owners.sort_unstable();
+        owners.dedup();
+        let Some(file) = finder.find(netns, &owners) else {
+            continue;
+        };
+        match live_cookies(&file, &keys) {
+            Ok(live) => {
+                alive.insert(netns, live);
+            }
+            Err(e) => tracing::warn!(
+                "slot sweep: could not list the sockets of network namespace {netns}: {e}; \
+                 its silent slots are judged by time alone"
+            ),
+        }
+    }
+    alive
+}
 
 /// Which of the cookies `wanted` are TCP sockets (IPv4 or IPv6) of the namespace
 /// `netns_file` opens, or why that could not be read. Only those are kept: the memory is the
