@@ -55,7 +55,7 @@ pub fn live_sockets(
     }
     let mut namespaces: Vec<(u32, Wanted)> = by_netns.into_iter().collect();
     namespaces.sort_by_key(|(_, (_, keys))| std::cmp::Reverse(keys.len()));
-    let mut alive = HashMap::new();
+    let (mut alive, mut failed) = (HashMap::new(), Vec::new());
     let mut finder = NamespaceFinder::new(host_root);
     for (netns, (mut owners, keys)) in namespaces.into_iter().take(MAX_NAMESPACES_ASKED) {
         owners.sort_unstable();
@@ -67,11 +67,18 @@ pub fn live_sockets(
             Ok(live) => {
                 alive.insert(netns, live);
             }
-            Err(e) => tracing::warn!(
-                "slot sweep: could not list the sockets of network namespace {netns}: {e}; \
-                 its silent slots are judged by time alone"
-            ),
+            Err(e) => failed.push((netns, e)),
         }
+    }
+    // One line a sweep, however many namespaces failed (a tracer without CAP_SYS_ADMIN cannot
+    // enter any but its own).
+    if let Some((netns, error)) = failed.first() {
+        tracing::warn!(
+            "slot sweep: could not list the sockets of {} network namespace(s) (namespace \
+             {netns}: {error}); their silent slots are judged by time alone (entering another \
+             namespace needs CAP_SYS_ADMIN)",
+            failed.len()
+        );
     }
     alive
 }
