@@ -25,7 +25,7 @@ const STATES: u32 = (1 << 1) // ESTABLISHED
     | (1 << 8) // CLOSE_WAIT
     | (1 << 9) // LAST_ACK
     | (1 << 11); // CLOSING
-/// Most sockets one answer is read for; a namespace with more is not judged (the sweep then
+/// Most sockets one answer is read for; a namespace with as many is not judged (the sweep then
 /// keeps to its time rule).
 pub const MAX_SOCKETS: usize = 1 << 20;
 
@@ -103,17 +103,13 @@ pub fn live_cookies(netns_file: &Path, wanted: &HashSet<u64>) -> Result<HashSet<
                         std::io::Error::last_os_error()
                     ));
                 }
-                let (mut live, mut seen) = (HashSet::new(), 0usize);
+                let (mut live, mut left) = (HashSet::new(), MAX_SOCKETS);
                 for family in [libc::AF_INET, libc::AF_INET6] {
-                    dump(family as u8, &mut |cookie| {
-                        seen += 1;
+                    dump(family as u8, &mut left, &mut |cookie| {
                         if wanted.contains(&cookie) {
                             live.insert(cookie);
                         }
                     })?;
-                    if seen > MAX_SOCKETS {
-                        return Err(format!("more than {MAX_SOCKETS} sockets"));
-                    }
                 }
                 Ok(live)
             })
@@ -189,8 +185,9 @@ fn index(host_root: &Path) -> HashMap<u64, PathBuf> {
     index
 }
 
-/// One dump of `family`'s TCP sockets: `each` gets every socket's cookie.
-fn dump(family: u8, each: &mut dyn FnMut(u64)) -> Result<(), String> {
+/// One dump of `family`'s TCP sockets: `each` gets every socket's cookie; more than `left`
+/// sockets (counted down) is an error, found at the first datagram past it.
+fn dump(family: u8, left: &mut usize, each: &mut dyn FnMut(u64)) -> Result<(), String> {
     // SAFETY: plain socket(2); the descriptor is owned below.
     let fd = unsafe {
         libc::socket(
@@ -241,7 +238,15 @@ fn dump(family: u8, each: &mut dyn FnMut(u64)) -> Result<(), String> {
             }
             return Err(format!("reading sock_diag: {error}"));
         }
-        if parse(&buffer[..n as usize], each)? == Parsed::Done {
+        let mut counted = |cookie| {
+            *left = left.saturating_sub(1);
+            each(cookie);
+        };
+        let parsed = parse(&buffer[..n as usize], &mut counted)?;
+        if *left == 0 {
+            return Err(format!("{MAX_SOCKETS} sockets or more"));
+        }
+        if parsed == Parsed::Done {
             return Ok(());
         }
     }
