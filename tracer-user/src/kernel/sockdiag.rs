@@ -8,7 +8,11 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     fs::File,
-    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
+    io::{Read as _, Write as _},
+    os::{
+        fd::{AsRawFd as _, FromRawFd, OwnedFd},
+        unix::fs::MetadataExt as _,
+    },
     path::{Path, PathBuf},
 };
 
@@ -202,47 +206,25 @@ fn dump(family: u8, left: &mut usize, each: &mut dyn FnMut(u64)) -> Result<(), S
             std::io::Error::last_os_error()
         ));
     }
-    // SAFETY: a descriptor we just opened and own.
-    let socket = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let request = request(family);
-    // SAFETY: sending our own buffer on our own socket (to the kernel: no address needed).
-    let sent = unsafe {
-        libc::send(
-            socket.as_raw_fd(),
-            request.as_ptr().cast(),
-            request.len(),
-            0,
-        )
-    };
-    if sent < 0 {
-        return Err(format!(
-            "asking sock_diag: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
+    // SAFETY: a descriptor we just opened and own. A file's read and write are recv and send
+    // on a socket (the kernel is the only peer: no address needed).
+    let mut socket = File::from(unsafe { <OwnedFd as FromRawFd>::from_raw_fd(fd) });
+    socket
+        .write_all(&request(family))
+        .map_err(|e| format!("asking sock_diag: {e}"))?;
     let mut buffer = vec![0u8; 64 * 1024];
     loop {
-        // SAFETY: receiving into our own buffer.
-        let n = unsafe {
-            libc::recv(
-                socket.as_raw_fd(),
-                buffer.as_mut_ptr().cast(),
-                buffer.len(),
-                0,
-            )
+        let n = match socket.read(&mut buffer) {
+            Ok(0) => return Err("sock_diag ended its answer without a DONE".to_owned()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("reading sock_diag: {e}")),
         };
-        if n < 0 {
-            let error = std::io::Error::last_os_error();
-            if error.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(format!("reading sock_diag: {error}"));
-        }
         let mut counted = |cookie| {
             *left = left.saturating_sub(1);
             each(cookie);
         };
-        let parsed = parse(&buffer[..n as usize], &mut counted)?;
+        let parsed = parse(&buffer[..n], &mut counted)?;
         if *left == 0 {
             return Err(format!("{MAX_SOCKETS} sockets or more"));
         }
