@@ -91,6 +91,15 @@ fn stload_command(args: &[String]) -> Command {
     command
 }
 
+/// shuffletrace as the bench runs it: JSON lines, the bench's ports, and `extra`.
+fn shuffletrace_command(extra: &[&str]) -> Command {
+    let mut command = Command::new(root().join("target/release/shuffletrace"));
+    command
+        .args(["--format", "json", "--ports", PORTS])
+        .args(extra);
+    command
+}
+
 /// A load run's figures: its `rate`, and the connections it made (`connections`).
 #[derive(Clone, Copy)]
 struct Load {
@@ -217,20 +226,18 @@ impl Tracer {
     }
 
     pub fn shuffletrace(extra: &[&str]) -> Result<Self> {
-        let mut command = Command::new(root().join("target/release/shuffletrace"));
-        command
-            .args(["--format", "json", "--ports", PORTS])
-            .args(extra);
-        Self::start(command, "\"type\":\"start\"", "shuffletrace")
+        Self::start(
+            shuffletrace_command(extra),
+            "\"type\":\"start\"",
+            "shuffletrace",
+        )
     }
 
     /// shuffletrace attached with its programs returning at once (`tracepoints`: without the
     /// cgroup_skb ones): what the hooks alone cost, the floor of this design.
     fn hooks(mode: &str) -> Result<Self> {
-        let mut command = Command::new(root().join("target/release/shuffletrace"));
-        command
-            .args(["--format", "json", "--ports", PORTS])
-            .env("SHUFFLETRACE_BENCH_HOOKS_ONLY", mode);
+        let mut command = shuffletrace_command(&[]);
+        command.env("SHUFFLETRACE_BENCH_HOOKS_ONLY", mode);
         Self::start(command, "\"type\":\"start\"", "hooks")
     }
 
