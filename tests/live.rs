@@ -569,6 +569,72 @@ fn a_silent_slot_goes_once_the_kernel_says_its_socket_is_gone_and_not_before() {
     assert!(!lines.iter().any(|v| v["type"] == "finding"), "{}", ctx());
 }
 
+/// A tracer without CAP_SYS_ADMIN (CAP_BPF and CAP_PERFMON are enough to trace) cannot enter
+/// other network namespaces to ask which sockets still exist: their silent slots are judged
+/// by time alone. Slots last seen open (the test hook keeps them at ESTABLISHED) are then
+/// never dropped on a guess, and the sweep says so in one warning per sweep naming both
+/// namespaces and the missing capability, not one per namespace.
+#[test]
+fn without_cap_sys_admin_a_silent_open_slot_stays_and_each_sweep_says_why_once() {
+    const CLOSED: usize = 6;
+    const PORT: u16 = 9083;
+    let log_path = std::env::temp_dir().join(format!("st-nosysadmin-{}.log", std::process::id()));
+    let log = std::fs::File::create(&log_path).expect("the tracer's log file");
+    let tracer = Tracer::launch(
+        &[
+            "setpriv",
+            "--inh-caps=-sys_admin",
+            "--bounding-set=-sys_admin",
+        ],
+        &["--ports", "9083", "--max-flows", "64"],
+        &[
+            ("SHUFFLETRACE_TEST_SKIP_CLOSE", "established"),
+            ("SHUFFLETRACE_TEST_SLOT_MAX_AGE_MS", "500"),
+        ],
+        log.into(),
+    );
+    let topo = Topology::new();
+    let server_addr = SocketAddr::new(topo.server_v4, PORT);
+    let server = serve(&topo, "st-metastore", server_addr, move |listener| {
+        closing_first(&listener, CLOSED);
+    });
+    topo.client
+        .run("st-client", move || {
+            connect_until_closed(server_addr, CLOSED)
+        })
+        .join()
+        .unwrap();
+    server.join().unwrap();
+    // Several sweeps (at a housekeeping tick, at most 1 s apart), also under emulation.
+    std::thread::sleep(Duration::from_millis(3500));
+    settle();
+    let lines = tracer.stop();
+    let log = std::fs::read_to_string(&log_path).expect("the tracer's log");
+    let _ = std::fs::remove_file(&log_path);
+    let ctx = || format!("{}\n{log}", dump(&lines));
+    let stats = last_stats(&lines);
+    assert_eq!(stats["slots_expired"], 0, "{}", ctx());
+    assert_eq!(stats["owner_table_full"], 0, "{}", ctx());
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("slot sweep: could not list the sockets"))
+        .collect();
+    if keyed_by_cookie() {
+        assert!(!warnings.is_empty(), "no sweep said why: {}", ctx());
+        for warning in &warnings {
+            assert!(
+                warning.contains("of 2 network namespace(s)") && warning.contains("CAP_SYS_ADMIN"),
+                "one line per sweep, naming both namespaces and the capability: {warning}"
+            );
+        }
+        // At most one a sweep: the run lasts ~4 s, a sweep every 0.5-1 s.
+        assert!(warnings.len() <= 10, "{}", ctx());
+    } else {
+        // Flows keyed by address are never asked about.
+        assert!(warnings.is_empty(), "{}", ctx());
+    }
+}
+
 /// Whether this kernel's tracing programs key flows by socket cookie: its BTF has
 /// `bpf_get_socket_ptr_cookie` (the loader's own test; not there on 5.10, where a flow's
 /// key is the socket's address).

@@ -161,12 +161,27 @@ impl Tracer {
 
     /// `start_with`, with environment variables set for the tracer.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shuffletrace"))
+        Self::launch(&[], args, env, Stdio::inherit())
+    }
+
+    /// `start_with_env`, run through `wrapper` (a command that runs the rest, such as
+    /// `setpriv` dropping a capability), its log written to `stderr`.
+    pub fn launch(wrapper: &[&str], args: &[&str], env: &[(&str, &str)], stderr: Stdio) -> Self {
+        let tracer = env!("CARGO_BIN_EXE_shuffletrace");
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(tracer);
+                command
+            }
+            None => Command::new(tracer),
+        };
+        let mut child = command
             .args(["--format", "json"])
             .args(args)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start shuffletrace");
         let stdout = child.stdout.take().unwrap();

@@ -492,8 +492,9 @@ impl<W: Write> Pipeline<W> {
         }
         self.reported = counters;
         let now = BootClock::now_boot_ns();
+        let (max_age, every) = self.slot_policy;
+        self.totals.slots_expired += kernel.collect_expired(now, max_age);
         if now >= self.next_slot_sweep_ns {
-            let (max_age, every) = self.slot_policy;
             self.totals.slots_expired += kernel.expire_slots(now, max_age);
             self.next_slot_sweep_ns = now + every.as_nanos() as u64;
         }

@@ -23,6 +23,10 @@ pub trait RepeatSource {
 /// The kernel's flow slots, for the sweep of slots whose end it never reported (see
 /// `kernel::stale`).
 pub trait SlotSource {
-    /// Removes the stale slots and their activity records; returns how many slots went.
+    /// Starts a sweep: removes the stale slots it can judge at once and their activity
+    /// records, and asks about the others off the caller's thread; returns how many went.
     fn expire_slots(&mut self, now_ns: u64, max_age: std::time::Duration) -> u64;
+    /// Removes the slots an answer that came back since condemns (never waits); returns how
+    /// many went.
+    fn collect_expired(&mut self, now_ns: u64, max_age: std::time::Duration) -> u64;
 }

@@ -276,6 +276,8 @@ pub struct KernelPrograms {
     /// `--host-root`: where the slot sweep finds a flow's network namespace (the host's
     /// `/proc`, `/run/netns`) to ask which sockets still exist.
     host_root: PathBuf,
+    /// The slot sweep's question to the kernel, while it is out.
+    slot_query: crate::kernel::slot_query::SlotQuery,
 }
 
 impl crate::events::sources::ActivitySource for KernelPrograms {
@@ -298,8 +300,12 @@ impl crate::events::sources::ActivitySource for KernelPrograms {
 
 impl crate::events::sources::SlotSource for KernelPrograms {
     fn expire_slots(&mut self, now_ns: u64, max_age: std::time::Duration) -> u64 {
-        use crate::kernel::stale::{Verdict, drops, judge};
-        // Candidates: silent slots (their activity records read below).
+        use crate::kernel::stale::{Verdict, judge};
+        // The question of the last sweep is still out: this one waits for the next.
+        if self.slot_query.busy() {
+            return 0;
+        }
+        // Candidates: silent slots (their last packets are read when they are judged).
         let mut candidates = Vec::new();
         self.scan_hash::<u64, FlowSlot>("FLOWS", &mut |key, slot| {
             if judge(slot, None, now_ns, max_age) != Verdict::Keep {
@@ -309,7 +315,40 @@ impl crate::events::sources::SlotSource for KernelPrograms {
         if candidates.is_empty() {
             return 0;
         }
-        // Each candidate's last packet, from its activity record (a flow that carried data).
+        // Flows keyed by address (5.10) cannot be asked about: judged by time alone, now.
+        if self.flow_keys != FlowKeys::COOKIES {
+            return self.drop_stale(&candidates, &HashMap::new(), now_ns, max_age);
+        }
+        // Whether their sockets still exist, asked per namespace off the collector's loop
+        // (see `slot_query`); the answer is taken by `collect_expired`.
+        let host_root = self.host_root.clone();
+        self.slot_query.ask(candidates, move |candidates| {
+            crate::kernel::sockdiag::live_sockets(&host_root, candidates)
+        });
+        0
+    }
+
+    fn collect_expired(&mut self, now_ns: u64, max_age: std::time::Duration) -> u64 {
+        match self.slot_query.answer() {
+            Some((candidates, alive)) => self.drop_stale(&candidates, &alive, now_ns, max_age),
+            None => 0,
+        }
+    }
+}
+
+impl KernelPrograms {
+    /// Drops the candidates the sweep condemns, given which of their sockets the kernel says
+    /// still exist (`alive`, per namespace it could ask), and their activity records; returns
+    /// how many went. Each slot and last packet is read again first: the flow may have moved
+    /// on since it was found silent (a cookie is never reused, so a socket gone stays gone).
+    fn drop_stale(
+        &mut self,
+        candidates: &[crate::kernel::slot_query::Candidate],
+        alive: &crate::kernel::slot_query::Alive,
+        now_ns: u64,
+        max_age: std::time::Duration,
+    ) -> u64 {
+        use crate::kernel::stale::{drops, judge};
         let last_packets: Vec<Option<u64>> = {
             let activity = self
                 .ebpf
@@ -325,13 +364,6 @@ impl crate::events::sources::SlotSource for KernelPrograms {
                 })
                 .collect()
         };
-        // Whether their sockets still exist, asked per namespace (flows keyed by cookie only).
-        let alive = if self.flow_keys == FlowKeys::COOKIES {
-            crate::kernel::sockdiag::live_sockets(&self.host_root, &candidates)
-        } else {
-            HashMap::new()
-        };
-        // Read again before removing: the flow may have moved on since the scan.
         let mut expired = Vec::new();
         if let Some(map) = self.ebpf.map_mut("FLOWS")
             && let Ok(mut slots) = aya::maps::HashMap::<_, u64, FlowSlot>::try_from(map)
@@ -518,6 +550,7 @@ impl KernelPrograms {
             recursion_misses_at_detach: 0,
             netns: netns.clone(),
             host_root: host_root.to_path_buf(),
+            slot_query: Default::default(),
             flow_keys: if offsets.flow_key_is_address != 0 {
                 FlowKeys::addresses()
             } else {

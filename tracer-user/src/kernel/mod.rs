@@ -15,6 +15,7 @@ pub mod offsets;
 pub mod prefetch;
 pub mod privileges;
 pub mod programs;
+pub mod slot_query;
 pub mod sockdiag;
 pub mod stale;
 
