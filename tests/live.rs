@@ -401,15 +401,7 @@ fn a_close_the_kernel_skipped_is_accounted_for_and_frees_its_slot() {
     );
     let topo = Topology::new();
     let server_addr = SocketAddr::new(topo.server_v4, PORT);
-    let server = serve(&topo, "st-history", server_addr, move |listener| {
-        closing_first(&listener, CONNECTIONS);
-    });
-    topo.client
-        .run("st-client", move || {
-            connect_until_closed(server_addr, CONNECTIONS)
-        })
-        .join()
-        .unwrap();
+    let server = closed_connections(&topo, "st-history", server_addr, CONNECTIONS);
     let lines = stop_once_served(tracer, server);
     let ctx = || dump(&lines);
     let stats = last_stats(&lines);
@@ -595,16 +587,9 @@ fn without_cap_sys_admin_a_silent_open_slot_stays_and_each_sweep_says_why_once()
     );
     let topo = Topology::new();
     let server_addr = SocketAddr::new(topo.server_v4, PORT);
-    let server = serve(&topo, "st-metastore", server_addr, move |listener| {
-        closing_first(&listener, CLOSED);
-    });
-    topo.client
-        .run("st-client", move || {
-            connect_until_closed(server_addr, CLOSED)
-        })
+    closed_connections(&topo, "st-metastore", server_addr, CLOSED)
         .join()
         .unwrap();
-    server.join().unwrap();
     // Several sweeps (at a housekeeping tick, at most 1 s apart), also under emulation.
     std::thread::sleep(Duration::from_millis(3500));
     settle();
@@ -669,6 +654,25 @@ fn stop_once_served(tracer: Tracer, server: std::thread::JoinHandle<()>) -> Vec<
     server.join().unwrap();
     settle();
     tracer.stop()
+}
+
+/// `count` connections to `addr`, each closed by the server first and then by the client
+/// (both ends clean); returns once the client is done, with the server's thread (named
+/// `thread`) to join.
+fn closed_connections(
+    topo: &Topology,
+    thread: &'static str,
+    addr: SocketAddr,
+    count: usize,
+) -> std::thread::JoinHandle<()> {
+    let server = serve(topo, thread, addr, move |listener| {
+        closing_first(&listener, count);
+    });
+    topo.client
+        .run("st-client", move || connect_until_closed(addr, count))
+        .join()
+        .unwrap();
+    server
 }
 
 /// A listener on `addr` in the server namespace, served by `serving` on a thread named

@@ -7,15 +7,9 @@
 //! come, and drops the slots it condemns. One question at a time: a sweep that falls due
 //! while one is still out waits for the next.
 
-use std::collections::{HashMap, HashSet};
 use std::thread::JoinHandle;
 
-/// A candidate slot: its key (socket cookie), its network namespace, and its owner's pid
-/// and thread (where that namespace is likeliest found).
-pub type Candidate = (u64, u32, (u32, u32));
-
-/// Per namespace that could be asked, the candidates whose sockets are still there.
-pub type Alive = HashMap<u32, HashSet<u64>>;
+pub use crate::kernel::sockdiag::{Alive, Candidate};
 
 /// A question out, if any.
 #[derive(Default)]
@@ -92,6 +86,7 @@ impl SlotQuery {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
     use std::sync::mpsc;
     use std::time::{Duration, Instant};
 

@@ -43,13 +43,17 @@ const MSG_COOKIE_END: usize = 4 + 48;
 /// candidates first); the others wait for the next sweep, judged by time alone meanwhile.
 const MAX_NAMESPACES_ASKED: usize = 64;
 
-/// The candidates whose sockets are still there (`candidates`: key, netns, owner pid and
-/// thread), per namespace that could be asked (`live_cookies`); a namespace missing
-/// from the answer could not be (no process is in it, or sock_diag failed: logged).
-pub fn live_sockets(
-    host_root: &Path,
-    candidates: &[(u64, u32, (u32, u32))],
-) -> HashMap<u32, HashSet<u64>> {
+/// A slot the sweep asks about: its key (socket cookie), its network namespace, and its
+/// owner's pid and thread (where that namespace is likeliest found).
+pub type Candidate = (u64, u32, (u32, u32));
+
+/// Per namespace that could be asked, the candidates whose sockets are still there.
+pub type Alive = HashMap<u32, HashSet<u64>>;
+
+/// The candidates whose sockets are still there, per namespace that could be asked
+/// (`live_cookies`); a namespace missing from the answer could not be (no process is in it,
+/// or sock_diag failed: logged).
+pub fn live_sockets(host_root: &Path, candidates: &[Candidate]) -> Alive {
     type Wanted = (Vec<(u32, u32)>, HashSet<u64>);
     let mut by_netns: BTreeMap<u32, Wanted> = BTreeMap::new();
     for (key, netns, owner) in candidates {
@@ -59,7 +63,7 @@ pub fn live_sockets(
     }
     let mut namespaces: Vec<(u32, Wanted)> = by_netns.into_iter().collect();
     namespaces.sort_by_key(|(_, (_, keys))| std::cmp::Reverse(keys.len()));
-    let (mut alive, mut failed) = (HashMap::new(), Vec::new());
+    let (mut alive, mut failed) = (Alive::new(), Vec::new());
     let mut finder = NamespaceFinder::new(host_root);
     for (netns, (mut owners, keys)) in namespaces.into_iter().take(MAX_NAMESPACES_ASKED) {
         owners.sort_unstable();
